@@ -1,0 +1,1 @@
+"""hero: online fine-tuning of text-to-image diffusion models from human feedback."""

@@ -1,0 +1,121 @@
+"""DDPO core: PPO-style clipped policy gradient over stored DDIM trajectories, LoRA parameters only."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from hero.lora import lora_parameters
+from hero.rollout import Trajectories, step_log_prob
+
+__all__ = ["PolicyGradientConfig", "clipped_surrogate_loss", "make_optimizer", "policy_gradient_update",
+           "standardise_advantages"]
+
+
+@dataclass
+class PolicyGradientConfig:
+    """Hyper-parameters of the DDPO update (defaults: the HERO paper's)."""
+
+    lr: float = 3e-4
+    clip_range: float = 1e-4
+    adv_clip: float = 5.0
+    max_grad_norm: float = 1.0
+    timesteps_per_traj: int = 5  # K denoising steps trained per trajectory, drawn afresh each inner epoch
+    batch_size: int = 2
+    grad_accum: int = 4  # minibatches per optimizer step (each contributing K timesteps)
+    inner_epochs: int = 1
+    per_prompt_advantages: bool = False
+    weight_decay: float = 1e-4
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    seed: int = 0  # for the shuffles and timestep draws when no generator is passed
+
+
+def standardise_advantages(rewards: Sequence[float] | np.ndarray | torch.Tensor, prompts: Sequence[str] | None = None,
+                           clip: float = 5.0) -> torch.Tensor:
+    """(r − mean)/std over the batch, or per prompt when ``prompts`` is given, clipped to ±clip (fp32)."""
+    r = torch.as_tensor(np.asarray(rewards, dtype=np.float64)).reshape(-1)
+
+    def z(x: torch.Tensor) -> torch.Tensor:
+        # Population std, as in DDPO; equal rewards give zero advantage rather than NaN.
+        return (x - x.mean()) / (x.std(unbiased=False) + 1e-8)
+
+    adv = z(r)
+    if prompts is not None:
+        if len(prompts) != len(r):
+            raise ValueError(f"{len(prompts)} prompts for {len(r)} rewards")
+        for p in set(prompts):
+            mask = torch.tensor([q == p for q in prompts])
+            if mask.sum() >= 2:  # a lone sample has no spread of its own: keep its batch-level advantage
+                adv[mask] = z(r[mask])
+    return adv.clamp(-clip, clip).float()
+
+
+def clipped_surrogate_loss(logp_new: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor,
+                           clip_range: float) -> torch.Tensor:
+    """PPO loss mean(max(−A·ρ, −A·clip(ρ, 1−c, 1+c))) with ρ = exp(logp_new − logp_old)."""
+    ratio = torch.exp(logp_new - logp_old)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    return torch.maximum(unclipped, clipped).mean()
+
+
+def make_optimizer(unet, cfg: PolicyGradientConfig) -> torch.optim.AdamW:
+    """AdamW over the UNet's trainable LoRA parameters (call ``hero.lora.add_lora`` first)."""
+    params = [p for p in lora_parameters(unet) if p.requires_grad]
+    if not params:
+        raise ValueError("the UNet has no trainable LoRA parameters: call hero.lora.add_lora(unet) first")
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps,
+                             weight_decay=cfg.weight_decay)
+
+
+def _accumulation_groups(n: int, cfg: PolicyGradientConfig, generator: torch.Generator) -> list[list[torch.Tensor]]:
+    """Shuffle samples into minibatches and group ``grad_accum`` minibatches per optimizer step."""
+    minibatches = list(torch.randperm(n, generator=generator).split(cfg.batch_size))
+    return [minibatches[i: i + cfg.grad_accum] for i in range(0, len(minibatches), cfg.grad_accum)]
+
+
+def policy_gradient_update(pipe, trajectories: Trajectories, rewards: Sequence[float] | np.ndarray | torch.Tensor,
+                           optimizer: torch.optim.Optimizer, cfg: PolicyGradientConfig,
+                           generator: torch.Generator | None = None) -> dict[str, float]:
+    """One DDPO update on these trajectories; returns mean loss, approx_kl, clipfrac, grad_norm and counts."""
+    traj = trajectories
+    if generator is None:
+        generator = torch.Generator("cpu").manual_seed(cfg.seed)
+    prompts = traj.prompts if cfg.per_prompt_advantages else None
+    adv = standardise_advantages(rewards, prompts, cfg.adv_clip)
+    n, num_steps = traj.log_probs.shape
+    k = min(cfg.timesteps_per_traj, num_steps)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    device = pipe.unet.device
+    stats: dict[str, list[float]] = {"loss": [], "approx_kl": [], "clipfrac": [], "grad_norm": []}
+    optimizer.zero_grad(set_to_none=True)
+    for _ in range(cfg.inner_epochs):
+        # Each trajectory trains on its own K distinct steps (a random permutation's first K), as in DDPO.
+        steps = torch.stack([torch.randperm(num_steps, generator=generator)[:k] for _ in range(n)])
+        for group in _accumulation_groups(n, cfg, generator):
+            n_group = sum(len(mb) for mb in group)
+            for mb in group:
+                for j in range(k):
+                    s = steps[mb, j]
+                    logp = step_log_prob(pipe.unet, pipe.scheduler, traj, mb, s)
+                    logp_old = traj.log_probs[mb, s].to(device)
+                    loss = clipped_surrogate_loss(logp, logp_old, adv[mb].to(device), cfg.clip_range)
+                    # Weight so that the accumulated gradient is the mean over the group's samples and K steps.
+                    (loss * len(mb) / (n_group * k)).backward()
+                    with torch.no_grad():
+                        diff = logp - logp_old
+                        stats["loss"].append(loss.item())
+                        stats["approx_kl"].append(0.5 * (diff**2).mean().item())
+                        stats["clipfrac"].append(((diff.exp() - 1).abs() > cfg.clip_range).float().mean().item())
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            stats["grad_norm"].append(float(grad_norm))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    out = {key: float(np.mean(v)) for key, v in stats.items()}
+    out.update(grad_steps=len(stats["grad_norm"]), backward_passes=len(stats["loss"]),
+               reward_mean=float(np.mean(np.asarray(rewards, dtype=np.float64))))
+    return out

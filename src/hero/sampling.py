@@ -1,0 +1,43 @@
+"""Plain sampling with the stock diffusers pipeline call: images for `hero sample` and evaluation.
+
+(The engine's own DDIM loop that also records trajectories and log-probs lives in `hero.rollout`.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+from diffusers import StableDiffusionPipeline
+
+DEFAULT_STEPS = 20
+DEFAULT_ETA = 1.0
+DEFAULT_GUIDANCE = 3.0
+
+
+def precision_context(precision: str, device: torch.device | str = "cpu"):
+    """Autocast context for "fp32" (none), "bf16" or "fp16"."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision not in dtypes:
+        raise ValueError(f"precision={precision!r}: expected one of fp32, bf16, fp16")
+    return torch.autocast(torch.device(device).type, dtype=dtypes[precision])
+
+
+def sample_images(pipe: StableDiffusionPipeline, prompt: str, n: int, seed: int = 0,
+                  steps: int = DEFAULT_STEPS, eta: float = DEFAULT_ETA, guidance_scale: float = DEFAULT_GUIDANCE,
+                  batch_size: int = 64, precision: str = "fp32") -> np.ndarray:
+    """n images for one prompt as (n, H, W, 3) uint8; the same seed gives the same images."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    out = []
+    for start in range(0, n, batch_size):
+        k = min(batch_size, n - start)
+        with precision_context(precision, pipe.device):
+            images = pipe(prompt, num_images_per_prompt=k, num_inference_steps=steps, eta=eta,
+                          guidance_scale=guidance_scale, generator=generator, output_type="np",
+                          height=size, width=size).images
+        out.append((np.asarray(images, dtype=np.float32) * 255).round().clip(0, 255).astype(np.uint8))
+    return np.concatenate(out)

@@ -1,0 +1,101 @@
+"""Shared tiny, randomly initialised pipelines (built in milliseconds, nothing downloaded).
+
+- ``tiny_pixel_pipeline``: the tiny-shapes architecture in miniature: PixelStableDiffusionPipeline (no VAE),
+  8×8 RGB "latents", a 1-layer BERT text encoder, v-prediction DDIM with trailing timesteps.
+- ``tiny_sd_pipeline``: a StableDiffusionPipeline with AutoencoderKL (16×16 images, 4×8×8 latents), a 1-layer
+  CLIP text encoder, ε-prediction DDIM with SD 1.x's scaled-linear schedule and leading timesteps.
+
+The ``*_factory`` fixtures build a fresh pipeline with the same random weights for the same ``seed``
+(e.g. to load a saved LoRA into an untouched copy).
+"""
+
+from __future__ import annotations
+
+import string
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import BertConfig, BertModel, BertTokenizer, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from hero.models.pixel_pipeline import PixelStableDiffusionPipeline
+from hero.models.tiny_shapes import sampling_scheduler
+
+torch.set_num_threads(1)  # a background job shares this machine; tiny models gain nothing from threads
+
+TEXT_DIM = 16
+WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "an", "red", "green", "blue", "circle", "square",
+         "triangle", "on", "the", "left", "right", "small", "big"]
+
+
+def _tiny_unet(in_channels: int, **extra) -> UNet2DConditionModel:
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=in_channels, out_channels=in_channels, layers_per_block=1,
+        block_out_channels=(8, 16), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=TEXT_DIM, attention_head_dim=4,
+        norm_num_groups=4, **extra)
+
+
+def build_tiny_pixel_pipeline(seed: int = 0) -> PixelStableDiffusionPipeline:
+    torch.manual_seed(seed)
+    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(WORDS)}, model_max_length=8)
+    text_encoder = BertModel(BertConfig(vocab_size=len(WORDS), hidden_size=TEXT_DIM, num_hidden_layers=1,
+                                        num_attention_heads=2, intermediate_size=32, max_position_embeddings=16),
+                             add_pooling_layer=False)
+    text_encoder.config.use_attention_mask = True  # as tiny-shapes does: padding is masked in the encoder
+    text_encoder.requires_grad_(False).eval()
+    # addition_embed_type="text" like the real tiny-shapes UNet (pooled prompt added to the time embedding).
+    unet = _tiny_unet(3, addition_embed_type="text", addition_embed_type_num_heads=2)
+    pipe = PixelStableDiffusionPipeline(None, text_encoder, tokenizer, unet, sampling_scheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_tiny_sd_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+    torch.manual_seed(seed)
+    # Character-level CLIP BPE vocabulary (no merges): enough for lower-case ASCII prompts.
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in string.ascii_lowercase + string.digits:
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=TEXT_DIM, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1))
+    text_encoder.requires_grad_(False).eval()
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
+                        norm_num_groups=4, layers_per_block=1, sample_size=16)
+    vae.requires_grad_(False).eval()
+    unet = _tiny_unet(4)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   image_encoder=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def tiny_pixel_pipeline_factory():
+    """Callable ``(seed=0) -> PixelStableDiffusionPipeline`` building a fresh tiny pixel pipeline."""
+    return build_tiny_pixel_pipeline
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_pipeline_factory():
+    """Callable ``(seed=0) -> StableDiffusionPipeline`` building a fresh tiny latent-space pipeline."""
+    return build_tiny_sd_pipeline
+
+
+@pytest.fixture
+def tiny_pixel_pipeline(tiny_pixel_pipeline_factory) -> PixelStableDiffusionPipeline:
+    """A fresh tiny pixel-space pipeline (safe to mutate: add LoRA, train)."""
+    return tiny_pixel_pipeline_factory()
+
+
+@pytest.fixture
+def tiny_sd_pipeline(tiny_sd_pipeline_factory) -> StableDiffusionPipeline:
+    """A fresh tiny StableDiffusionPipeline with a VAE (safe to mutate)."""
+    return tiny_sd_pipeline_factory()

@@ -1,0 +1,39 @@
+import json
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from hero.cli import app
+
+runner = CliRunner()
+
+
+def flat(text: str) -> str:
+    """Output with rich's box drawing and line wrapping removed."""
+    return " ".join(text.replace("│", " ").split())
+
+
+def test_sample_with_judge_prints_rates_as_last_line(tmp_path):
+    res = runner.invoke(app, ["sample", "--prompt", "three blue circles", "--n", "4", "--steps", "3", "--seed", "0",
+                              "--out", str(tmp_path), "--judge"])
+    assert res.exit_code == 0, res.output
+    rates = json.loads(res.output.strip().splitlines()[-1])
+    assert {"colour", "shape", "count", "all", "n", "seconds"} <= rates.keys()
+    assert rates["n"] == 4 and 0.0 <= rates["all"] <= 1.0
+    assert len(list((tmp_path / "images").glob("*.png"))) == 4
+    assert (tmp_path / "grid.png").is_file() and (tmp_path / "verdicts.png").is_file()
+    assert len((tmp_path / "verdicts.jsonl").read_text().splitlines()) == 4
+
+
+def test_bad_inputs_are_one_clear_error(tmp_path):
+    res = runner.invoke(app, ["sample", "--prompt", "three blue circles", "--model", str(tmp_path / "nope")])
+    assert res.exit_code == 2 and "not a built-in model" in flat(res.output)
+    res = runner.invoke(app, ["sample", "--prompt", "a purple cat", "--judge"])
+    assert res.exit_code == 2 and "not a toy-world prompt" in flat(res.output)
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "hero.cli", "--help"], capture_output=True, text=True, check=True)
+    for cmd in ("sample", "pretrain-toy", "check-judge"):
+        assert cmd in out.stdout
