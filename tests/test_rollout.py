@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from diffusers import DDIMScheduler
 
 from hero.lora import add_lora, lora_parameters
 from hero.rollout import Trajectories, decode_latents, rollout, step_log_prob, to_uint8
@@ -113,6 +114,13 @@ def test_eta_zero_matches_the_diffusers_pipeline(name, request):
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="deterministic"):
         step_log_prob(pipe, pipe.scheduler, traj, [0], 0)
+
+
+def test_refuses_a_deterministic_final_step(tiny_sd_pipeline):
+    pipe = tiny_sd_pipeline
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, set_alpha_to_one=True)
+    with pytest.raises(ValueError, match="set_alpha_to_one"):
+        _rollout(pipe)
 
 
 def test_subset_concat_save_load(tiny_pixel_pipeline, tmp_path):

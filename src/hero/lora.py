@@ -59,7 +59,7 @@ def save_lora(pipe_or_unet, directory: str | Path, adapter_name: str | None = No
 
 
 def load_lora(pipe, directory: str | Path, adapter_name: str | None = None, trainable: bool = False) -> None:
-    """Load a LoRA written by ``save_lora`` (or any diffusers-format SD LoRA) into ``pipe``; frozen unless ``trainable``."""
+    """Load a LoRA written by ``save_lora`` (or any diffusers SD LoRA) into ``pipe``; frozen unless ``trainable``."""
     pipe.load_lora_weights(str(directory), adapter_name=adapter_name)
     # diffusers leaves whatever requires_grad the modules had (base and adapter alike): make it explicit.
     if trainable:  # resuming training: as after add_lora, only the (fp32) adapter trains

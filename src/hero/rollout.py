@@ -125,6 +125,14 @@ def _alphas(scheduler, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return abar[t], abar_prev
 
 
+def _check_stochastic(scheduler, timesteps: torch.Tensor, eta: float) -> None:
+    """Refuse η > 0 schedules with a deterministic step (σ = 0): its log-prob would be NaN."""
+    abar_t, abar_prev = _alphas(scheduler, timesteps)
+    if eta > 0 and not bool(((1 - abar_prev) * (1 - abar_t / abar_prev) > 0).all()):
+        raise ValueError("a DDIM step has sigma = 0 (set_alpha_to_one=True makes the last step deterministic): "
+                         "use DDIMScheduler(..., set_alpha_to_one=False) for trajectories with log-probs")
+
+
 def _model_output(unet, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
                   guidance_scale: float) -> torch.Tensor:
     """Guided UNet output (fp32) for per-sample timesteps ``t`` (B,)."""
@@ -196,7 +204,7 @@ def _sample_chunk(pipe, x: torch.Tensor, cond: torch.Tensor, uncond: torch.Tenso
 
 
 @torch.no_grad()
-def rollout(pipe, prompts: Sequence[str], *, num_steps: int = 20, eta: float = 1.0, guidance_scale: float = 7.5,
+def rollout(pipe, prompts: Sequence[str], *, guidance_scale: float, num_steps: int = 20, eta: float = 1.0,
             generator: torch.Generator | None = None, seed: int | None = None, start_noise: torch.Tensor | None = None,
             batch_size: int = 8, height: int | None = None, width: int | None = None) -> Trajectories:
     """Sample one image per prompt with DDIM (η = ``eta``) and CFG, recording the whole trajectory."""
@@ -216,6 +224,7 @@ def rollout(pipe, prompts: Sequence[str], *, num_steps: int = 20, eta: float = 1
     start_noise = start_noise.to(device=device, dtype=torch.float32)
     pipe.scheduler.set_timesteps(num_steps, device=device)
     timesteps = pipe.scheduler.timesteps.clone()
+    _check_stochastic(pipe.scheduler, timesteps, eta)
     # All step noise up front, per sample, so that images do not depend on batch_size.
     noise = None if eta <= 0 else randn_tensor((shape[0], len(timesteps), *shape[1:]), generator=generator,
                                                device=device, dtype=torch.float32)

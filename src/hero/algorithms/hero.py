@@ -1,0 +1,144 @@
+"""HERO: Human-feedback Efficient Reinforcement learning for Online diffusion model fine-tuning (ICLR 2025).
+
+Per round (DESIGN.md, "HERO"):
+1. feedback-guided generation: after round 0, β·B images start from the best image's z_T and the rest from
+   uniformly chosen good images' z_T, each perturbed as z = √(1−ε²)·z_cond + ε·ξ;
+2. the person marks good images and one best (later rounds: among the good ones and the current best);
+3. feedback-aligned representation learning: an embedding CNN E and a projection head g, triplet loss with
+   anchor = best, positive = good, negative = not good, d(u, v) = (1 − cos(u, v))/2 *per sample*, margin 0.5;
+4. reward r_i = (1 + cos(E f_i, E f_best))/2 over final denoised latents f;
+5. the DDPO update of the LoRA weights with those rewards.
+
+Two bugs of the reference code are fixed here and tested: the cosine is taken per sample (not across the
+batch), and the "best" pick is an index into the round's own images (or "keep the current best"), never a
+position in a filtered list.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class TripletEncoder(nn.Module):
+    """E_θ: a small CNN over a final denoised latent (C, H, W) → an embedding; g_θ: a projection head."""
+
+    def __init__(self, in_channels: int = 3, embed_dim: int = 64, proj_dim: int = 32, width: int = 32):
+        super().__init__()
+        self.embed = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1), nn.SiLU(),
+            nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(8 * width, embed_dim),
+        )
+        self.head = nn.Sequential(nn.Linear(embed_dim, embed_dim), nn.SiLU(), nn.Linear(embed_dim, proj_dim))
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        """E_θ(f): the embedding the reward is computed on."""
+        return self.embed(latents.float())
+
+    def project(self, latents: torch.Tensor) -> torch.Tensor:
+        """g_θ(E_θ(f)): the projection the triplet loss is computed on."""
+        return self.head(self.embed(latents.float()))
+
+
+def cosine_distance(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """d(u, v) = (1 − cos(u, v))/2 per row: (N, D), (N, D) → (N,). (The reference code used dim=0.)"""
+    return (1.0 - F.cosine_similarity(u, v, dim=-1)) / 2.0
+
+
+def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
+                 margin: float = 0.5) -> torch.Tensor:
+    """Mean over triplets of max(0, d(a, p) − d(a, n) + margin)."""
+    return F.relu(cosine_distance(anchor, positive) - cosine_distance(anchor, negative) + margin).mean()
+
+
+def hero_rewards(encoder: TripletEncoder, latents: torch.Tensor, best_latent: torch.Tensor) -> torch.Tensor:
+    """r_i = (1 + cos(E f_i, E f_best))/2 in [0, 1], (N,)."""
+    with torch.no_grad():
+        e = encoder(latents)
+        e_best = encoder(best_latent[None]).expand_as(e)
+        return (1.0 + F.cosine_similarity(e, e_best, dim=-1)) / 2.0
+
+
+def guided_noise(n: int, best_noise: torch.Tensor, good_noises: torch.Tensor, beta: float, eps: float,
+                 generator: torch.Generator) -> torch.Tensor:
+    """Feedback-guided z_T: round(β·n) from the best's z_T, the rest from uniformly chosen good z_T, each
+    perturbed as √(1−ε²)·z + ε·ξ (variance-preserving, so the result is still ~N(0, I) per element)."""
+    n_best = int(round(beta * n))
+    if len(good_noises) == 0:
+        n_best = n
+    picks = torch.randint(0, max(1, len(good_noises)), (n - n_best,), generator=generator)
+    cond = torch.cat([best_noise[None].expand(n_best, *best_noise.shape),
+                      good_noises[picks] if n - n_best else best_noise[None][:0]])
+    xi = torch.randn(cond.shape, generator=generator)
+    return math.sqrt(1.0 - eps**2) * cond + eps * xi
+
+
+@dataclass
+class FeedbackMemory:
+    """Final latents with their labels gathered so far, and the current best (latent + starting noise)."""
+
+    latents: list[torch.Tensor] = field(default_factory=list)  # per round (n, C, H, W)
+    good: list[torch.Tensor] = field(default_factory=list)  # per round (n,) bool
+    best_latent: torch.Tensor | None = None
+    best_noise: torch.Tensor | None = None
+    good_noises: torch.Tensor | None = None  # z_T of the latest round's good images
+
+    def add_round(self, latents: torch.Tensor, start_noise: torch.Tensor, good: list[bool], best: int | None) -> None:
+        """Store a judged round. ``best`` indexes this round's images; None keeps the current best."""
+        g = torch.tensor(good, dtype=torch.bool)
+        if best is not None:
+            if not 0 <= best < len(good):
+                raise IndexError(f"best={best} is not an image of this round (0..{len(good) - 1})")
+            self.best_latent, self.best_noise = latents[best].clone(), start_noise[best].clone()
+        elif self.best_latent is None:
+            raise ValueError("the first round needs a best image")
+        self.latents.append(latents.detach().cpu())
+        self.good.append(g)
+        if g.any():  # keep the previous good set when a round has no good image
+            self.good_noises = start_noise[g].clone()
+
+    def triplet_data(self, last_round_only: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(positives, negatives) latents from the latest round or from all rounds."""
+        rounds = range(len(self.latents) - 1, len(self.latents)) if last_round_only else range(len(self.latents))
+        pos = [self.latents[r][self.good[r]] for r in rounds]
+        neg = [self.latents[r][~self.good[r]] for r in rounds]
+        return torch.cat(pos), torch.cat(neg)
+
+    def state_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("latents", "good", "best_latent", "best_noise", "good_noises")}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
+
+def train_encoder(encoder: TripletEncoder, optimizer: torch.optim.Optimizer, memory: FeedbackMemory, *,
+                  epochs: int, margin: float, batch_size: int, last_round_only: bool,
+                  generator: torch.Generator) -> dict[str, float]:
+    """Triplet training: anchor = best, positive = a good image, negative = a not-good image."""
+    pos, neg = memory.triplet_data(last_round_only)
+    if len(pos) == 0 or len(neg) == 0 or epochs <= 0:
+        return {"triplet_loss": float("nan"), "triplets": 0}
+    anchor = memory.best_latent[None]
+    losses = []
+    n = max(len(pos), len(neg))
+    for _ in range(epochs):
+        # Every positive and every negative appears at least once per epoch, paired at random.
+        p_idx = torch.cat([torch.randperm(len(pos), generator=generator) for _ in range(math.ceil(n / len(pos)))])[:n]
+        n_idx = torch.cat([torch.randperm(len(neg), generator=generator) for _ in range(math.ceil(n / len(neg)))])[:n]
+        for lo in range(0, n, batch_size):
+            p, q = pos[p_idx[lo: lo + batch_size]], neg[n_idx[lo: lo + batch_size]]
+            a = encoder.project(anchor).expand(len(p), -1)
+            loss = triplet_loss(a, encoder.project(p), encoder.project(q), margin)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    return {"triplet_loss": float(sum(losses[-max(1, len(losses) // epochs):]) / max(1, len(losses) // epochs)),
+            "triplets": n}

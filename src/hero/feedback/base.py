@@ -1,0 +1,62 @@
+"""The feedback interface: a round of images in, "which are good and which one is best" out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from hero.toyworld.tasks import parse_task
+
+
+@dataclass(frozen=True)
+class RoundFeedback:
+    """One round's judgements. ``best`` indexes this round's images; None keeps the current best."""
+
+    good: list[bool]
+    best: int | None
+    source: str
+
+    @property
+    def n_feedback(self) -> int:
+        """Images judged: the paper's unit (the current best, shown again, was judged before)."""
+        return len(self.good)
+
+
+class FeedbackSource(Protocol):
+    name: str
+
+    def judge_round(self, round_index: int, prompt: str, images: np.ndarray,
+                    current_best: np.ndarray | None) -> RoundFeedback:
+        """Mark each image good or not and pick one best among the good ones and ``current_best``."""
+        ...
+
+
+def pick_best(scores: np.ndarray, good: list[bool], current_best_score: float | None) -> int | None:
+    """Index of the best image among the good ones, or None when the current best is at least as good.
+
+    The first round (no current best) picks among all images, good or not: the person always points at one.
+    """
+    candidates = [i for i, g in enumerate(good) if g]
+    if current_best_score is None:
+        candidates = candidates or list(range(len(scores)))
+    if not candidates:
+        return None
+    i = max(candidates, key=lambda j: (scores[j], -j))  # highest score, then the lowest index
+    if current_best_score is not None and current_best_score >= scores[i]:
+        return None
+    return i
+
+
+def make_feedback_source(spec: str, prompt: str, seed: int = 0, task_options: dict | None = None) -> FeedbackSource:
+    """"sim", "sim:<error rate>", "reward:jpeg" or "reward:jpeg-incompressibility" (the web source: hero.web)."""
+    from hero.feedback.reward import RewardFeedback
+    from hero.feedback.simulated import SimulatedHuman
+
+    if spec == "sim" or spec.startswith("sim:"):
+        error_rate = float(spec.split(":", 1)[1]) if ":" in spec else 0.0
+        return SimulatedHuman(parse_task(prompt, **(task_options or {})), error_rate=error_rate, seed=seed)
+    if spec.startswith("reward:"):
+        return RewardFeedback(spec.split(":", 1)[1])
+    raise ValueError(f"unknown feedback source {spec!r}: expected sim, sim:<error rate>, reward:<name> or web")
