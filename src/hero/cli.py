@@ -1,4 +1,4 @@
-"""The `hero` command line (typer): sample, pretrain-toy, check-judge."""
+"""The `hero` command line (typer): train, eval, sample, pretrain-toy, check-judge."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 
 import typer
+
+from hero.algorithms import ALGORITHMS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="hero: fine-tune text-to-image diffusion models online from human feedback.")
@@ -88,6 +90,66 @@ def check_judge(n: int = typer.Option(2000, min=1, help="Generated images per ta
 
     for task, row in agreement_table(n, seed).items():
         typer.echo(json.dumps({"task": task, **{k: round(v, 4) for k, v in row.items()}}))
+
+
+@app.command(epilog="Algorithms: " + " | ".join(f"{k}: {v}" for k, v in ALGORITHMS.items()))
+def train(
+    prompt: str = typer.Option(None, help='Prompt to fine-tune for, e.g. "three green triangles".'),
+    model: str = typer.Option(None, help="tiny-shapes (built in) or a local diffusers pipeline folder."),
+    algo: str = typer.Option(None, help="hero (default), ... (see below)."),
+    feedback: str = typer.Option(None, help="sim, sim:<error rate>, reward:jpeg, reward:jpeg-incompressibility."),
+    budget: int = typer.Option(None, help="Feedback budget: images judged in all (default 512)."),
+    images_per_round: int = typer.Option(None, help="Images per round (default 64)."),
+    seed: int = typer.Option(None, help="Seed (default 0)."),
+    out: Path = typer.Option(None, help="Run folder."),
+    preset: str = typer.Option(None, help="A preset name (hero/presets/*.yaml) or a YAML file."),
+    set_: list[str] = typer.Option([], "--set", help="Dotted override, e.g. --set pg.timesteps_per_traj=3 (repeat)."),
+    resume: Path = typer.Option(None, help="Continue the run in this folder after a crash or a stop."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Fine-tune online from feedback: sample a round, get judgements, learn, repeat until the budget is spent."""
+    from hero.config import ConfigError, TrainConfig, load_config
+    from hero.train import train as run_training
+
+    try:
+        if resume is not None:
+            if not (resume / "config.yaml").is_file():
+                raise ConfigError(f"--resume {resume}: no run there (no config.yaml)")
+            cfg = TrainConfig.from_yaml(resume / "config.yaml")
+        else:
+            cfg = load_config(preset, set_, prompt=prompt, model=model, algo=algo, feedback=feedback, budget=budget,
+                              images_per_round=images_per_round, seed=seed, out=None if out is None else str(out))
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        run = run_training(cfg, resume=resume is not None, show_progress=progress)
+    except (FileExistsError, FileNotFoundError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"run finished: {run.path}  (LoRA: {run.path / 'lora'}; evaluate with `hero eval {run.path}`)")
+
+
+@app.command("eval")
+def eval_(
+    run_dir: Path = typer.Argument(..., help="A run folder written by hero train."),
+    n: int = typer.Option(256, min=1, help="Images per condition."),
+    json_: bool = typer.Option(False, "--json", help="Print only the JSON line."),
+    seed: int = typer.Option(987_654, help="Evaluation seed (distinct from training seeds)."),
+) -> None:
+    """Success rates of the base model and the run's LoRA, under plain and guided noise (last line: JSON)."""
+    from hero.evaluate import evaluate
+
+    try:
+        result = evaluate(run_dir, n=n, seed=seed)
+    except FileNotFoundError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    if not json_:
+        for k in ("base_plain", "plain", "base_guided", "guided"):
+            if k in result:
+                typer.echo(f"{k:>12}: {result[k]:.3f}")
+    typer.echo(json.dumps(result))
 
 
 def main() -> None:

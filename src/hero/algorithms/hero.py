@@ -17,11 +17,19 @@ position in a filtered list.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from hero.algorithms.base import LoraPolicy
+from hero.feedback.base import RoundFeedback
+from hero.policy_gradient import policy_gradient_update
+from hero.rollout import Trajectories
 
 
 class TripletEncoder(nn.Module):
@@ -142,3 +150,64 @@ def train_encoder(encoder: TripletEncoder, optimizer: torch.optim.Optimizer, mem
             losses.append(loss.item())
     return {"triplet_loss": float(sum(losses[-max(1, len(losses) // epochs):]) / max(1, len(losses) // epochs)),
             "triplets": n}
+
+
+class HeroTrainer:
+    """HERO on the shared engine: feedback-guided noise, triplet-trained embeddings as reward, DDPO update."""
+
+    name = "hero"
+
+    def __init__(self, cfg, pipe):
+        self.cfg, self.settings = cfg, cfg.hero
+        self.policy = LoraPolicy(cfg, pipe)
+        latent_channels = pipe.unet.config.out_channels
+        self.encoder = TripletEncoder(latent_channels, embed_dim=self.settings.embed_dim)
+        self.encoder_opt = torch.optim.Adam(self.encoder.parameters(), lr=self.settings.encoder_lr)
+        self.memory = FeedbackMemory()
+        self.best_image: np.ndarray | None = None
+
+    def start_noise(self, round_index: int, n: int, generator: torch.Generator) -> torch.Tensor | None:
+        if self.memory.best_noise is None:
+            return None  # round 0: plain N(0, I)
+        return self.guided_noise(n, generator)
+
+    def guided_noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """Feedback-guided z_T from the current best and good images (also used to evaluate "guided")."""
+        good = self.memory.good_noises
+        if good is None:
+            good = self.memory.best_noise[None][:0]
+        return guided_noise(n, self.memory.best_noise, good, self.settings.beta, self.settings.noise_eps, generator)
+
+    def current_best_image(self) -> np.ndarray | None:
+        return self.best_image
+
+    def learn(self, round_index: int, traj: Trajectories, feedback: RoundFeedback,
+              generator: torch.Generator) -> dict[str, float]:
+        t0 = time.perf_counter()
+        self.memory.add_round(traj.final_latents, traj.start_noise, feedback.good, feedback.best)
+        if feedback.best is not None:
+            self.best_image = traj.images[feedback.best]
+        enc = train_encoder(self.encoder, self.encoder_opt, self.memory, epochs=self.settings.encoder_epochs,
+                            margin=self.settings.margin, batch_size=self.settings.encoder_batch_size,
+                            last_round_only=self.settings.train_on == "round", generator=generator)
+        rewards = hero_rewards(self.encoder, traj.final_latents, self.memory.best_latent)
+        t1 = time.perf_counter()
+        stats = policy_gradient_update(self.policy.pipe, traj, rewards, self.policy.optimizer, self.policy.pg,
+                                       generator)
+        t2 = time.perf_counter()
+        good = torch.tensor(feedback.good)
+        return {**enc, **{f"pg_{k}": v for k, v in stats.items()},
+                "reward_good": float(rewards[good].mean()) if good.any() else float("nan"),
+                "reward_not_good": float(rewards[~good].mean()) if (~good).any() else float("nan"),
+                "seconds_representation": t1 - t0, "seconds_update": t2 - t1}
+
+    def save(self, folder: Path) -> None:
+        self.policy.save(folder, {"encoder": self.encoder.state_dict(), "encoder_opt": self.encoder_opt.state_dict(),
+                                  "memory": self.memory.state_dict(), "best_image": self.best_image})
+
+    def load(self, folder: Path) -> None:
+        state = self.policy.load(folder)
+        self.encoder.load_state_dict(state["encoder"])
+        self.encoder_opt.load_state_dict(state["encoder_opt"])
+        self.memory.load_state_dict(state["memory"])
+        self.best_image = state["best_image"]

@@ -49,6 +49,15 @@ def pick_best(scores: np.ndarray, good: list[bool], current_best_score: float | 
     return i
 
 
+def mark_best_good(good: list[bool], best: int | None) -> list[bool]:
+    """The best image is always good (the web page enforces the same rule): in a first round without a good
+    image, the one the person points at becomes the only good one, HERO's anchor."""
+    good = list(good)
+    if best is not None:
+        good[best] = True
+    return good
+
+
 def make_feedback_source(spec: str, prompt: str, seed: int = 0, task_options: dict | None = None) -> FeedbackSource:
     """"sim", "sim:<error rate>", "reward:jpeg" or "reward:jpeg-incompressibility" (the web source: hero.web)."""
     from hero.feedback.reward import RewardFeedback

@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from hero.feedback.base import RoundFeedback, pick_best
+from hero.feedback.base import RoundFeedback, mark_best_good, pick_best
 
 
 def jpeg_size_kb(images: np.ndarray, quality: int = 95) -> np.ndarray:
@@ -43,4 +43,5 @@ class RewardFeedback:
         threshold = np.sort(scores)[-k]
         good = [bool(s >= threshold) for s in scores]
         best_score = None if current_best is None else float(self.reward_fn(current_best[None])[0])
-        return RoundFeedback(good=good, best=pick_best(scores, good, best_score), source=self.name)
+        best = pick_best(scores, good, best_score)
+        return RoundFeedback(good=mark_best_good(good, best), best=best, source=self.name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hero.feedback.base import RoundFeedback, pick_best
+from hero.feedback.base import RoundFeedback, mark_best_good, pick_best
 from hero.toyworld.judge import Judge, analyse, verdict
 from hero.toyworld.tasks import Task
 
@@ -23,4 +23,5 @@ class SimulatedHuman:
         scores = np.array([v.score for v in verdicts])
         best_score = None if current_best is None else verdict(analyse(current_best), self.task).score
         good = [bool(v.good) for v in verdicts]
-        return RoundFeedback(good=good, best=pick_best(scores, good, best_score), source=self.name)
+        best = pick_best(scores, good, best_score)
+        return RoundFeedback(good=mark_best_good(good, best), best=best, source=self.name)

@@ -1,0 +1,70 @@
+"""What the engine's round loop needs from an algorithm, and the state every one of them shares."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
+from hero.feedback.base import RoundFeedback
+from hero.lora import add_lora, save_lora
+from hero.policy_gradient import PolicyGradientConfig, make_optimizer
+from hero.rollout import Trajectories
+from hero.runs.atomic import atomic_torch_save
+
+
+class Algorithm(Protocol):
+    name: str
+
+    def start_noise(self, round_index: int, n: int, generator: torch.Generator) -> torch.Tensor | None:
+        """z_T for this round's images, or None for plain N(0, I) noise."""
+
+    def current_best_image(self) -> np.ndarray | None:
+        """The image the person may keep as best (shown beside the new round), if any."""
+
+    def learn(self, round_index: int, traj: Trajectories, feedback: RoundFeedback,
+              generator: torch.Generator) -> dict[str, float]:
+        """Learn from one judged round; return metrics, including seconds_representation and seconds_update."""
+
+    def save(self, folder: Path) -> None: ...
+
+    def load(self, folder: Path) -> None: ...
+
+
+def pg_config(cfg) -> PolicyGradientConfig:
+    """The DDPO core's settings from a TrainConfig (lr from the LoRA section)."""
+    pg = cfg.pg
+    return PolicyGradientConfig(lr=cfg.lora.lr, clip_range=pg.clip_range, adv_clip=pg.adv_clip,
+                                max_grad_norm=pg.max_grad_norm, timesteps_per_traj=pg.timesteps_per_traj,
+                                batch_size=pg.batch_size, grad_accum=pg.grad_accum, inner_epochs=pg.inner_epochs,
+                                per_prompt_advantages=pg.per_prompt_advantages, seed=cfg.seed)
+
+
+class LoraPolicy:
+    """The trainable part every algorithm shares: a LoRA on the UNet and its AdamW optimiser."""
+
+    def __init__(self, cfg, pipe):
+        self.pipe = pipe
+        self.pg = pg_config(cfg)
+        add_lora(pipe.unet, rank=cfg.lora.rank, alpha=cfg.lora.alpha)
+        self.optimizer = make_optimizer(pipe.unet, self.pg)
+
+    def state_dict(self) -> dict:
+        return {"lora": get_peft_model_state_dict(self.pipe.unet), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        set_peft_model_state_dict(self.pipe.unet, state["lora"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def save(self, folder: Path, extra: dict) -> None:
+        """LoRA in diffusers format (for users) + everything needed to resume (for us), each atomically."""
+        save_lora(self.pipe, folder / "lora")
+        atomic_torch_save({**self.state_dict(), **extra}, folder / "state.pt")
+
+    def load(self, folder: Path) -> dict:
+        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
+        self.load_state_dict(state)
+        return state

@@ -1,0 +1,304 @@
+"""Typed training config: defaults < YAML preset < keyword values < dotted overrides, checked by pydantic.
+
+Every mistake is one ``ConfigError`` line naming the key, e.g. ``bad value for 'budget': -3 (must be > 0)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from omegaconf import OmegaConf
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from hero.runs.atomic import atomic_write_text
+
+__all__ = ["ConfigError", "HeroSettings", "LoraSettings", "PolicyGradientSettings", "PRESETS_DIR", "SamplerConfig",
+           "TaskSettings", "TrainConfig", "list_presets", "load_config", "parse_feedback", "save_config"]
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+REWARDS = ("jpeg", "jpeg-incompressibility")  # "jpeg" is DDPO's compressibility reward
+_DEVICE = re.compile(r"(cpu|mps|(cuda|xpu)(:\d+)?)")
+_MISSING = "???"  # OmegaConf's "must be set" marker, usable in presets
+
+
+class ConfigError(ValueError):
+    """A configuration problem, told in one line that names the offending key."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))  # one line whatever the cause's text was
+
+
+class _Section(BaseModel):
+    # extra="forbid": a typo is an error, never a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), coerce_numbers_to_str=True)
+
+
+class SamplerConfig(_Section):
+    """DDIM sampling: steps, η and classifier-free guidance."""
+
+    steps: int = Field(20, ge=1)
+    eta: float = Field(1.0, ge=0.0)
+    guidance_scale: float = Field(3.0, ge=0.0)
+    resolution: int | None = Field(None, ge=8)  # pixels; None: the model's native size
+    batch_size: int = Field(8, ge=1)  # images per denoising forward pass (memory, not results)
+
+
+class LoraSettings(_Section):
+    """LoRA adapter on the UNet attention projections."""
+
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(8.0, gt=0)
+    lr: float = Field(3e-4, gt=0)
+
+
+class PolicyGradientSettings(_Section):
+    """DDPO update (defaults: the HERO paper's)."""
+
+    clip_range: float = Field(1e-4, gt=0)
+    adv_clip: float = Field(5.0, gt=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    timesteps_per_traj: int = Field(5, ge=1)
+    batch_size: int = Field(2, ge=1)
+    grad_accum: int = Field(4, ge=1)
+    inner_epochs: int = Field(1, ge=1)
+    per_prompt_advantages: bool = False
+
+
+class HeroSettings(_Section):
+    """HERO: feedback-guided noise and the feedback-aligned representation (triplet) learning."""
+
+    beta: float = Field(0.5, ge=0.0, le=1.0)  # share of a round started from the best image's noise
+    noise_eps: float = Field(0.1, ge=0.0, le=1.0)  # z = sqrt(1-eps^2) z_cond + eps xi
+    margin: float = Field(0.5, ge=0.0)
+    encoder_lr: float = Field(1e-5, gt=0)
+    encoder_epochs: int = Field(200, ge=1)  # the reference code uses 500-5000 at batch 2048; ours is a small CNN
+    train_on: Literal["all", "round"] = "all"  # all feedback so far, or only this round's
+    embed_dim: int = Field(512, ge=1)  # the reference code's output_dim
+    encoder_batch_size: int = Field(2048, ge=1)  # triplets per encoder step (the paper's 2048)
+
+
+class TaskSettings(_Section):
+    """What the simulated human wants beyond the prompt (toy world): a hidden background, a forbidden colour."""
+
+    hidden_background: str | None = None
+    forbidden_colour: str | None = None
+
+    @field_validator("hidden_background", "forbidden_colour")
+    @classmethod
+    def _known(cls, v: str | None, info: ValidationInfo) -> str | None:
+        from hero.toyworld.scenes import BACKGROUNDS, COLOURS  # lazy: only a task section needs the toy world
+        allowed = BACKGROUNDS if info.field_name == "hidden_background" else COLOURS
+        if v is not None and v not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)} or null")
+        return v
+
+
+def parse_feedback(spec: str) -> tuple[str, float | str | None]:
+    """Split a feedback spec: ("sim", error_rate) | ("reward", name) | ("web", None); ValueError if malformed."""
+    kind, _, arg = spec.partition(":")
+    if spec in ("sim", "web") or (kind == "reward" and arg in REWARDS):
+        return kind, {"sim": 0.0, "web": None}.get(spec, arg)
+    if kind == "sim":
+        try:
+            rate = float(arg)
+        except ValueError:
+            raise ValueError(f"error rate {arg!r} is not a number") from None
+        if not 0.0 <= rate <= 0.5:  # above 0.5 the "human" is more often wrong than right
+            raise ValueError(f"error rate {rate} must be in [0, 0.5]")
+        return "sim", rate
+    raise ValueError(f"must be sim, sim:<error rate in [0, 0.5]>, {', '.join('reward:' + r for r in REWARDS)} or web")
+
+
+class TrainConfig(_Section):
+    """Everything a training run needs; ``save_config`` writes it resolved into the run folder."""
+
+    model: str = Field("tiny-shapes", min_length=1)  # built-in name or a local diffusers pipeline folder
+    prompt: str = Field(min_length=1)
+    algo: Literal["hero", "ddpo", "d3po", "dpok", "seiko", "herd"] = "hero"
+    feedback: str = "sim"
+    budget: int = Field(512, gt=0)  # feedback budget: images judged in total
+    images_per_round: int = Field(64, gt=0)
+    seed: int = Field(0, ge=0)
+    out: str = Field("runs/train", min_length=1)
+    device: str = "cpu"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    keep_checkpoints: int = Field(0, ge=0)  # per-round checkpoints kept (the last ones); 0 keeps all
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    pg: PolicyGradientSettings = Field(default_factory=PolicyGradientSettings)
+    hero: HeroSettings = Field(default_factory=HeroSettings)
+    task: TaskSettings = Field(default_factory=TaskSettings)
+
+    @property
+    def rounds(self) -> int:
+        """Number of feedback rounds: ceil(budget / images_per_round) (the last one may be smaller)."""
+        return math.ceil(self.budget / self.images_per_round)
+
+    def task_options(self) -> dict[str, str]:
+        """The task's set options as keywords for ``parse_task`` (e.g. {"hidden_background": "black"})."""
+        return self.task.model_dump(exclude_none=True)
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _no_task(cls, v: Any) -> Any:
+        return {} if v is None else v  # "task: null" in YAML means no hidden preference
+
+    @field_validator("feedback", "device")
+    @classmethod
+    def _spec(cls, v: str, info: ValidationInfo) -> str:
+        if info.field_name == "feedback":
+            parse_feedback(v)
+        elif not _DEVICE.fullmatch(v):  # catch "gpu" now, not after the model has loaded
+            raise ValueError("must be cpu, cuda, cuda:N, mps or xpu[:N]")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        for key, value, limit, limit_key in (("images_per_round", self.images_per_round, self.budget, "budget"),
+                                             ("pg.timesteps_per_traj", self.pg.timesteps_per_traj, self.sampler.steps,
+                                              "sampler.steps")):
+            if value > limit:  # a cross-field error, so pydantic cannot name the key: we do
+                raise PydanticCustomError("config", "bad value for '{key}': {value} (must be <= {lk} ({limit}))",
+                                          {"key": key, "value": value, "lk": limit_key, "limit": limit})
+        return self
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        """Load and validate a config file (e.g. a run's saved ``config.yaml``)."""
+        return _validate(_read_yaml(Path(path), "config file"))
+
+    def to_yaml(self) -> str:
+        """The resolved config as YAML text."""
+        return OmegaConf.to_yaml(OmegaConf.create(self.model_dump(mode="json")))
+
+
+def list_presets() -> list[str]:
+    """Names of the shipped presets (``src/hero/presets/*.yaml``)."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def load_config(preset: str | Path | None = None, overrides: Sequence[str] = (), **values: Any) -> TrainConfig:
+    """Defaults, then a preset (name or YAML path), then keyword values (None ignored), then ``key=value`` overrides."""
+    data: dict = {}
+    if preset is not None:
+        _merge(data, _read_yaml(_preset_path(preset), "preset"))
+    for key, value in values.items():
+        if value is not None:  # a CLI option left unset must not clobber the preset
+            _merge(data, _nest(key, value.as_posix() if isinstance(value, Path) else value))
+    if isinstance(overrides, str):
+        overrides = [overrides]  # a lone "a=b" is one override, not a sequence of characters
+    for item in overrides:
+        key, eq, _ = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"bad override {item!r} (expected key=value, e.g. pg.timesteps_per_traj=3)")
+        try:
+            parsed = OmegaConf.to_container(OmegaConf.from_dotlist([item]), resolve=True)
+        except Exception as e:  # OmegaConf's errors are multi-line; ConfigError flattens them
+            raise ConfigError(f"bad override {item!r}: {e}") from None
+        _merge(data, parsed)
+    return _validate(data)
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML, atomically."""
+    atomic_write_text(path, "# hero training config (resolved)\n" + cfg.to_yaml())
+
+
+def _preset_path(preset: str | Path) -> Path:
+    name = str(preset)
+    if isinstance(preset, str) and re.fullmatch(r"[\w.-]+", name) and (PRESETS_DIR / f"{name}.yaml").is_file():
+        return PRESETS_DIR / f"{name}.yaml"
+    if Path(preset).is_file():
+        return Path(preset)
+    raise ConfigError(f"unknown preset {name!r} (available: {', '.join(list_presets())}; or a path to a YAML file)")
+
+
+def _read_yaml(path: Path, what: str) -> dict:
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as e:
+        raise ConfigError(f"cannot read {what} '{path}': {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} '{path}' must be a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def _nest(key: str, value: Any) -> dict:
+    # "pg.batch_size" as a keyword (via **{...}) means the same as the override pg.batch_size=...
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def _merge(base: dict, new: dict) -> dict:
+    # Sections merge key by key; anything else (scalars, a section replaced by a scalar) is overwritten, and
+    # pydantic then reports a wrong type under the right key.
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+def _all_keys(model: type[BaseModel] = TrainConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for name, info in model.model_fields.items():
+        section = isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)
+        keys += _all_keys(info.annotation, f"{prefix}{name}.") if section else [prefix + name]
+    return keys
+
+
+def _suggest(key: str) -> str:
+    keys = _all_keys()
+    match = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    if not match:  # right name, wrong section: "clip_range" -> "pg.clip_range"
+        leaves = {k.rsplit(".", 1)[-1]: k for k in keys}
+        leaf = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(leaves), n=1, cutoff=0.75)
+        match = [leaves[leaf[0]]] if leaf else []
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+_OPS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+
+
+def _describe(err: dict) -> str:
+    key, kind, ctx = ".".join(str(p) for p in err["loc"]), err["type"], err.get("ctx") or {}
+    if kind == "config":
+        return err["msg"]
+    if kind == "extra_forbidden":
+        return f"unknown config key '{key}'{_suggest(key)}"
+    if kind == "missing":
+        return f"missing config key '{key}' (required)"
+    if kind in _OPS:
+        why = f"must be {_OPS[kind]} {next(iter(ctx.values()))}"
+    elif kind == "literal_error":
+        why = f"must be one of {ctx.get('expected', '')}"
+    elif kind in ("model_type", "model_attributes_type", "dict_type"):
+        why = "must be a section: a mapping of keys"
+    else:  # pydantic's own words, in the same voice: "Input should be a valid integer" -> "must be ..."
+        why = err["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+    return f"bad value for '{key}': {err.get('input')!r} ({why})"
+
+
+def _leaves(data: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for k, v in data.items():
+        yield from _leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
+
+
+def _validate(data: dict) -> TrainConfig:
+    for key, value in _leaves(data):
+        if value == _MISSING:
+            raise ConfigError(f"missing value for '{key}' (the preset leaves it to you: set {key}=...)")
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as e:
+        # What the user typed wrong (unknown keys, bad values) before what they left out.
+        errors = sorted(e.errors(), key=lambda err: {"extra_forbidden": 0, "missing": 2}.get(err["type"], 1))
+        raise ConfigError("; ".join(_describe(err) for err in errors)) from None

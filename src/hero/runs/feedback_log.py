@@ -1,0 +1,233 @@
+"""The feedback log: every human judgement of a run, stored durably in SQLite the moment it arrives.
+
+One *feedback* is one image judged (the paper's accounting). A round is written in one transaction that is
+committed (WAL, synchronous=FULL: on disk) before ``record_*`` returns, so a crash loses no judgement that was
+acknowledged and never leaves half a round behind.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hero.runs.atomic import atomic_write_text
+
+__all__ = ["DuplicateRound", "FeedbackLog", "InvalidFeedback", "RoundFeedback", "read_jsonl"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS rounds (
+    round INTEGER PRIMARY KEY, prompt TEXT NOT NULL, n_images INTEGER NOT NULL, best INTEGER NULL,
+    source TEXT NOT NULL, submitted_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS judgements (
+    round INTEGER NOT NULL REFERENCES rounds(round), image INTEGER NOT NULL, good INTEGER NOT NULL,
+    is_best INTEGER NOT NULL, PRIMARY KEY (round, image));
+CREATE TABLE IF NOT EXISTS pairs (
+    round INTEGER NOT NULL REFERENCES rounds(round), winner INTEGER NOT NULL, loser INTEGER NOT NULL,
+    PRIMARY KEY (round, winner, loser));
+"""
+
+
+class DuplicateRound(ValueError):
+    """The round is already recorded; the log is append-only, so nothing was written."""
+
+
+class InvalidFeedback(ValueError):
+    """The feedback is inconsistent (index out of range, best not good, ...); nothing was written."""
+
+
+@dataclass(frozen=True)
+class RoundFeedback:
+    """One round's judgements: ``good[i]`` per image and the best index, or sorted (winner, loser) ``pairs``."""
+
+    round: int
+    prompt: str
+    good: list[bool]
+    best: int | None
+    source: str
+    n_images: int = 0
+    pairs: list[tuple[int, int]] = field(default_factory=list)
+    submitted_at: float = 0.0
+
+
+class FeedbackLog:
+    """Append-only SQLite record of human feedback; safe to share across threads and processes."""
+
+    def __init__(self, path: str | Path) -> None:
+        """Open (creating if needed) the log at ``path``."""
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a round is exactly one transaction.
+        # check_same_thread=False + our lock: the web server's threads and the trainer share one connection.
+        self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        self._lock = threading.RLock()
+        with self._lock:
+            self._conn.execute("PRAGMA journal_mode=WAL")  # readers never block the writer (a second process)
+            self._conn.execute("PRAGMA synchronous=FULL")  # fsync at every commit: committed means on disk
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            self._conn.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> FeedbackLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing -------------------------------------------------------------------------------------------
+
+    def record_round(self, round: int, prompt: str, good: Sequence[bool], best: int | None, source: str) -> None:
+        """Store a round's good/not-good marks and best pick in one committed transaction."""
+        round = _check_round(round)
+        good = [bool(g) for g in good]
+        n = len(good)
+        if n == 0:
+            raise InvalidFeedback(f"round {round}: no images judged")
+        if best is not None:
+            if not isinstance(best, int) or isinstance(best, bool) or not 0 <= best < n:
+                raise InvalidFeedback(f"round {round}: best={best!r} is not an image index in [0, {n})")
+            if not good[best]:
+                raise InvalidFeedback(f"round {round}: best image {best} is not marked good")
+        rows = [(round, i, int(g), int(i == best)) for i, g in enumerate(good)]
+        self._write(round, prompt, n, best, source, "INSERT INTO judgements VALUES (?, ?, ?, ?)", rows)
+
+    def record_pairs(self, round: int, prompt: str, pairs: Sequence[tuple[int, int]], n_images: int,
+                     source: str) -> None:
+        """Store a round of pairwise preferences (winner, loser) over ``n_images`` images, committed at once."""
+        round = _check_round(round)
+        if not isinstance(n_images, int) or n_images < 2:
+            raise InvalidFeedback(f"round {round}: n_images={n_images!r}, pairwise feedback needs at least 2")
+        rows, seen = [], set()
+        for pair in pairs:
+            try:
+                w, loser = (int(x) for x in pair)
+            except (TypeError, ValueError):
+                raise InvalidFeedback(f"round {round}: pair {pair!r} is not (winner, loser)") from None
+            if not (0 <= w < n_images and 0 <= loser < n_images) or w == loser:
+                raise InvalidFeedback(f"round {round}: pair {(w, loser)} is not two distinct images in [0, {n_images})")
+            if (w, loser) in seen:
+                raise InvalidFeedback(f"round {round}: pair {(w, loser)} given twice")
+            seen.add((w, loser))
+            rows.append((round, w, loser))
+        self._write(round, prompt, n_images, None, source, "INSERT INTO pairs VALUES (?, ?, ?)", rows)
+
+    def _write(self, round: int, prompt: str, n: int, best: int | None, source: str, sql: str, rows: list) -> None:
+        with self._lock:
+            # BEGIN IMMEDIATE takes the write lock up front, so the duplicate check and the insert cannot
+            # interleave with another process recording the same round.
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                if self._conn.execute("SELECT 1 FROM rounds WHERE round = ?", (round,)).fetchone():
+                    raise DuplicateRound(f"round {round} is already recorded in {self.path}")
+                self._conn.execute("INSERT INTO rounds VALUES (?, ?, ?, ?, ?, ?)",
+                                   (round, str(prompt), n, best, str(source), time.time()))
+                self._conn.executemany(sql, rows)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    # -- reading -------------------------------------------------------------------------------------------
+
+    def get_round(self, round: int) -> RoundFeedback | None:
+        """The feedback of ``round``, or None if it was never recorded."""
+        with self._lock:
+            row = self._conn.execute("SELECT round, prompt, n_images, best, source, submitted_at FROM rounds "
+                                     "WHERE round = ?", (round,)).fetchone()
+            if row is None:
+                return None
+            good = [bool(g) for (g,) in self._conn.execute(
+                "SELECT good FROM judgements WHERE round = ? ORDER BY image", (round,))]
+            pairs = [(w, lo) for w, lo in self._conn.execute(
+                "SELECT winner, loser FROM pairs WHERE round = ? ORDER BY winner, loser", (round,))]
+        r, prompt, n, best, source, at = row
+        return RoundFeedback(r, prompt, good, best, source, n, pairs, at)
+
+    def rounds(self) -> list[int]:
+        """Recorded round numbers, ascending."""
+        with self._lock:
+            return [r for (r,) in self._conn.execute("SELECT round FROM rounds ORDER BY round")]
+
+    def all_rounds(self) -> list[RoundFeedback]:
+        """Every recorded round, ascending."""
+        return [fb for r in self.rounds() if (fb := self.get_round(r)) is not None]
+
+    def n_feedback(self) -> int:
+        """Images judged so far (one image judged = one feedback, the paper's unit)."""
+        with self._lock:
+            (n,) = self._conn.execute("SELECT COALESCE(SUM(n_images), 0) FROM rounds").fetchone()
+        return int(n)
+
+    def preference_pairs(self) -> list[tuple[int, int, int]]:
+        """(round, winner, loser): best beats every other image, good beats not-good, plus explicit pairs."""
+        out: list[tuple[int, int, int]] = []
+        for fb in self.all_rounds():
+            out.extend(_implied_pairs(fb))
+            out.extend((fb.round, w, lo) for w, lo in fb.pairs)
+        return out
+
+    def export_jsonl(self, path: str | Path) -> int:
+        """Write one JSON object per judged image to ``path`` (atomically); returns the number of lines."""
+        lines = []
+        for fb in self.all_rounds():
+            beats: dict[int, list[int]] = {}
+            for w, lo in fb.pairs:
+                beats.setdefault(w, []).append(lo)
+            for i in range(fb.n_images):
+                rec = {"round": fb.round, "image": i, "prompt": fb.prompt, "source": fb.source,
+                       "submitted_at": fb.submitted_at, "n_images": fb.n_images}
+                if fb.good:  # a good/best round; a pairwise round lists whom each image beat instead
+                    rec.update(good=fb.good[i], best=fb.best == i)
+                else:
+                    rec["beats"] = beats.get(i, [])
+                lines.append(json.dumps(rec) + "\n")
+        atomic_write_text(path, "".join(lines))
+        return len(lines)
+
+
+def read_jsonl(path: str | Path) -> list[RoundFeedback]:
+    """Rebuild the rounds from an ``export_jsonl`` file (the inverse of the export)."""
+    by_round: dict[int, list[dict]] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                rec = json.loads(line)
+                by_round.setdefault(rec["round"], []).append(rec)
+    out = []
+    for r in sorted(by_round):
+        recs = sorted(by_round[r], key=lambda x: x["image"])
+        first = recs[0]
+        if "good" in first:
+            best = next((x["image"] for x in recs if x["best"]), None)
+            good, pairs = [x["good"] for x in recs], []
+        else:
+            best, good = None, []
+            pairs = sorted((x["image"], lo) for x in recs for lo in x["beats"])
+        out.append(RoundFeedback(r, first["prompt"], good, best, first["source"], first["n_images"], pairs,
+                                 first["submitted_at"]))
+    return out
+
+
+def _check_round(round: int) -> int:
+    if not isinstance(round, int) or isinstance(round, bool) or round < 0:
+        raise InvalidFeedback(f"round must be an integer >= 0, got {round!r}")
+    return round
+
+
+def _implied_pairs(fb: RoundFeedback) -> list[tuple[int, int, int]]:
+    out = []
+    if fb.best is not None:
+        out += [(fb.round, fb.best, j) for j in range(len(fb.good)) if j != fb.best]
+    # Good beats not-good; the best's wins were all listed above.
+    winners = [i for i, g in enumerate(fb.good) if g and i != fb.best]
+    losers = [j for j, g in enumerate(fb.good) if not g]
+    out += [(fb.round, i, j) for i in winners for j in losers]
+    return out

@@ -1,0 +1,126 @@
+"""The online loop every algorithm shares: sample a round, ask for feedback, learn, checkpoint, repeat.
+
+Each step leaves a durable mark before the next begins, so a crash at any moment loses no judgement and
+`--resume` never shows the person an image twice:
+  sampled  → rounds/round_k/trajectories.pt (the images to be judged are fixed from here on)
+  judged   → the round is in feedback.sqlite (written before the loop moves on)
+  learned  → checkpoints/round_k/ complete, then checkpoints/latest = k
+Randomness is drawn from generators seeded by (seed, round), so a resumed run samples what the
+uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from hero.algorithms import make_algorithm
+from hero.config import TrainConfig, save_config
+from hero.feedback.base import FeedbackSource, RoundFeedback, make_feedback_source
+from hero.lora import save_lora
+from hero.models import load_pipeline
+from hero.rollout import rollout
+from hero.runs.atomic import atomic_write_text
+from hero.runs.feedback_log import FeedbackLog
+from hero.runs.folder import RunFolder
+from hero.runs.tracking import Tracker
+
+
+def round_generator(seed: int, round_index: int, stream: int) -> torch.Generator:
+    """A generator for one purpose (stream) in one round: resumable without saving RNG state."""
+    return torch.Generator("cpu").manual_seed(seed * 1_000_003 + round_index * 101 + stream)
+
+
+def round_sizes(cfg: TrainConfig) -> list[int]:
+    """Images per round until the feedback budget is spent (the last round may be smaller)."""
+    full, rest = divmod(cfg.budget, cfg.images_per_round)
+    return [cfg.images_per_round] * full + ([rest] if rest else [])
+
+
+def train(cfg: TrainConfig, resume: bool = False, source: FeedbackSource | None = None,
+          show_progress: bool = True) -> RunFolder:
+    """Run (or resume) an online fine-tuning run into ``cfg.out``; returns the run folder."""
+    run = RunFolder(cfg.out)
+    if run.config_path.exists() and not resume:
+        raise FileExistsError(f"{run.path} already holds a run: pass --resume to continue it, or choose another --out")
+    run.path.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        save_config(cfg, run.config_path)
+    torch.manual_seed(cfg.seed)
+    pipe = load_pipeline(cfg.model, device=cfg.device)
+    algo = make_algorithm(cfg, pipe)
+    source = source or make_feedback_source(cfg.feedback, cfg.prompt, cfg.seed, cfg.task_options())
+    log = FeedbackLog(run.feedback_db)
+    start = run.latest_round() + 1
+    if start > 0:
+        algo.load(run.checkpoint_dir(start - 1))
+        _truncate_metrics(run, start - 1)
+    sizes = round_sizes(cfg)
+    tracker = Tracker(run.path / "logs", cfg)
+    with _progress(show_progress) as progress:
+        task = progress.add_task("rounds", total=len(sizes), completed=start, info="")
+        for r in range(start, len(sizes)):
+            record = run_round(cfg, run, pipe, algo, source, log, r, sizes[r])
+            tracker.log(record, step=r)
+            progress.update(task, advance=1, info=f"feedback {record['feedback']}/{cfg.budget} · "
+                                                  f"good {record['good_rate']:.2f}")
+    tracker.close()
+    save_lora(pipe, run.path / "lora")  # the final LoRA, loadable with pipe.load_lora_weights(RUN/lora)
+    return run
+
+
+def run_round(cfg: TrainConfig, run: RunFolder, pipe, algo, source: FeedbackSource, log: FeedbackLog, r: int,
+              n: int) -> dict:
+    """Sample (or reload), judge (or reload), learn and checkpoint one round; return its metrics."""
+    t0 = time.perf_counter()
+    traj = run.load_round(r)
+    if traj is None:
+        noise = algo.start_noise(r, n, round_generator(cfg.seed, r, 0))
+        traj = rollout(pipe, [cfg.prompt] * n, guidance_scale=cfg.sampler.guidance_scale,
+                       num_steps=cfg.sampler.steps, eta=cfg.sampler.eta, start_noise=noise,
+                       generator=round_generator(cfg.seed, r, 1), batch_size=cfg.sampler.batch_size)
+        run.save_round(r, traj)
+    t1 = time.perf_counter()
+    stored = log.get_round(r)
+    if stored is None:
+        feedback = source.judge_round(r, cfg.prompt, traj.images, algo.current_best_image())
+        log.record_round(r, cfg.prompt, feedback.good, feedback.best, feedback.source)
+    else:  # judged before a crash: never ask again
+        feedback = RoundFeedback(good=list(stored.good), best=stored.best, source=stored.source)
+    t2 = time.perf_counter()
+    stats = algo.learn(r, traj, feedback, round_generator(cfg.seed, r, 2))
+    folder = run.checkpoint_dir(r)
+    folder.mkdir(parents=True, exist_ok=True)
+    algo.save(folder)
+    record = {"round": r, "images": n, "feedback": log.n_feedback(), "good": sum(feedback.good),
+              "good_rate": sum(feedback.good) / n, "best": feedback.best, "seconds_sampling": t1 - t0,
+              "seconds_feedback": t2 - t1, **stats}
+    run.append_metrics(record)
+    run.mark_checkpoint(r)
+    run.drop_trajectories(r)
+    if cfg.keep_checkpoints > 0:
+        run.prune_checkpoints(cfg.keep_checkpoints)
+    return record
+
+
+def _truncate_metrics(run: RunFolder, last_round: int) -> None:
+    """Drop metric lines of rounds after the last checkpoint (written just before a crash)."""
+    kept = [m for m in run.metrics() if m["round"] <= last_round]
+    atomic_write_text(run.metrics_path, "".join(json.dumps(m) + "\n" for m in kept))
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), disable=not enabled)
+
+
+def final_checkpoint(run_dir: str | Path) -> Path:
+    run = RunFolder(run_dir)
+    r = run.latest_round()
+    if r < 0:
+        raise FileNotFoundError(f"{run.path} has no complete round checkpoint yet")
+    return run.checkpoint_dir(r)
