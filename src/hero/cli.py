@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import time
+import warnings
 from pathlib import Path
 
 import typer
@@ -60,7 +62,8 @@ def sample(
             for i, v in enumerate(verdicts):
                 f.write(json.dumps({"image": f"{i:04d}.png", **v.as_dict()}) + "\n")
         verdict_grid(images, [v.good for v in verdicts]).save(out / "verdicts.png")
-        result = {"prompt": prompt, **{k: round(v, 4) for k, v in rates(verdicts).items()}, "seconds": round(seconds, 2)}
+        result = {"prompt": prompt, **{k: round(v, 4) for k, v in rates(verdicts).items()},
+                  "seconds": round(seconds, 2)}
         typer.echo(json.dumps(result))
 
 
@@ -152,7 +155,15 @@ def eval_(
     typer.echo(json.dumps(result))
 
 
+def quiet_libraries() -> None:
+    """Hide library chatter a user cannot act on (torchvision fallbacks, weight-loading bars)."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 def main() -> None:
+    quiet_libraries()
     app()
 
 

@@ -60,7 +60,14 @@ def save_lora(pipe_or_unet, directory: str | Path, adapter_name: str | None = No
 
 def load_lora(pipe, directory: str | Path, adapter_name: str | None = None, trainable: bool = False) -> None:
     """Load a LoRA written by ``save_lora`` (or any diffusers SD LoRA) into ``pipe``; frozen unless ``trainable``."""
-    pipe.load_lora_weights(str(directory), adapter_name=adapter_name)
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # "no LoRA keys for the text encoder" is expected: we train the UNet
+    try:
+        pipe.load_lora_weights(str(directory), adapter_name=adapter_name)
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
     # diffusers leaves whatever requires_grad the modules had (base and adapter alike): make it explicit.
     if trainable:  # resuming training: as after add_lora, only the (fp32) adapter trains
         pipe.unet.requires_grad_(False)

@@ -50,12 +50,12 @@ class CaptionEmbeddings:
         if missing:
             with torch.no_grad():
                 embeds = self.pipe.encode_prompt(missing, "cpu", 1, False)[0]
-            self.cache.update(zip(missing, embeds))
+            self.cache.update(zip(missing, embeds, strict=False))
         return torch.stack([self.cache[c] for c in captions])
 
 
 def batch(rng: np.random.Generator, size: int, dropout: float) -> tuple[torch.Tensor, list[str]]:
-    images, captions = zip(*(training_example(rng) for _ in range(size)))
+    images, captions = zip(*(training_example(rng) for _ in range(size)), strict=False)
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     captions = ["" if rng.random() < dropout else c for c in captions]
     return x, captions
@@ -73,7 +73,7 @@ def save_model(pipe: PixelStableDiffusionPipeline, ema: EMAModel, folder: Path, 
     if grid:
         _sample_grid(pipe, folder / "samples.png")
     with torch.no_grad():
-        for p, b in zip(unet.parameters(), backup):
+        for p, b in zip(unet.parameters(), backup, strict=False):
             p.copy_(b)
 
 

@@ -8,7 +8,7 @@ from hero.toyworld.tasks import parse_task
 def test_generator_is_deterministic():
     a = [training_example(np.random.default_rng(7)) for _ in range(3)]
     b = [training_example(np.random.default_rng(7)) for _ in range(3)]
-    for (ia, ca), (ib, cb) in zip(a, b):
+    for (ia, ca), (ib, cb) in zip(a, b, strict=False):
         assert ca == cb
         assert np.array_equal(ia, ib)
     other = training_example(np.random.default_rng(8))
@@ -29,7 +29,7 @@ def test_shapes_never_touch():
         scene = random_scene(rng)
         boxes = [(s.x, s.y, s.size) for s in scene.shapes]
         for i, (x, y, s) in enumerate(boxes):
-            assert 0 <= x and x + s <= 32 and 0 <= y and y + s <= 32
+            assert x >= 0 and x + s <= 32 and y >= 0 and y + s <= 32
             for bx, by, bs in boxes[i + 1:]:
                 assert x + s + 2 <= bx or bx + bs + 2 <= x or y + s + 2 <= by or by + bs + 2 <= y
 

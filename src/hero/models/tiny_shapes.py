@@ -26,7 +26,8 @@ UNET_CONFIG = dict(
     cross_attention_dim=384, attention_head_dim=16, norm_num_groups=8,
     addition_embed_type="text", addition_embed_type_num_heads=4,
 )
-SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction", steps_offset=1)
+SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
+                steps_offset=1)
 
 
 def shipped_model_dir() -> Path:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hero.toyworld.judge import verdict, analyse
+from hero.toyworld.judge import analyse, verdict
 from hero.toyworld.scenes import COLOURS, SHAPES, Scene, random_groups, random_scene, render
 from hero.toyworld.tasks import TASK_PRESETS, Task, task_from_preset
 

@@ -12,9 +12,8 @@ probability (seeded, so runs reproduce).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import functools
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw

@@ -208,10 +208,11 @@ def image_grid(images: np.ndarray | list[np.ndarray], ncols: int = 8, pad: int =
     return out.resize((out.width * scale, out.height * scale), Image.NEAREST) if scale != 1 else out
 
 
-def verdict_grid(images: np.ndarray | list[np.ndarray], good: list[bool], ncols: int = 8, scale: int = 3) -> Image.Image:
+def verdict_grid(images: np.ndarray | list[np.ndarray], good: list[bool], ncols: int = 8,
+                 scale: int = 3) -> Image.Image:
     """A grid with a green frame around each image judged good and a red one around the rest."""
     framed = []
-    for im, ok in zip(images, good):
+    for im, ok in zip(images, good, strict=False):
         im = np.asarray(im)
         f = np.empty((im.shape[0] + 4, im.shape[1] + 4, 3), dtype=np.uint8)
         f[:] = (40, 200, 60) if ok else (220, 40, 40)

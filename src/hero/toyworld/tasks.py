@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from hero.toyworld.scenes import BACKGROUNDS, COLOURS, SHAPES, WORD_NUMBERS, caption
+from hero.toyworld.scenes import BACKGROUNDS, COLOURS, WORD_NUMBERS, caption
 
 TASK_PRESETS: dict[str, dict] = {
     "counting": {"prompt": "three green triangles"},
