@@ -1,4 +1,4 @@
-"""The `hero` command line (typer): train, eval, sample, pretrain-toy, check-judge."""
+"""The `hero` command line (typer): train, eval, sample, label, export, pretrain-toy, check-judge."""
 
 from __future__ import annotations
 
@@ -100,7 +100,8 @@ def train(
     prompt: str = typer.Option(None, help='Prompt to fine-tune for, e.g. "three green triangles".'),
     model: str = typer.Option(None, help="tiny-shapes (built in) or a local diffusers pipeline folder."),
     algo: str = typer.Option(None, help="hero (default), ... (see below)."),
-    feedback: str = typer.Option(None, help="sim, sim:<error rate>, reward:jpeg, reward:jpeg-incompressibility."),
+    feedback: str = typer.Option(None, help="sim, sim:<error rate>, reward:jpeg, reward:jpeg-incompressibility, "
+                                            "web (a person, in the browser: prints the URL to open)."),
     budget: int = typer.Option(None, help="Feedback budget: images judged in all (default 512)."),
     images_per_round: int = typer.Option(None, help="Images per round (default 64)."),
     seed: int = typer.Option(None, help="Seed (default 0)."),
@@ -125,11 +126,24 @@ def train(
     except ConfigError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+    web, finished = None, False
     try:
-        run = run_training(cfg, resume=resume is not None, show_progress=progress)
-    except (FileExistsError, FileNotFoundError, ValueError) as e:
+        if cfg.feedback == "web":
+            from hero.web import WebFeedback
+
+            if resume is None and (Path(cfg.out) / "config.yaml").is_file():
+                raise FileExistsError(f"{cfg.out} already holds a run: pass --resume to continue it, "
+                                      "or choose another --out")
+            web = WebFeedback.for_config(cfg)
+            typer.echo(f"feedback page: {web.start()}  (open it in a browser; Ctrl-C stops, --resume continues)")
+        run = run_training(cfg, resume=resume is not None, source=web, show_progress=progress)
+        finished = True
+    except (FileExistsError, FileNotFoundError, ValueError, OSError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+    finally:
+        if web is not None:
+            web.close(done=finished)
     typer.echo(f"run finished: {run.path}  (LoRA: {run.path / 'lora'}; evaluate with `hero eval {run.path}`)")
 
 
@@ -153,6 +167,44 @@ def eval_(
             if k in result:
                 typer.echo(f"{k:>12}: {result[k]:.3f}")
     typer.echo(json.dumps(result))
+
+
+@app.command()
+def label(
+    run_dir: Path = typer.Argument(..., help="A run folder whose rounds were sampled earlier."),
+    host: str = typer.Option(None, help="Interface to listen on (default: the run's web.host, 127.0.0.1)."),
+    port: int = typer.Option(None, min=0, max=65535, help="Port (default: the run's web.port, 8765; 0: any)."),
+    allow_host: list[str] = typer.Option([], help="Extra Host-header name to answer to (repeat)."),
+    prompt: str = typer.Option(None, help="The prompt, for a folder without config.yaml."),
+) -> None:
+    """Label, in the browser, the rounds of RUN_DIR that have images but no feedback yet (offline annotation)."""
+    from hero.web import label_run
+
+    try:
+        n = label_run(run_dir, host=host, port=port, allowed_hosts=allow_host, prompt=prompt,
+                      on_ready=lambda url: typer.echo(f"feedback page: {url}  (open it in a browser)"))
+    except (FileNotFoundError, ValueError, OSError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"labelled {n} round(s) in {run_dir}" if n else f"nothing to label in {run_dir}: every sampled "
+               "round has feedback")
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="A run folder with a feedback log."),
+    out: Path = typer.Option(None, help="Output folder (default: RUN_DIR/export)."),
+) -> None:
+    """Write the run's feedback as JSONL (one line per judged image) and as preference pairs (pairs.jsonl)."""
+    from hero.web import export_run
+
+    try:
+        result = export_run(run_dir, out)
+    except FileNotFoundError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"wrote {result['feedback']} judgements to {result['out']}/feedback.jsonl and "
+               f"{result['pairs']} pairs to {result['out']}/pairs.jsonl")
 
 
 def quiet_libraries() -> None:

@@ -19,7 +19,7 @@ from pydantic_core import PydanticCustomError
 from hero.runs.atomic import atomic_write_text
 
 __all__ = ["ConfigError", "HeroSettings", "LoraSettings", "PolicyGradientSettings", "PRESETS_DIR", "SamplerConfig",
-           "TaskSettings", "TrainConfig", "list_presets", "load_config", "parse_feedback", "save_config"]
+           "TaskSettings", "TrainConfig", "WebSettings", "list_presets", "load_config", "parse_feedback", "save_config"]
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 REWARDS = ("jpeg", "jpeg-incompressibility")  # "jpeg" is DDPO's compressibility reward
@@ -99,6 +99,14 @@ class TaskSettings(_Section):
         return v
 
 
+class WebSettings(_Section):
+    """The feedback web page's server (``--feedback web``, ``hero label``): where it listens, whom it answers."""
+
+    host: str = Field("127.0.0.1", min_length=1)  # loopback only unless told otherwise (e.g. 0.0.0.0)
+    port: int = Field(8765, ge=0, le=65535)  # 0: any free port; fixed by default so a restarted run keeps its URL
+    allowed_hosts: list[str] = Field(default_factory=list)  # extra Host-header names (besides loopback, host)
+
+
 def parse_feedback(spec: str) -> tuple[str, float | str | None]:
     """Split a feedback spec: ("sim", error_rate) | ("reward", name) | ("web", None); ValueError if malformed."""
     kind, _, arg = spec.partition(":")
@@ -134,6 +142,7 @@ class TrainConfig(_Section):
     pg: PolicyGradientSettings = Field(default_factory=PolicyGradientSettings)
     hero: HeroSettings = Field(default_factory=HeroSettings)
     task: TaskSettings = Field(default_factory=TaskSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
 
     @property
     def rounds(self) -> int:

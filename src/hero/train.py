@@ -88,7 +88,8 @@ def run_round(cfg: TrainConfig, run: RunFolder, pipe, algo, source: FeedbackSour
     stored = log.get_round(r)
     if stored is None:
         feedback = source.judge_round(r, cfg.prompt, traj.images, algo.current_best_image())
-        log.record_round(r, cfg.prompt, feedback.good, feedback.best, feedback.source)
+        if log.get_round(r) is None:  # the web source writes the round itself, before it answers the browser
+            log.record_round(r, cfg.prompt, feedback.good, feedback.best, feedback.source)
     else:  # judged before a crash: never ask again
         feedback = RoundFeedback(good=list(stored.good), best=stored.best, source=stored.source)
     t2 = time.perf_counter()

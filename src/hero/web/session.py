@@ -1,0 +1,202 @@
+"""The state the web page and the training loop share: which round waits for feedback, and its submission.
+
+Rules a submission must follow (checked here, on the server, and again in the page before it sends):
+
+* it answers the round that is waiting now (else 409), and that round is not in the feedback log yet (else 409:
+  a second submission is refused, never double-counted);
+* ``good`` lists distinct image indices of this round (else 422: unknown image id);
+* exactly one best: an image index that is among the good ones (the best is always good), or ``null`` for
+  "keep the current best", which only exists after a round has chosen one (so round 0 must point at an image).
+
+What is *not* enforced, on purpose: "at least one good and one not good". HERO's anchor is the best image, so
+the first round's required best already gives it one good image; after that a round with no good image (the
+person keeps the current best) or with only good images is an honest answer that HERO handles (the triplet loss
+simply has no pair in that round, and the good-noise set of the previous round is kept). Forcing a different
+answer would record a judgement the person did not make, so the page warns and asks for a second Enter instead.
+
+A valid submission is committed to the run's SQLite feedback log *before* the HTTP answer is sent; anything
+rejected leaves the log untouched.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hero.feedback.base import RoundFeedback
+from hero.runs.feedback_log import DuplicateRound, FeedbackLog, InvalidFeedback
+from hero.runs.folder import RunFolder
+
+__all__ = ["Phase", "RoundSpec", "Session", "SubmitError"]
+
+Phase = str  # "learning" (the model is busy: sampling or updating) | "judging" | "done"
+_FIELDS = {"round", "good", "best"}
+
+
+@dataclass(frozen=True)
+class RoundSpec:
+    """A round shown to the person: its index, prompt, image count and whether a current best exists."""
+
+    round: int
+    prompt: str
+    n_images: int
+    best_png: bytes | None = None  # the current best image (an earlier round's), PNG-encoded
+
+
+class SubmitError(Exception):
+    """A rejected submission: the HTTP status and a message meant for the person."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)  # JSON true is not image 1
+
+
+def parse_submission(payload: Any) -> tuple[int, list[int], int | None]:
+    """(round, good indices, best) from the request's JSON, or SubmitError 400 when it is malformed."""
+    if not isinstance(payload, dict):
+        raise SubmitError(400, "the body must be a JSON object {round, good, best}")
+    if set(payload) != _FIELDS:
+        extra, missing = sorted(set(payload) - _FIELDS), sorted(_FIELDS - set(payload))
+        raise SubmitError(400, f"expected exactly the fields round, good, best (missing: {missing}, unknown: {extra})")
+    rnd, good, best = payload["round"], payload["good"], payload["best"]
+    if not _is_int(rnd):
+        raise SubmitError(400, f"round must be an integer, got {rnd!r}")
+    if not isinstance(good, list) or not all(_is_int(i) for i in good):
+        raise SubmitError(400, "good must be a list of image indices (integers)")
+    if best is not None and not _is_int(best):
+        raise SubmitError(400, f"best must be an image index (integer) or null, got {best!r}")
+    return rnd, good, best
+
+
+class Session:
+    """Thread-safe meeting point: the loop posts a round and waits; the server validates and records answers."""
+
+    def __init__(self, run_dir: str | Path, rounds_total: int, budget: int, mode: str = "train",
+                 source: str = "web", prompt: str = "") -> None:
+        """Share the run folder's feedback log; ``mode`` is "train" (a model learns between rounds) or "label"."""
+        self.run = RunFolder(run_dir)
+        self.log = FeedbackLog(self.run.feedback_db)
+        self.rounds_total, self.budget, self.mode, self.source = rounds_total, budget, mode, source
+        self.prompt = prompt  # shown while no round is up
+        self._cond = threading.Condition(threading.Lock())
+        self._spec: RoundSpec | None = None
+        self._answer: RoundFeedback | None = None
+        self.phase: Phase = "learning"
+        self.message = "The round appears here by itself as soon as its images are ready."
+        self.done_seen = threading.Event()  # a page has been told "done" (so the server may stop)
+
+    # -- the loop's side -------------------------------------------------------------------------------------
+
+    def wait_for_feedback(self, spec: RoundSpec, alive: Callable[[], bool] = lambda: True,
+                          poll: float = 0.5) -> RoundFeedback:
+        """Show ``spec`` and block until it is submitted (and committed); ``alive()`` False aborts."""
+        with self._cond:
+            self._spec, self._answer, self.phase = spec, None, "judging"
+            self.message = ""
+            self._cond.notify_all()
+            while self._answer is None:
+                if not alive():
+                    raise RuntimeError("the feedback web server stopped while a round was waiting")
+                self._cond.wait(timeout=poll)  # a timeout, so Ctrl-C and a dead server are noticed
+            answer, self._answer = self._answer, None
+            return answer
+
+    def finish(self, message: str = "All rounds are judged. Thank you!") -> None:
+        """No more rounds: the page shows ``message``."""
+        with self._cond:
+            self._spec, self.phase, self.message = None, "done", message
+            self._cond.notify_all()
+
+    # -- the server's side ------------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """The page's view: phase, round, prompt, image ids, progress."""
+        with self._cond:
+            spec, phase, message = self._spec, self.phase, self.message
+        n_feedback = self.log.n_feedback()
+        rounds_done = len(self.log.rounds())
+        number = (spec.round + 1) if spec else max(1, min(rounds_done, self.rounds_total))
+        out: dict[str, Any] = {
+            "phase": phase, "mode": self.mode, "message": message, "round": spec.round if spec else None,
+            "round_number": number, "rounds_total": self.rounds_total, "feedback": n_feedback,
+            "budget": self.budget, "progress": f"round {number} of {self.rounds_total}, "
+                                                f"{n_feedback} of {self.budget} feedback",
+            "prompt": spec.prompt if spec else self.prompt, "n_images": spec.n_images if spec else 0,
+            "image_ids": list(range(spec.n_images)) if spec else [],
+            "current_best": bool(spec and spec.best_png is not None),
+        }
+        if phase == "done":
+            self.done_seen.set()
+        return out
+
+    def image_path(self, rnd: int, index: int) -> Path | None:
+        """The file of image ``index`` of the waiting round, or None: built from two checked ints, never a path."""
+        with self._cond:
+            spec = self._spec
+        if spec is None or rnd != spec.round or not 0 <= index < spec.n_images:
+            return None
+        path = self.run.image_path(rnd, index)
+        return path if path.is_file() else None
+
+    def best_png(self, rnd: int) -> bytes | None:
+        """The current best image shown beside round ``rnd``, or None."""
+        with self._cond:
+            spec = self._spec
+        return spec.best_png if spec is not None and spec.round == rnd else None
+
+    def submit(self, payload: Any) -> dict[str, Any]:
+        """Validate, commit to the log, wake the loop; SubmitError (nothing written) when anything is wrong."""
+        rnd, good_ids, best = parse_submission(payload)
+        with self._cond:  # one submission at a time: the check and the write cannot interleave
+            spec = self._spec
+            if self.log.get_round(rnd) is not None:
+                raise SubmitError(409, f"round {rnd} was already submitted; it is not counted twice")
+            if self.phase != "judging" or spec is None:
+                raise SubmitError(409, "no round is waiting for feedback right now"
+                                       + (" (the model is learning)" if self.phase == "learning" else ""))
+            if rnd != spec.round:
+                raise SubmitError(409, f"round {rnd} is not the round waiting for feedback (round {spec.round} is)")
+            good = self._check_rules(spec, good_ids, best)
+            try:
+                self.log.record_round(rnd, spec.prompt, good, best, self.source)
+            except DuplicateRound:  # e.g. recorded by `hero label` in another process meanwhile
+                raise SubmitError(409, f"round {rnd} was already submitted; it is not counted twice") from None
+            except InvalidFeedback as e:
+                raise SubmitError(422, str(e)) from None
+            self._answer = RoundFeedback(good=good, best=best, source=self.source)
+            self._spec, self.phase = None, "learning"
+            self.message = (f"Round {rnd + 1} is saved. The model is learning from it; the next round appears "
+                            "here by itself." if self.mode == "train" else f"Round {rnd + 1} is saved.")
+            self._cond.notify_all()
+        return {"ok": True, "round": rnd, "good": sum(good), "feedback": self.log.n_feedback()}
+
+    @staticmethod
+    def _check_rules(spec: RoundSpec, good_ids: list[int], best: int | None) -> list[bool]:
+        n = spec.n_images
+        unknown = [i for i in good_ids if not 0 <= i < n]
+        if unknown:
+            raise SubmitError(422, f"unknown image id(s) {unknown[:5]}: this round has images 0..{n - 1}")
+        if len(set(good_ids)) != len(good_ids):
+            raise SubmitError(422, "an image is listed twice in good")
+        if best is None:
+            if spec.best_png is None:
+                raise SubmitError(422, "choose one best image: there is no current best to keep in this round")
+        elif not 0 <= best < n:
+            raise SubmitError(422, f"unknown image id {best} for best: this round has images 0..{n - 1}")
+        elif best not in good_ids:
+            raise SubmitError(422, f"the best image ({best}) must also be marked good")
+        good = [False] * n
+        for i in good_ids:
+            good[i] = True
+        return good
+
+    def close(self) -> None:
+        """Close the log connection."""
+        self.log.close()

@@ -1,0 +1,321 @@
+// hero feedback page: poll the server's state, show the round, collect good/best marks, submit.
+// No build step, no dependencies. Marks in progress are saved in localStorage (per run and round), so a
+// refresh, a closed tab or a restarted server loses nothing; submitted rounds live in the server's log.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const KEEP = "keep"; // best = the current best (sent as null)
+
+const ui = {
+  state: null,        // last /api/state
+  round: null,        // round shown in the grid
+  runId: null,        // the run it belongs to (another run may later be served on the same port)
+  good: new Set(),    // indices marked good
+  best: null,         // null (none yet), KEEP, or an index
+  history: [],        // undo stack of {good, best}
+  focus: 0,           // focused cell: 0..n-1, or -1 for the current-best tile
+  numBuf: "", numShift: false, numTimer: null,
+  armed: null,        // a warning shown once; the second Enter submits anyway
+  sending: false,
+  pollTimer: null,
+};
+
+// ---------------------------------------------------------------- server
+
+async function api(path, options = {}) {
+  const res = await fetch(path, { credentials: "same-origin", cache: "no-store", ...options });
+  let body = null;
+  try { body = await res.json(); } catch (_) { /* not JSON */ }
+  return { status: res.status, ok: res.ok, body };
+}
+
+async function poll() {
+  clearTimeout(ui.pollTimer);
+  let next = 1000;
+  try {
+    const { status, body } = await api("/api/state");
+    if (status === 401) return fatal("Not signed in: open the URL that hero printed (it ends in ?token=…).");
+    $("offline").hidden = true;
+    if (body) apply(body);
+    if (body && body.phase === "done") return;
+    if (body && body.phase === "judging") next = 2500; // still poll: another tab may have submitted
+  } catch (_) {
+    $("offline").hidden = false; // server restarting: keep everything, try again
+    next = 1500;
+  }
+  ui.pollTimer = setTimeout(poll, next);
+}
+
+function apply(s) {
+  ui.state = s;
+  $("prompt").textContent = s.prompt || $("prompt").textContent;
+  $("progress").textContent = `Round ${s.round_number} of ${s.rounds_total} · ${s.feedback} of ${s.budget} feedback`;
+  $("bar-fill").style.width = `${Math.min(100, (100 * s.feedback) / Math.max(1, s.budget))}%`;
+  show(s.phase);
+  if (s.phase === "judging" && (s.round !== ui.round || s.run_id !== ui.runId)) startRound(s);
+  if (s.phase !== "judging") {
+    ui.round = null;
+    $("busy-title").textContent = s.mode === "label" ? "Loading the next round…" :
+      s.feedback > 0 ? "The model is learning…" : "Getting the first images ready…";
+    $("busy-message").textContent = s.message || "The next round appears here by itself.";
+    if (s.phase === "done") $("done-message").textContent = s.message || "All rounds are judged. Thank you!";
+  }
+}
+
+function show(phase) {
+  $("judge").hidden = phase !== "judging";
+  $("busy").hidden = phase !== "learning";
+  $("done").hidden = phase !== "done";
+  $("bottom").classList.toggle("inactive", phase !== "judging");
+}
+
+function fatal(text) {
+  show("none");
+  $("message").textContent = text;
+  $("message").className = "message error";
+}
+
+// ---------------------------------------------------------------- a round
+
+function draftKey() { return `hero:${ui.state.run_id}:${ui.round}`; }
+
+function dropOldDrafts(s) {
+  const prefix = `hero:${s.run_id}:`;
+  for (const key of Object.keys(localStorage)) {
+    if (key.startsWith(prefix) && Number(key.slice(prefix.length)) < s.round) localStorage.removeItem(key);
+  }
+}
+
+function startRound(s) {
+  dropOldDrafts(s); // rounds before this one are submitted: their drafts are no longer needed
+  ui.round = s.round; ui.runId = s.run_id; ui.history = []; ui.armed = null; ui.focus = 0;
+  ui.good = new Set(); ui.best = null;
+  try {
+    const d = JSON.parse(localStorage.getItem(draftKey()) || "null");
+    if (d) { ui.good = new Set(d.good.filter((i) => i < s.n_images)); ui.best = d.best; }
+  } catch (_) { /* no draft */ }
+  if (ui.best === KEEP && !s.current_best) ui.best = null;
+  buildGrid(s);
+  say(ui.good.size ? "Your marks for this round were restored." : "");
+  render();
+  fit();
+}
+
+function buildGrid(s) {
+  const grid = $("grid");
+  grid.replaceChildren();
+  if (s.current_best) grid.append(cell(-1, `/api/best/${s.round}`, "current", "Current best (keep it with K)"));
+  for (const i of s.image_ids) grid.append(cell(i, `/api/image/${s.round}/${i}`, String(i + 1), `Image ${i + 1}`));
+}
+
+function cell(i, src, label, alt) {
+  const el = document.createElement("div");
+  el.className = i < 0 ? "tile keep" : "tile";
+  el.dataset.i = String(i);
+  el.setAttribute("role", "checkbox");
+  el.tabIndex = -1;
+  const img = document.createElement("img");
+  img.src = src; img.alt = alt; img.draggable = false;
+  img.addEventListener("load", () => img.classList.toggle("px", img.naturalWidth < el.clientWidth));
+  const num = document.createElement("span");
+  num.className = "num"; num.textContent = label;
+  const badge = document.createElement("span");
+  badge.className = "badge";
+  el.append(img, num, badge);
+  el.addEventListener("click", (e) => { setFocus(i); i < 0 || e.shiftKey ? chooseBest(i) : toggleGood(i); });
+  return el;
+}
+
+function snapshot() { ui.history.push({ good: new Set(ui.good), best: ui.best }); ui.armed = null; }
+
+function toggleGood(i) {
+  if (i < 0) return chooseBest(i);
+  snapshot();
+  if (ui.good.has(i)) { ui.good.delete(i); if (ui.best === i) ui.best = null; } // the best is always good
+  else ui.good.add(i);
+  changed();
+}
+
+function chooseBest(i) {
+  snapshot();
+  const pick = i < 0 ? KEEP : i;
+  ui.best = ui.best === pick ? null : pick;
+  if (typeof ui.best === "number") ui.good.add(ui.best);
+  changed();
+}
+
+function undo() {
+  const last = ui.history.pop();
+  if (!last) return say("Nothing to undo.");
+  ui.good = last.good; ui.best = last.best; ui.armed = null;
+  changed();
+}
+
+function changed() {
+  localStorage.setItem(draftKey(), JSON.stringify({ good: [...ui.good], best: ui.best }));
+  say("");
+  render();
+}
+
+function render() {
+  for (const el of $("grid").children) {
+    const i = Number(el.dataset.i);
+    const isBest = i < 0 ? ui.best === KEEP : ui.best === i;
+    const isGood = i >= 0 && ui.good.has(i);
+    el.classList.toggle("good", isGood);
+    el.classList.toggle("best", isBest);
+    el.setAttribute("aria-checked", String(isGood || isBest));
+    el.querySelector(".badge").textContent = isBest ? "★ best" : isGood ? "✓" : "";
+    el.setAttribute("aria-label", `${i < 0 ? "Current best" : "Image " + (i + 1)}: ${isBest ? "best" : isGood ? "good" : "not good"}`);
+    el.tabIndex = i === ui.focus ? 0 : -1;
+  }
+  const n = ui.good.size;
+  $("count-good").textContent = `${n} good of ${ui.state ? ui.state.n_images : 0}`;
+  $("count-best").textContent = ui.best === null ? "no best yet" : ui.best === KEEP ? "best: keep current" : `best: #${ui.best + 1}`;
+  $("count-best").classList.toggle("missing", ui.best === null);
+  $("undo").disabled = ui.history.length === 0;
+}
+
+function setFocus(i, move = false) {
+  ui.focus = i;
+  render();
+  const el = $("grid").querySelector(`[data-i="${i}"]`);
+  if (el && move) { el.focus({ preventScroll: false }); el.scrollIntoView({ block: "nearest" }); }
+}
+
+function say(text, kind = "") {
+  $("message").textContent = text;
+  $("message").className = "message " + kind;
+}
+
+// ---------------------------------------------------------------- submit
+
+function problems() {
+  const s = ui.state, n = s.n_images;
+  if (ui.best === null) {
+    return { block: s.current_best ? "Choose one best image, or keep the current best (K)." :
+                                     "Choose one best image (Shift+click, Shift+number or B)." };
+  }
+  if (ui.good.size === 0) return { warn: "No image is marked good. Press Enter again to submit anyway." };
+  if (ui.good.size === n) return { warn: "Every image is marked good (HERO learns most from a mix). Press Enter again to submit anyway." };
+  return {};
+}
+
+async function submit() {
+  if (!ui.state || ui.state.phase !== "judging" || ui.sending) return;
+  const p = problems();
+  if (p.block) return say(p.block, "error");
+  const key = `${ui.round}:${[...ui.good].sort().join(",")}:${ui.best}`;
+  if (p.warn && ui.armed !== key) { ui.armed = key; return say(p.warn, "warn"); }
+  ui.sending = true; $("submit").disabled = true;
+  const body = { round: ui.round, good: [...ui.good].sort((a, b) => a - b), best: ui.best === KEEP ? null : ui.best };
+  try {
+    const res = await api("/api/submit", { method: "POST", headers: { "Content-Type": "application/json" },
+                                           body: JSON.stringify(body) });
+    if (res.ok) {
+      localStorage.removeItem(draftKey());
+      say(`Round ${ui.round + 1} saved.`, "ok");
+      ui.round = null;
+      show("learning");
+    } else {
+      say((res.body && res.body.error) || `The server refused the submission (${res.status}).`, "error");
+    }
+  } catch (_) {
+    say("Could not reach the server; your marks are kept. Try Enter again in a moment.", "error");
+  } finally {
+    ui.sending = false; $("submit").disabled = false;
+    poll();
+  }
+}
+
+// ---------------------------------------------------------------- keyboard
+
+function commitNumber() {
+  const v = parseInt(ui.numBuf, 10), shift = ui.numShift;
+  ui.numBuf = ""; clearTimeout(ui.numTimer);
+  const n = ui.state.n_images;
+  if (!(v >= 1 && v <= n)) return say(`There is no image ${v} (1–${n}).`, "error");
+  setFocus(v - 1, true);
+  shift ? chooseBest(v - 1) : toggleGood(v - 1);
+}
+
+function typeDigit(d, shift) {
+  if (ui.numBuf === "") ui.numShift = shift;
+  ui.numBuf += d;
+  clearTimeout(ui.numTimer);
+  const v = parseInt(ui.numBuf, 10);
+  // Commit at once when no longer number starts with these digits; otherwise wait briefly for the next one.
+  if (v * 10 > ui.state.n_images) commitNumber();
+  else { say(`Image ${v}…`); ui.numTimer = setTimeout(commitNumber, 650); }
+}
+
+function columns() {
+  return getComputedStyle($("grid")).gridTemplateColumns.split(" ").filter(Boolean).length || 1;
+}
+
+function moveFocus(dx, dy) {
+  const cells = [...$("grid").children].map((el) => Number(el.dataset.i));
+  let pos = Math.max(0, cells.indexOf(ui.focus));
+  pos = Math.min(cells.length - 1, Math.max(0, pos + dx + dy * columns()));
+  setFocus(cells[pos], true);
+}
+
+function zoom(open) {
+  const z = $("zoom");
+  if (!open) { z.hidden = true; return; }
+  const el = $("grid").querySelector(`[data-i="${ui.focus}"]`);
+  if (!el) return;
+  $("zoom-img").src = el.querySelector("img").src;
+  $("zoom-caption").textContent = el.getAttribute("aria-label");
+  z.hidden = false;
+}
+
+function onKey(e) {
+  if (e.altKey || e.metaKey) return;
+  if (!$("zoom").hidden && (e.key === "Escape" || e.key === "z" || e.key === "Z")) { zoom(false); return e.preventDefault(); }
+  if (!ui.state || ui.state.phase !== "judging" || ui.round === null) return;
+  const digit = /^(Digit|Numpad)([0-9])$/.exec(e.code);
+  if (digit && !e.ctrlKey) { typeDigit(digit[2], e.shiftKey); return e.preventDefault(); }
+  const k = e.key.toLowerCase();
+  const actions = {
+    enter: submit, " ": () => toggleGood(ui.focus), b: () => chooseBest(ui.focus), u: undo, backspace: undo,
+    k: () => ui.state.current_best ? chooseBest(-1) : say("There is no current best yet in this round.", "error"),
+    z: () => zoom(true), arrowleft: () => moveFocus(-1, 0), arrowright: () => moveFocus(1, 0),
+    arrowup: () => moveFocus(0, -1), arrowdown: () => moveFocus(0, 1),
+  };
+  if (e.ctrlKey && k === "z") { undo(); return e.preventDefault(); }
+  if (e.ctrlKey || !(k in actions)) return;
+  if (e.target instanceof HTMLButtonElement && (k === "enter" || k === " ") && e.target.id !== "submit") return;
+  e.preventDefault();
+  actions[k]();
+}
+
+// ---------------------------------------------------------------- layout: fit the whole round on screen
+
+function fit() {
+  const grid = $("grid");
+  const cells = grid.children.length;
+  if (!cells) return;
+  const gap = 10;
+  const W = $("main").clientWidth - 32;
+  const H = $("main").clientHeight - 30;
+  let best = { size: 0, cols: 1 };
+  for (let cols = 1; cols <= cells; cols++) {
+    const rows = Math.ceil(cells / cols);
+    const size = Math.min((W - gap * (cols - 1)) / cols, (H - gap * (rows - 1)) / rows);
+    if (size > best.size) best = { size, cols };
+  }
+  // Never smaller than judgeable (then the grid scrolls), never absurdly large. 64 tiles fit a 1366×768 laptop.
+  const MIN = 80;
+  const size = Math.floor(Math.max(MIN, Math.min(320, best.size)));
+  const cols = Math.max(1, Math.min(cells, Math.floor((W + gap) / (size + gap))));
+  grid.style.setProperty("--tile", `${size}px`);
+  grid.style.setProperty("--cols", String(best.size >= MIN ? best.cols : cols));
+}
+
+document.addEventListener("keydown", onKey);
+window.addEventListener("resize", fit);
+$("undo").addEventListener("click", undo);
+$("submit").addEventListener("click", submit);
+$("zoom").addEventListener("click", () => zoom(false));
+poll();

@@ -1,0 +1,189 @@
+"""The web API: the happy path, and every bad input answered with the right 4xx and the log left unchanged."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+from starlette.testclient import TestClient
+from webutil import PROMPT, WaitingRound, best_spec, dump_log
+
+from hero.runs.feedback_log import FeedbackLog
+from hero.web.server import MAX_BODY, create_app
+from hero.web.session import RoundSpec, SubmitError
+
+TOKEN = "test-token-0123456789abcdef"
+BASE = "http://127.0.0.1:8765"
+
+
+def client(session, token: str | None = TOKEN, base: str = BASE) -> TestClient:
+    """A client of the app; signed in (token cookie set through the printed URL) unless ``token`` is None."""
+    c = TestClient(create_app(session, TOKEN, {"127.0.0.1", "localhost", "::1"}), base_url=base,
+                   follow_redirects=False)
+    if token is not None:
+        c.cookies.set("hero_token", token)
+    return c
+
+
+def post(c: TestClient, payload, headers: dict | None = None):
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    return c.post("/api/submit", content=json.dumps(payload), headers=headers)
+
+
+@pytest.fixture
+def waiting(session):
+    """Round 0 (8 images, no current best) waiting for feedback."""
+    return WaitingRound(session, RoundSpec(0, PROMPT, 8))
+
+
+def test_login_sets_an_httponly_cookie_and_the_page_loads(session, waiting):
+    c = client(session, token=None)
+    res = c.get(f"/?token={TOKEN}")
+    assert res.status_code == 303 and res.headers["location"] == "/"
+    cookie = res.headers["set-cookie"]
+    assert f"hero_token={TOKEN}" in cookie and "HttpOnly" in cookie and "samesite=strict" in cookie.lower()
+    page = c.get("/")
+    assert page.status_code == 200 and "app.js" in page.text
+    for name in ("app.js", "style.css"):
+        assert c.get(f"/static/{name}").status_code == 200
+    assert page.headers["x-content-type-options"] == "nosniff" and "frame-ancestors 'none'" in \
+        page.headers["content-security-policy"]
+
+
+def test_state_image_and_submit(session, waiting):
+    c = client(session)
+    state = c.get("/api/state").json()
+    assert state["phase"] == "judging" and state["round"] == 0 and state["prompt"] == PROMPT
+    assert state["image_ids"] == list(range(8)) and state["current_best"] is False
+    assert state["progress"] == "round 1 of 2, 0 of 16 feedback"
+    img = c.get("/api/image/0/7")
+    assert img.status_code == 200 and img.headers["content-type"] == "image/png" and img.content[:4] == b"\x89PNG"
+    res = post(c, {"round": 0, "good": [1, 3], "best": 3})
+    assert res.status_code == 200 and res.json()["feedback"] == 8
+    fb = waiting.join()
+    assert fb.good == [False, True, False, True, False, False, False, False] and fb.best == 3
+    stored = FeedbackLog(session.run.feedback_db).get_round(0)
+    assert stored.good == fb.good and stored.best == 3 and stored.source == "web"
+    state = c.get("/api/state").json()
+    assert state["phase"] == "learning" and state["feedback"] == 8
+
+
+def test_later_round_may_keep_the_current_best_with_nothing_good(session):
+    WaitingRound(session, RoundSpec(0, PROMPT, 8))
+    assert post(client(session), {"round": 0, "good": [0], "best": 0}).status_code == 200
+    waiting = WaitingRound(session, best_spec(session.run))
+    c = client(session)
+    assert c.get("/api/state").json()["current_best"] is True
+    assert c.get("/api/best/1").content[:4] == b"\x89PNG" and c.get("/api/best/0").status_code == 404
+    assert post(c, {"round": 1, "good": [], "best": None}).status_code == 200  # an honest "none is good"
+    assert waiting.join().best is None
+
+
+def test_all_good_is_accepted(session, waiting):
+    assert post(client(session), {"round": 0, "good": list(range(8)), "best": 5}).status_code == 200
+    assert waiting.join().good == [True] * 8
+
+
+@pytest.mark.parametrize("case, payload, status", [
+    ("wrong round", {"round": 1, "good": [1], "best": 1}, 409),
+    ("best not among good", {"round": 0, "good": [1, 2], "best": 3}, 422),
+    ("no best in the first round", {"round": 0, "good": [1, 2], "best": None}, 422),
+    ("unknown image id in good", {"round": 0, "good": [1, 8], "best": 1}, 422),
+    ("negative image id", {"round": 0, "good": [-1, 2], "best": 2}, 422),
+    ("unknown best id", {"round": 0, "good": [1], "best": 99}, 422),
+    ("an image twice", {"round": 0, "good": [1, 1], "best": 1}, 422),
+    ("path-traversal id in good", {"round": 0, "good": ["../../config.yaml"], "best": 0}, 400),
+    ("path-traversal best", {"round": 0, "good": [0], "best": "../0"}, 400),
+    ("round as a string", {"round": "0", "good": [0], "best": 0}, 400),
+    ("a boolean as an index", {"round": 0, "good": [True], "best": 0}, 400),
+    ("good not a list", {"round": 0, "good": "0,1", "best": 0}, 400),
+    ("missing field", {"round": 0, "good": [0]}, 400),
+    ("unknown field", {"round": 0, "good": [0], "best": 0, "path": "/etc/passwd"}, 400),
+    ("not an object", [0, [0], 0], 400),
+])
+def test_bad_submissions_change_nothing(session, waiting, case, payload, status):
+    before = dump_log(session.run.feedback_db)
+    res = post(client(session), payload)
+    assert res.status_code == status, (case, res.text)
+    assert res.json()["error"]  # a message for the person
+    assert dump_log(session.run.feedback_db) == before
+    assert session.state()["phase"] == "judging" and waiting.result is None
+
+
+@pytest.mark.parametrize("case, kwargs, status", [
+    ("missing token", {"token": None}, 401),
+    ("wrong token", {"token": "not-the-token-0123456789"}, 401),
+    ("bad Host header", {"base": "http://evil.example:8765"}, 400),
+])
+def test_requests_without_credentials_are_refused(session, waiting, case, kwargs, status):
+    before = dump_log(session.run.feedback_db)
+    c = client(session, **kwargs)
+    assert post(c, {"round": 0, "good": [1], "best": 1}).status_code == status, case
+    for path in ("/", "/api/state", "/api/image/0/0", "/static/app.js"):
+        assert c.get(path).status_code == status, (case, path)
+    assert dump_log(session.run.feedback_db) == before
+
+
+def test_wrong_token_in_the_url_is_refused(session):
+    assert client(session, token=None).get("/?token=nope-nope-nope-nope").status_code == 401
+
+
+def test_malformed_and_oversized_bodies(session, waiting):
+    before = dump_log(session.run.feedback_db)
+    c = client(session)
+    headers = {"Content-Type": "application/json"}
+    assert c.post("/api/submit", content=b"{not json", headers=headers).status_code == 400
+    assert c.post("/api/submit", content=b"\xff\xfe", headers=headers).status_code == 400
+    big = json.dumps({"round": 0, "good": [1] * (MAX_BODY // 2), "best": 1}).encode()
+    assert c.post("/api/submit", content=big, headers=headers).status_code == 413
+    # Without a Content-Length (chunked), the body is cut off while it is read.
+    assert c.post("/api/submit", content=iter([big[:40_000], big[40_000:]]), headers=headers).status_code == 413
+    assert c.post("/api/submit", content=b'{"round":0,"good":[1],"best":1}',
+                  headers={"Content-Type": "text/plain"}).status_code == 415
+    assert post(c, {"round": 0, "good": [1], "best": 1}, {"Origin": "http://evil.example"}).status_code == 403
+    assert c.get("/api/submit").status_code == 405
+    assert dump_log(session.run.feedback_db) == before and waiting.result is None
+
+
+@pytest.mark.parametrize("path", ["/api/image/0/8", "/api/image/1/0", "/api/image/0/-1", "/api/image/0/..%2F..%2Fx",
+                                  "/api/image/../../config.yaml", "/api/image/0/0.png", "/api/image/00/99999999999",
+                                  "/static/..%2Fserver.py", "/static/index.html", "/static/../server.py",
+                                  "/api/best/0", "/etc/passwd"])
+def test_images_are_served_by_id_only(session, waiting, path):
+    (session.run.path / "config.yaml").write_text("secret: 1\n")
+    res = client(session).get(path)
+    assert res.status_code == 404, path
+    assert b"secret" not in res.content and b"import" not in res.content
+
+
+def test_duplicate_submission_is_refused_not_double_counted(session, waiting):
+    c = client(session)
+    assert post(c, {"round": 0, "good": [2], "best": 2}).status_code == 200
+    waiting.join()
+    before = dump_log(session.run.feedback_db)
+    res = post(c, {"round": 0, "good": [2], "best": 2})  # e.g. a second tab, or Enter pressed twice
+    assert res.status_code == 409 and "already submitted" in res.json()["error"]
+    WaitingRound(session, best_spec(session.run))  # the next round is up: round 0 again is still refused
+    assert post(c, {"round": 0, "good": [3], "best": 3}).status_code == 409
+    assert dump_log(session.run.feedback_db) == before
+    assert FeedbackLog(session.run.feedback_db).n_feedback() == 8
+
+
+def test_concurrent_submissions_record_the_round_once(session, waiting):
+    results: list[int] = []
+
+    def submit() -> None:
+        try:
+            session.submit({"round": 0, "good": [4], "best": 4})
+            results.append(200)
+        except SubmitError as e:
+            results.append(e.status)
+
+    threads = [threading.Thread(target=submit) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [200] + [409] * 7
+    assert FeedbackLog(session.run.feedback_db).rounds() == [0]
