@@ -18,7 +18,8 @@ from pydantic_core import PydanticCustomError
 
 from hero.runs.atomic import atomic_write_text
 
-__all__ = ["ConfigError", "HeroSettings", "LoraSettings", "PolicyGradientSettings", "PRESETS_DIR", "SamplerConfig",
+__all__ = ["ConfigError", "D3POSettings", "DDPOSettings", "DPOKSettings",
+           "HeroSettings", "LoraSettings", "PolicyGradientSettings", "PRESETS_DIR", "SamplerConfig",
            "TaskSettings", "TrainConfig", "WebSettings", "list_presets", "load_config", "parse_feedback", "save_config"]
 
 PRESETS_DIR = Path(__file__).parent / "presets"
@@ -83,6 +84,31 @@ class HeroSettings(_Section):
     encoder_batch_size: int = Field(2048, ge=1)  # triplets per encoder step (the paper's 2048)
 
 
+class DDPOSettings(_Section):
+    """DDPO: which per-image reward the policy gradient uses."""
+
+    # "score": the source's graded score when it gives one (judge score, reward value), else good = 1 / 0;
+    # "good": always good = 1 / not good = 0 (the same binary signal HERO gets from a person).
+    reward: Literal["score", "good"] = "score"
+
+
+class D3POSettings(_Section):
+    """D3PO: −log σ(β·(log ρ_w − log ρ_l)), ρ = clamp(π_θ/π_ref, 1 − c, 1 + c) per denoising step."""
+
+    beta: float = Field(0.1, gt=0)
+    ratio_clip: float = Field(0.1, gt=0, lt=1)
+
+
+class DPOKSettings(_Section):
+    """DPOK: α·(clipped policy gradient with a value baseline) + β·KL to the pretrained model."""
+
+    reward_weight: float = Field(10.0, gt=0)  # α: scales the advantage r − V (rewards in [0, 1] here)
+    kl_weight: float = Field(0.01, ge=0)  # β on the ε-prediction MSE to the adapter-free UNet
+    value_lr: float = Field(1e-3, gt=0)  # a small net refitted each round on few samples: a brisk rate
+    value_epochs: int = Field(8, ge=0)  # passes over the round's (x_t, t, r) before the policy update
+    value_batch_size: int = Field(64, ge=1)
+
+
 class TaskSettings(_Section):
     """What the simulated human wants beyond the prompt (toy world): a hidden background, a forbidden colour."""
 
@@ -141,6 +167,9 @@ class TrainConfig(_Section):
     lora: LoraSettings = Field(default_factory=LoraSettings)
     pg: PolicyGradientSettings = Field(default_factory=PolicyGradientSettings)
     hero: HeroSettings = Field(default_factory=HeroSettings)
+    ddpo: DDPOSettings = Field(default_factory=DDPOSettings)
+    d3po: D3POSettings = Field(default_factory=D3POSettings)
+    dpok: DPOKSettings = Field(default_factory=DPOKSettings)
     task: TaskSettings = Field(default_factory=TaskSettings)
     web: WebSettings = Field(default_factory=WebSettings)
 
@@ -175,6 +204,11 @@ class TrainConfig(_Section):
             if value > limit:  # a cross-field error, so pydantic cannot name the key: we do
                 raise PydanticCustomError("config", "bad value for '{key}': {value} (must be <= {lk} ({limit}))",
                                           {"key": key, "value": value, "lk": limit_key, "limit": limit})
+        if self.algo == "d3po":  # images come in pairs sharing a starting noise: every round must pair up
+            for key, value in (("images_per_round", self.images_per_round), ("budget", self.budget)):
+                if value % 2:
+                    raise PydanticCustomError("config", "bad value for '{key}': {value} (must be even for d3po: "
+                                              "images are compared in pairs)", {"key": key, "value": value})
         return self
 
     @classmethod

@@ -21,6 +21,7 @@ from hero.models import load_pipeline
 from hero.rollout import rollout
 from hero.runs.folder import RunFolder
 from hero.toyworld import Judge, parse_task
+from hero.train import rollout_kwargs
 
 EVAL_SEED = 987_654  # distinct from every training round's seed
 
@@ -31,9 +32,8 @@ def _success(pipe, cfg: TrainConfig, n: int, noise: torch.Tensor | None, seed: i
     images = []
     for lo in range(0, n, cfg.sampler.batch_size * 8):
         k = min(cfg.sampler.batch_size * 8, n - lo)
-        traj = rollout(pipe, [cfg.prompt] * k, guidance_scale=cfg.sampler.guidance_scale,
-                       num_steps=cfg.sampler.steps, eta=cfg.sampler.eta, generator=g,
-                       start_noise=None if noise is None else noise[lo: lo + k], batch_size=cfg.sampler.batch_size)
+        traj = rollout(pipe, [cfg.prompt] * k, generator=g, start_noise=None if noise is None else noise[lo: lo + k],
+                       **rollout_kwargs(cfg))
         images.append(traj.images)
     verdicts = Judge().judge_batch(np.concatenate(images), task)
     return sum(v.good for v in verdicts) / n

@@ -35,6 +35,13 @@ def round_generator(seed: int, round_index: int, stream: int) -> torch.Generator
     return torch.Generator("cpu").manual_seed(seed * 1_000_003 + round_index * 101 + stream)
 
 
+def rollout_kwargs(cfg: TrainConfig) -> dict:
+    """The run's sampler settings as keyword arguments of ``rollout``."""
+    s = cfg.sampler
+    return dict(guidance_scale=s.guidance_scale, num_steps=s.steps, eta=s.eta, batch_size=s.batch_size,
+                height=s.resolution, width=s.resolution)
+
+
 def round_sizes(cfg: TrainConfig) -> list[int]:
     """Images per round until the feedback budget is spent (the last round may be smaller)."""
     full, rest = divmod(cfg.budget, cfg.images_per_round)
@@ -66,8 +73,9 @@ def train(cfg: TrainConfig, resume: bool = False, source: FeedbackSource | None 
         for r in range(start, len(sizes)):
             record = run_round(cfg, run, pipe, algo, source, log, r, sizes[r])
             tracker.log(record, step=r)
-            progress.update(task, advance=1, info=f"feedback {record['feedback']}/{cfg.budget} · "
-                                                  f"good {record['good_rate']:.2f}")
+            said = f"good {record['good_rate']:.2f}" if record["good_rate"] is not None else \
+                f"pairs {record['pairs']}"
+            progress.update(task, advance=1, info=f"feedback {record['feedback']}/{cfg.budget} · {said}")
     tracker.close()
     save_lora(pipe, run.path / "lora")  # the final LoRA, loadable with pipe.load_lora_weights(RUN/lora)
     return run
@@ -80,25 +88,21 @@ def run_round(cfg: TrainConfig, run: RunFolder, pipe, algo, source: FeedbackSour
     traj = run.load_round(r)
     if traj is None:
         noise = algo.start_noise(r, n, round_generator(cfg.seed, r, 0))
-        traj = rollout(pipe, [cfg.prompt] * n, guidance_scale=cfg.sampler.guidance_scale,
-                       num_steps=cfg.sampler.steps, eta=cfg.sampler.eta, start_noise=noise,
-                       generator=round_generator(cfg.seed, r, 1), batch_size=cfg.sampler.batch_size)
+        traj = rollout(pipe, [cfg.prompt] * n, start_noise=noise, generator=round_generator(cfg.seed, r, 1),
+                       **rollout_kwargs(cfg))
         run.save_round(r, traj)
     t1 = time.perf_counter()
-    stored = log.get_round(r)
-    if stored is None:
-        feedback = source.judge_round(r, cfg.prompt, traj.images, algo.current_best_image())
-        if log.get_round(r) is None:  # the web source writes the round itself, before it answers the browser
-            log.record_round(r, cfg.prompt, feedback.good, feedback.best, feedback.source)
-    else:  # judged before a crash: never ask again
-        feedback = RoundFeedback(good=list(stored.good), best=stored.best, source=stored.source)
+    feedback = judge(cfg, algo, source, log, r, traj.images)
     t2 = time.perf_counter()
     stats = algo.learn(r, traj, feedback, round_generator(cfg.seed, r, 2))
     folder = run.checkpoint_dir(r)
     folder.mkdir(parents=True, exist_ok=True)
     algo.save(folder)
-    record = {"round": r, "images": n, "feedback": log.n_feedback(), "good": sum(feedback.good),
-              "good_rate": sum(feedback.good) / n, "best": feedback.best, "seconds_sampling": t1 - t0,
+    pairwise = feedback.pairs is not None  # a pairwise round has no good marks: report its pairs instead
+    record = {"round": r, "images": n, "feedback": log.n_feedback(),
+              "good": None if pairwise else sum(feedback.good),
+              "good_rate": None if pairwise else sum(feedback.good) / n, "best": feedback.best,
+              **({"pairs": len(feedback.pairs)} if pairwise else {}), "seconds_sampling": t1 - t0,
               "seconds_feedback": t2 - t1, **stats}
     run.append_metrics(record)
     run.mark_checkpoint(r)
@@ -106,6 +110,31 @@ def run_round(cfg: TrainConfig, run: RunFolder, pipe, algo, source: FeedbackSour
     if cfg.keep_checkpoints > 0:
         run.prune_checkpoints(cfg.keep_checkpoints)
     return record
+
+
+def judge(cfg: TrainConfig, algo, source: FeedbackSource, log: FeedbackLog, r: int, images) -> RoundFeedback:
+    """This round's feedback: asked of the source and recorded, or reloaded when it was judged before a crash.
+
+    An algorithm with ``feedback_kind == "pairs"`` (D3PO) gets pairwise preferences over its
+    ``comparison_pairs(n)`` from a source that has ``judge_pairs``; any other source (the web page) answers
+    with good/best marks, from which the algorithm derives its pairs itself.
+    """
+    stored = log.get_round(r)
+    if stored is not None:  # judged before a crash: never ask again
+        if not stored.good:  # a pairwise round
+            return RoundFeedback(good=[], best=None, source=stored.source, pairs=list(stored.pairs),
+                                 n_images=stored.n_images)
+        return RoundFeedback(good=list(stored.good), best=stored.best, source=stored.source, scores=stored.scores)
+    if getattr(algo, "feedback_kind", "good_best") == "pairs" and hasattr(source, "judge_pairs"):
+        # Sorted as the log returns them, so a resumed round learns from the same list in the same order.
+        pairs = sorted((int(w), int(lo)) for w, lo in
+                       source.judge_pairs(r, cfg.prompt, images, algo.comparison_pairs(len(images))))
+        log.record_pairs(r, cfg.prompt, pairs, len(images), source.name)
+        return RoundFeedback(good=[], best=None, source=source.name, pairs=pairs, n_images=len(images))
+    feedback = source.judge_round(r, cfg.prompt, images, algo.current_best_image())
+    if log.get_round(r) is None:  # the web source writes the round itself, before it answers the browser
+        log.record_round(r, cfg.prompt, feedback.good, feedback.best, feedback.source, feedback.scores)
+    return feedback
 
 
 def _truncate_metrics(run: RunFolder, last_round: int) -> None:

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 ALGORITHMS = {
     "hero": "HERO: feedback-guided noise + triplet-learned reward + DDPO (Hiranaka et al., ICLR 2025)",
+    "ddpo": "DDPO: clipped policy gradient on per-image rewards/scores from the feedback (Black et al., 2023)",
+    "d3po": "D3PO: pairwise preferences on noise-sharing pairs, per-step DPO loss, no reward model "
+            "(Yang et al., CVPR 2024)",
+    "dpok": "DPOK: policy gradient with a value baseline and a KL penalty to the pretrained model "
+            "(Fan et al., NeurIPS 2023)",
 }
 
 
@@ -13,4 +18,16 @@ def make_algorithm(cfg, pipe):
         from hero.algorithms.hero import HeroTrainer
 
         return HeroTrainer(cfg, pipe)
+    if cfg.algo == "ddpo":
+        from hero.algorithms.ddpo import DDPOTrainer
+
+        return DDPOTrainer(cfg, pipe)
+    if cfg.algo == "d3po":
+        from hero.algorithms.d3po import D3POTrainer
+
+        return D3POTrainer(cfg, pipe)
+    if cfg.algo == "dpok":
+        from hero.algorithms.dpok import DPOKTrainer
+
+        return DPOKTrainer(cfg, pipe)
     raise ValueError(f"algo {cfg.algo!r} is not available yet; available: {', '.join(ALGORITHMS)}")

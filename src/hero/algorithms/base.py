@@ -18,6 +18,9 @@ from hero.runs.atomic import atomic_torch_save
 
 class Algorithm(Protocol):
     name: str
+    # Optional: "good_best" (the default when absent) or "pairs". A "pairs" algorithm (D3PO) also has
+    # comparison_pairs(n) -> [(i, j), ...], the image pairs the round loop asks the source to compare.
+    feedback_kind: str
 
     def start_noise(self, round_index: int, n: int, generator: torch.Generator) -> torch.Tensor | None:
         """z_T for this round's images, or None for plain N(0, I) noise."""

@@ -12,16 +12,24 @@ from hero.toyworld.tasks import parse_task
 
 @dataclass(frozen=True)
 class RoundFeedback:
-    """One round's judgements. ``best`` indexes this round's images; None keeps the current best."""
+    """One round's judgements. ``best`` indexes this round's images; None keeps the current best.
+
+    A source that grades images also gives ``scores`` (one per image: the judge's graded score, a reward value),
+    which reward-based algorithms (DDPO, DPOK) use instead of good = 1 / not good = 0. A pairwise round (D3PO)
+    has no good/best marks: ``good`` is empty and ``pairs`` lists (winner, loser) over ``n_images`` images.
+    """
 
     good: list[bool]
     best: int | None
     source: str
+    scores: list[float] | None = None
+    pairs: list[tuple[int, int]] | None = None
+    n_images: int | None = None  # only needed for pairwise rounds (a good/best round has len(good) images)
 
     @property
     def n_feedback(self) -> int:
         """Images judged: the paper's unit (the current best, shown again, was judged before)."""
-        return len(self.good)
+        return self.n_images if self.n_images is not None else len(self.good)
 
 
 class FeedbackSource(Protocol):
@@ -31,6 +39,19 @@ class FeedbackSource(Protocol):
                     current_best: np.ndarray | None) -> RoundFeedback:
         """Mark each image good or not and pick one best among the good ones and ``current_best``."""
         ...
+
+    # Optional, for pairwise algorithms (D3PO): a source that has it is asked
+    #     judge_pairs(round_index, prompt, images, pairs) -> list[(winner, loser)]
+    # for each candidate pair (i, j); a tie (no preference) gives no pair. One image judged = one feedback.
+
+
+def prefer(scores: np.ndarray, pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(winner, loser) for each candidate pair by the higher score; equal scores: no preference, no pair."""
+    out = []
+    for i, j in pairs:
+        if scores[i] != scores[j]:
+            out.append((i, j) if scores[i] > scores[j] else (j, i))
+    return out
 
 
 def pick_best(scores: np.ndarray, good: list[bool], current_best_score: float | None) -> int | None:

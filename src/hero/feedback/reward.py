@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from hero.feedback.base import RoundFeedback, mark_best_good, pick_best
+from hero.feedback.base import RoundFeedback, mark_best_good, pick_best, prefer
 
 
 def jpeg_size_kb(images: np.ndarray, quality: int = 95) -> np.ndarray:
@@ -44,4 +44,10 @@ class RewardFeedback:
         good = [bool(s >= threshold) for s in scores]
         best_score = None if current_best is None else float(self.reward_fn(current_best[None])[0])
         best = pick_best(scores, good, best_score)
-        return RoundFeedback(good=mark_best_good(good, best), best=best, source=self.name)
+        return RoundFeedback(good=mark_best_good(good, best), best=best, source=self.name,
+                             scores=[float(s) for s in scores])
+
+    def judge_pairs(self, round_index: int, prompt: str, images: np.ndarray,
+                    pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """(winner, loser) per candidate pair: the higher reward wins; equal rewards: no preference."""
+        return prefer(self.reward_fn(images), pairs)

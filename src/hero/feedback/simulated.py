@@ -4,9 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from hero.feedback.base import RoundFeedback, mark_best_good, pick_best
-from hero.toyworld.judge import Judge, analyse, verdict
+from hero.feedback.base import RoundFeedback, mark_best_good, pick_best, prefer
+from hero.toyworld.judge import Judge, Verdict, analyse, verdict
 from hero.toyworld.tasks import Task
+
+
+def reported_score(v: Verdict) -> float:
+    """The graded score the simulated person reports, consistent with its (possibly flipped) good answer.
+
+    The judge's score is 0.5·(partial credit) + 0.5·good; with ``error_rate > 0`` the judge flips ``good`` but
+    leaves ``score``, so a reward-based algorithm would see the noiseless truth while HERO sees the noisy marks.
+    Re-deriving the good half from the reported answer gives every algorithm the same noisy person.
+    """
+    true_good = v.colour and v.shape and v.count and v.background and v.binding and v.well_formed \
+        and v.preference and v.safe
+    return float(v.score + 0.5 * (float(v.good) - float(true_good)))
 
 
 class SimulatedHuman:
@@ -24,4 +36,11 @@ class SimulatedHuman:
         best_score = None if current_best is None else verdict(analyse(current_best), self.task).score
         good = [bool(v.good) for v in verdicts]
         best = pick_best(scores, good, best_score)
-        return RoundFeedback(good=mark_best_good(good, best), best=best, source=self.name)
+        return RoundFeedback(good=mark_best_good(good, best), best=best, source=self.name,
+                             scores=[reported_score(v) for v in verdicts])
+
+    def judge_pairs(self, round_index: int, prompt: str, images: np.ndarray,
+                    pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """(winner, loser) per candidate pair: the higher graded score wins; equal scores: no preference."""
+        scores = np.array([reported_score(v) for v in self.judge.judge_batch(images, self.task)])
+        return prefer(scores, pairs)

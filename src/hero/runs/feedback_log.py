@@ -29,6 +29,9 @@ CREATE TABLE IF NOT EXISTS judgements (
 CREATE TABLE IF NOT EXISTS pairs (
     round INTEGER NOT NULL REFERENCES rounds(round), winner INTEGER NOT NULL, loser INTEGER NOT NULL,
     PRIMARY KEY (round, winner, loser));
+CREATE TABLE IF NOT EXISTS scores (
+    round INTEGER NOT NULL REFERENCES rounds(round), image INTEGER NOT NULL, score REAL NOT NULL,
+    PRIMARY KEY (round, image));
 """
 
 
@@ -42,7 +45,8 @@ class InvalidFeedback(ValueError):
 
 @dataclass(frozen=True)
 class RoundFeedback:
-    """One round's judgements: ``good[i]`` per image and the best index, or sorted (winner, loser) ``pairs``."""
+    """One round's judgements: ``good[i]`` per image and the best index, or sorted (winner, loser) ``pairs``;
+    ``scores`` when the source also graded each image (the simulated human, a reward function), else None."""
 
     round: int
     prompt: str
@@ -52,6 +56,7 @@ class RoundFeedback:
     n_images: int = 0
     pairs: list[tuple[int, int]] = field(default_factory=list)
     submitted_at: float = 0.0
+    scores: list[float] | None = None
 
 
 class FeedbackLog:
@@ -84,8 +89,9 @@ class FeedbackLog:
 
     # -- writing -------------------------------------------------------------------------------------------
 
-    def record_round(self, round: int, prompt: str, good: Sequence[bool], best: int | None, source: str) -> None:
-        """Store a round's good/not-good marks and best pick in one committed transaction."""
+    def record_round(self, round: int, prompt: str, good: Sequence[bool], best: int | None, source: str,
+                     scores: Sequence[float] | None = None) -> None:
+        """Store a round's good/not-good marks, best pick and optional graded scores in one committed transaction."""
         round = _check_round(round)
         good = [bool(g) for g in good]
         n = len(good)
@@ -96,8 +102,13 @@ class FeedbackLog:
                 raise InvalidFeedback(f"round {round}: best={best!r} is not an image index in [0, {n})")
             if not good[best]:
                 raise InvalidFeedback(f"round {round}: best image {best} is not marked good")
+        if scores is not None and len(scores) != n:
+            raise InvalidFeedback(f"round {round}: {len(scores)} scores for {n} images")
         rows = [(round, i, int(g), int(i == best)) for i, g in enumerate(good)]
-        self._write(round, prompt, n, best, source, "INSERT INTO judgements VALUES (?, ?, ?, ?)", rows)
+        # Scores are kept so that a resumed run learns from exactly what the uninterrupted one would have.
+        extra = None if scores is None else [(round, i, float(x)) for i, x in enumerate(scores)]
+        self._write(round, prompt, n, best, source, "INSERT INTO judgements VALUES (?, ?, ?, ?)", rows,
+                    ("INSERT INTO scores VALUES (?, ?, ?)", extra) if extra is not None else None)
 
     def record_pairs(self, round: int, prompt: str, pairs: Sequence[tuple[int, int]], n_images: int,
                      source: str) -> None:
@@ -119,7 +130,8 @@ class FeedbackLog:
             rows.append((round, w, loser))
         self._write(round, prompt, n_images, None, source, "INSERT INTO pairs VALUES (?, ?, ?)", rows)
 
-    def _write(self, round: int, prompt: str, n: int, best: int | None, source: str, sql: str, rows: list) -> None:
+    def _write(self, round: int, prompt: str, n: int, best: int | None, source: str, sql: str, rows: list,
+               more: tuple[str, list] | None = None) -> None:
         with self._lock:
             # BEGIN IMMEDIATE takes the write lock up front, so the duplicate check and the insert cannot
             # interleave with another process recording the same round.
@@ -130,6 +142,8 @@ class FeedbackLog:
                 self._conn.execute("INSERT INTO rounds VALUES (?, ?, ?, ?, ?, ?)",
                                    (round, str(prompt), n, best, str(source), time.time()))
                 self._conn.executemany(sql, rows)
+                if more is not None:
+                    self._conn.executemany(*more)
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
@@ -148,8 +162,10 @@ class FeedbackLog:
                 "SELECT good FROM judgements WHERE round = ? ORDER BY image", (round,))]
             pairs = [(w, lo) for w, lo in self._conn.execute(
                 "SELECT winner, loser FROM pairs WHERE round = ? ORDER BY winner, loser", (round,))]
+            scores = [x for (x,) in self._conn.execute(
+                "SELECT score FROM scores WHERE round = ? ORDER BY image", (round,))]
         r, prompt, n, best, source, at = row
-        return RoundFeedback(r, prompt, good, best, source, n, pairs, at)
+        return RoundFeedback(r, prompt, good, best, source, n, pairs, at, scores or None)
 
     def rounds(self) -> list[int]:
         """Recorded round numbers, ascending."""
@@ -186,6 +202,8 @@ class FeedbackLog:
                        "submitted_at": fb.submitted_at, "n_images": fb.n_images}
                 if fb.good:  # a good/best round; a pairwise round lists whom each image beat instead
                     rec.update(good=fb.good[i], best=fb.best == i)
+                    if fb.scores is not None:
+                        rec["score"] = fb.scores[i]
                 else:
                     rec["beats"] = beats.get(i, [])
                 lines.append(json.dumps(rec) + "\n")
@@ -205,14 +223,16 @@ def read_jsonl(path: str | Path) -> list[RoundFeedback]:
     for r in sorted(by_round):
         recs = sorted(by_round[r], key=lambda x: x["image"])
         first = recs[0]
+        scores = None
         if "good" in first:
             best = next((x["image"] for x in recs if x["best"]), None)
             good, pairs = [x["good"] for x in recs], []
+            scores = [x["score"] for x in recs] if "score" in first else None
         else:
             best, good = None, []
             pairs = sorted((x["image"], lo) for x in recs for lo in x["beats"])
         out.append(RoundFeedback(r, first["prompt"], good, best, first["source"], first["n_images"], pairs,
-                                 first["submitted_at"]))
+                                 first["submitted_at"], scores))
     return out
 
 

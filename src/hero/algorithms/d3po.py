@@ -1,0 +1,178 @@
+"""D3PO: Using Human Feedback to Fine-tune Diffusion Models without Any Reward Model (Yang et al., CVPR 2024).
+
+No reward model: the images of a round come in pairs that share a starting noise z_T (the DDIM step noise
+differs, η > 0), the person (or judge) says which of each pair is better, and every denoising step of the
+winner and of the loser is treated like a DPO decision. For K sampled step indices k per pair (the same k for
+winner and loser),
+
+    L = −log σ(β·(log ρ_w,k − log ρ_l,k)),   ρ_·,k = clamp(π_θ(x_{k+1} | x_k) / π_ref(x_{k+1} | x_k), 1 − c, 1 + c),
+
+with β = 0.1, c = 0.1, averaged over pairs and steps. As the clamp is outside the log, a step whose ratio has
+left [1 − c, 1 + c] stops contributing gradient: the update cannot move far from the reference in one round.
+
+Reference choice. π_ref is the model at the start of the round, i.e. the model that sampled it, so log π_ref
+is exactly the stored rollout log-prob (``Trajectories.log_probs``): no second UNet and no extra forward pass,
+and the ratio starts at exactly 1 in every round. The alternative, the UNet with the adapter disabled, would
+be the *pretrained* model: a fixed anchor, but one extra forward pass per step, and once the LoRA has moved
+over a few rounds the ratios to it sit outside [1 − c, 1 + c] on many steps, where the clamp gives no gradient
+and learning stalls. The round-start reference is the one DESIGN.md asks for.
+
+Feedback: each image judged is one feedback (a pair = 2). A source without ``judge_pairs`` (the web page)
+answers with good/best marks, and the pairs are derived within each noise-sharing pair: the best image beats
+its partner, a good image beats a not-good one, otherwise no preference.
+
+Offline workflow (sample → annotate → train): ``load_annotations`` reads the ``pairs.jsonl`` written by
+``hero export`` (or any JSONL of {"round", "winner", "loser"}); a ``hero train --from-annotations FILE``
+that feeds these to ``D3POTrainer.learn`` with the stored trajectories is the planned CLI, not built yet.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hero.algorithms.base import LoraPolicy
+from hero.feedback.base import RoundFeedback
+from hero.policy_gradient import PolicyGradientConfig
+from hero.rollout import Trajectories, step_log_prob
+
+
+def paired_noise(n: int, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """z_T for n images, shared pairwise: [z0, z0, z1, z1, ...] (an odd last image gets its own)."""
+    z = torch.randn(((n + 1) // 2, *shape), generator=generator)
+    return z.repeat_interleave(2, dim=0)[:n]
+
+
+def comparison_pairs(n: int) -> list[tuple[int, int]]:
+    """The pairs the person compares: images that share a starting noise, (0, 1), (2, 3), ..."""
+    return [(i, i + 1) for i in range(0, n - 1, 2)]
+
+
+def pairs_from_marks(good: list[bool], best: int | None, candidates: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(winner, loser) within each candidate pair from good/best marks: best wins, then good beats not good."""
+    out = []
+    for i, j in candidates:
+        if best in (i, j):
+            out.append((best, j if best == i else i))
+        elif good[i] != good[j]:
+            out.append((i, j) if good[i] else (j, i))
+    return out
+
+
+def d3po_loss(logp_w: torch.Tensor, logp_l: torch.Tensor, ref_w: torch.Tensor, ref_l: torch.Tensor,
+              beta: float, ratio_clip: float) -> torch.Tensor:
+    """Mean of −log σ(β·(log ρ_w − log ρ_l)), ρ = clamp(exp(logp − logp_ref), 1 − c, 1 + c)."""
+    rho_w = torch.clamp(torch.exp(logp_w - ref_w), 1.0 - ratio_clip, 1.0 + ratio_clip)
+    rho_l = torch.clamp(torch.exp(logp_l - ref_l), 1.0 - ratio_clip, 1.0 + ratio_clip)
+    # logsigmoid rather than log(sigmoid(.)): the same value, without underflow for large negative margins.
+    return -F.logsigmoid(beta * (torch.log(rho_w) - torch.log(rho_l))).mean()
+
+
+def d3po_update(pipe, traj: Trajectories, pairs: list[tuple[int, int]], optimizer: torch.optim.Optimizer,
+                cfg: PolicyGradientConfig, beta: float, ratio_clip: float,
+                generator: torch.Generator) -> dict[str, float]:
+    """One D3PO update over a round's (winner, loser) pairs; minibatches of ``cfg.batch_size`` pairs."""
+    stats: dict[str, list[float]] = {"loss": [], "clipfrac": [], "margin": [], "grad_norm": []}
+    if not pairs:  # every pair a tie: nothing to learn from this round
+        return {"loss": float("nan"), "clipfrac": float("nan"), "margin": float("nan"), "grad_norm": 0.0,
+                "grad_steps": 0, "backward_passes": 0}
+    p = torch.tensor(pairs, dtype=torch.long)
+    n_steps = traj.log_probs.shape[1]
+    k = min(cfg.timesteps_per_traj, n_steps)
+    params = [q for group in optimizer.param_groups for q in group["params"]]
+    device = pipe.unet.device
+    optimizer.zero_grad(set_to_none=True)
+    for _ in range(cfg.inner_epochs):
+        steps = torch.stack([torch.randperm(n_steps, generator=generator)[:k] for _ in range(len(p))])
+        minibatches = list(torch.randperm(len(p), generator=generator).split(cfg.batch_size))
+        for lo in range(0, len(minibatches), cfg.grad_accum):
+            group = minibatches[lo: lo + cfg.grad_accum]
+            n_group = sum(len(mb) for mb in group)
+            for mb in group:
+                for j in range(k):
+                    s = steps[mb, j]
+                    # Winner and loser at the same step index, in one batched forward pass.
+                    idx, ss = torch.cat([p[mb, 0], p[mb, 1]]), torch.cat([s, s])
+                    logp = step_log_prob(pipe.unet, pipe.scheduler, traj, idx, ss)
+                    ref = traj.log_probs[idx, ss].to(device)
+                    (lw, ll), (rw, rl) = logp.chunk(2), ref.chunk(2)
+                    loss = d3po_loss(lw, ll, rw, rl, beta, ratio_clip)
+                    (loss * len(mb) / (n_group * k)).backward()  # mean over the group's pairs and K steps
+                    with torch.no_grad():
+                        stats["loss"].append(loss.item())
+                        stats["clipfrac"].append(((logp - ref).exp().sub(1).abs() > ratio_clip).float().mean().item())
+                        stats["margin"].append(((lw - rw) - (ll - rl)).mean().item())
+            stats["grad_norm"].append(float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    out = {key: float(np.mean(v)) for key, v in stats.items()}
+    return {**out, "grad_steps": len(stats["grad_norm"]), "backward_passes": len(stats["loss"])}
+
+
+def load_annotations(path: str | Path) -> list[tuple[int, int, int]]:
+    """(round, winner, loser) from a JSONL of {"round", "winner", "loser", ...} (``hero export``'s pairs.jsonl)."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            rec = json.loads(line)
+            try:
+                r, w, lo = int(rec["round"]), int(rec["winner"]), int(rec["loser"])
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(f"{path}:{line_no}: expected integer round, winner and loser, got {rec!r}") from None
+            if w == lo or min(r, w, lo) < 0:
+                raise ValueError(f"{path}:{line_no}: ({w}, {lo}) is not two distinct images of round {r}")
+            out.append((r, w, lo))
+    return out
+
+
+class D3POTrainer:
+    """D3PO on the shared engine: noise-sharing pairs, pairwise preferences, the per-step DPO loss on the LoRA."""
+
+    name = "d3po"
+    feedback_kind = "pairs"
+
+    def __init__(self, cfg, pipe):
+        self.cfg, self.settings = cfg, cfg.d3po
+        self.policy = LoraPolicy(cfg, pipe)
+        unet, scale = pipe.unet.config, pipe.vae_scale_factor
+        h = (cfg.sampler.resolution or unet.sample_size * scale) // scale  # as ``rollout`` sizes its latents
+        self.latent_shape = (unet.in_channels, h, h)
+        self.best_image: np.ndarray | None = None
+
+    def start_noise(self, round_index: int, n: int, generator: torch.Generator) -> torch.Tensor | None:
+        return paired_noise(n, self.latent_shape, generator)
+
+    def comparison_pairs(self, n: int) -> list[tuple[int, int]]:
+        """The (i, j) pairs to be compared in a round of n images."""
+        return comparison_pairs(n)
+
+    def current_best_image(self) -> np.ndarray | None:
+        return self.best_image  # only when a good/best source (the web page) stands in for pairs
+
+    def learn(self, round_index: int, traj: Trajectories, feedback: RoundFeedback,
+              generator: torch.Generator) -> dict[str, float]:
+        t0 = time.perf_counter()
+        pairs = feedback.pairs
+        if pairs is None:  # good/best marks (the web page): derive preferences within the noise-sharing pairs
+            pairs = pairs_from_marks(feedback.good, feedback.best, comparison_pairs(len(traj)))
+            if feedback.best is not None:
+                self.best_image = traj.images[feedback.best]
+        t1 = time.perf_counter()
+        stats = d3po_update(self.policy.pipe, traj, list(pairs), self.policy.optimizer, self.policy.pg,
+                            self.settings.beta, self.settings.ratio_clip, generator)
+        t2 = time.perf_counter()
+        return {**{f"d3po_{k}": v for k, v in stats.items()}, "preference_pairs": len(pairs),
+                "seconds_representation": t1 - t0, "seconds_update": t2 - t1}
+
+    def save(self, folder: Path) -> None:
+        self.policy.save(folder, {"best_image": self.best_image})
+
+    def load(self, folder: Path) -> None:
+        self.best_image = self.policy.load(folder)["best_image"]
