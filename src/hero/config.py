@@ -45,7 +45,7 @@ class SamplerConfig(_Section):
 
     steps: int = Field(20, ge=1)
     eta: float = Field(1.0, ge=0.0)
-    guidance_scale: float = Field(3.0, ge=0.0)
+    guidance_scale: float = Field(2.0, ge=0.0)
     resolution: int | None = Field(None, ge=8)  # pixels; None: the model's native size
     batch_size: int = Field(8, ge=1)  # images per denoising forward pass (memory, not results)
 

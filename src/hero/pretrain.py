@@ -81,7 +81,7 @@ def _sample_grid(pipe: PixelStableDiffusionPipeline, path: Path) -> None:
     prompts = ["two red squares", "three green triangles", "four blue circles", "one yellow circle on black"]
     g = torch.Generator().manual_seed(0)
     pipe.unet.eval()
-    imgs = pipe([p for p in prompts for _ in range(8)], num_inference_steps=20, eta=1.0, guidance_scale=3.0,
+    imgs = pipe([p for p in prompts for _ in range(8)], num_inference_steps=20, eta=1.0, guidance_scale=2.0,
                 generator=g, output_type="np", height=32, width=32).images
     image_grid((imgs * 255).round().astype(np.uint8), ncols=8).save(path)
     pipe.unet.train()
