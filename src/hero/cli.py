@@ -12,6 +12,9 @@ import typer
 
 from hero.algorithms import ALGORITHMS
 
+# Before transformers is imported: hide its torchvision-fallback notices, which a user cannot act on.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="hero: fine-tune text-to-image diffusion models online from human feedback.")
 
