@@ -99,3 +99,19 @@ def tiny_pixel_pipeline(tiny_pixel_pipeline_factory) -> PixelStableDiffusionPipe
 def tiny_sd_pipeline(tiny_sd_pipeline_factory) -> StableDiffusionPipeline:
     """A fresh tiny StableDiffusionPipeline with a VAE (safe to mutate)."""
     return tiny_sd_pipeline_factory()
+
+
+class NeverAsk:
+    """A feedback source that fails when asked: a resumed run must take judged rounds from the log."""
+
+    name = "sim"
+
+    def judge_round(self, *args):
+        raise AssertionError("a judged round was asked again")
+
+    judge_pairs = judge_round
+
+
+@pytest.fixture
+def never_ask() -> NeverAsk:
+    return NeverAsk()

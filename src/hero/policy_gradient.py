@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,8 +11,8 @@ import torch
 from hero.lora import lora_parameters
 from hero.rollout import Trajectories, step_log_prob
 
-__all__ = ["PolicyGradientConfig", "clipped_surrogate_loss", "make_optimizer", "policy_gradient_update",
-           "standardise_advantages"]
+__all__ = ["PolicyGradientConfig", "accumulation_schedule", "clip_and_step", "clipped_surrogate_loss",
+           "make_optimizer", "policy_gradient_update", "standardise_advantages"]
 
 
 @dataclass
@@ -78,6 +78,32 @@ def _accumulation_groups(n: int, cfg: PolicyGradientConfig, generator: torch.Gen
     return [minibatches[i: i + cfg.grad_accum] for i in range(0, len(minibatches), cfg.grad_accum)]
 
 
+def accumulation_schedule(n: int, n_steps: int, cfg: PolicyGradientConfig,
+                          generator: torch.Generator) -> Iterator[list[tuple[torch.Tensor, torch.Tensor, float]]]:
+    """The DDPO training schedule shared by every policy update here.
+
+    Per inner epoch each sample trains on its own K distinct steps (a random permutation's first K); samples are
+    shuffled into minibatches and ``grad_accum`` minibatches make one optimiser step. Yields, per optimiser step,
+    (minibatch indices, their step indices, loss weight) for each minibatch × K, the weight making the
+    accumulated gradient the mean over the group's samples and K steps.
+    """
+    k = min(cfg.timesteps_per_traj, n_steps)
+    for _ in range(cfg.inner_epochs):
+        steps = torch.stack([torch.randperm(n_steps, generator=generator)[:k] for _ in range(n)])
+        for group in _accumulation_groups(n, cfg, generator):
+            n_group = sum(len(mb) for mb in group)
+            yield [(mb, steps[mb, j], len(mb) / (n_group * k)) for mb in group for j in range(k)]
+
+
+def clip_and_step(optimizer: torch.optim.Optimizer, max_grad_norm: float) -> float:
+    """Clip the accumulated gradient's norm, take the optimiser step, clear; return the norm before clipping."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
 def policy_gradient_update(pipe, trajectories: Trajectories, rewards: Sequence[float] | np.ndarray | torch.Tensor,
                            optimizer: torch.optim.Optimizer, cfg: PolicyGradientConfig,
                            generator: torch.Generator | None = None) -> dict[str, float]:
@@ -87,34 +113,21 @@ def policy_gradient_update(pipe, trajectories: Trajectories, rewards: Sequence[f
         generator = torch.Generator("cpu").manual_seed(cfg.seed)
     prompts = traj.prompts if cfg.per_prompt_advantages else None
     adv = standardise_advantages(rewards, prompts, cfg.adv_clip)
-    n, num_steps = traj.log_probs.shape
-    k = min(cfg.timesteps_per_traj, num_steps)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
     device = pipe.unet.device
     stats: dict[str, list[float]] = {"loss": [], "approx_kl": [], "clipfrac": [], "grad_norm": []}
     optimizer.zero_grad(set_to_none=True)
-    for _ in range(cfg.inner_epochs):
-        # Each trajectory trains on its own K distinct steps (a random permutation's first K), as in DDPO.
-        steps = torch.stack([torch.randperm(num_steps, generator=generator)[:k] for _ in range(n)])
-        for group in _accumulation_groups(n, cfg, generator):
-            n_group = sum(len(mb) for mb in group)
-            for mb in group:
-                for j in range(k):
-                    s = steps[mb, j]
-                    logp = step_log_prob(pipe.unet, pipe.scheduler, traj, mb, s)
-                    logp_old = traj.log_probs[mb, s].to(device)
-                    loss = clipped_surrogate_loss(logp, logp_old, adv[mb].to(device), cfg.clip_range)
-                    # Weight so that the accumulated gradient is the mean over the group's samples and K steps.
-                    (loss * len(mb) / (n_group * k)).backward()
-                    with torch.no_grad():
-                        diff = logp - logp_old
-                        stats["loss"].append(loss.item())
-                        stats["approx_kl"].append(0.5 * (diff**2).mean().item())
-                        stats["clipfrac"].append(((diff.exp() - 1).abs() > cfg.clip_range).float().mean().item())
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            stats["grad_norm"].append(float(grad_norm))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+    for group in accumulation_schedule(*traj.log_probs.shape, cfg, generator):
+        for mb, s, weight in group:
+            logp = step_log_prob(pipe.unet, pipe.scheduler, traj, mb, s)
+            logp_old = traj.log_probs[mb, s].to(device)
+            loss = clipped_surrogate_loss(logp, logp_old, adv[mb].to(device), cfg.clip_range)
+            (loss * weight).backward()
+            with torch.no_grad():
+                diff = logp - logp_old
+                stats["loss"].append(loss.item())
+                stats["approx_kl"].append(0.5 * (diff**2).mean().item())
+                stats["clipfrac"].append(((diff.exp() - 1).abs() > cfg.clip_range).float().mean().item())
+        stats["grad_norm"].append(clip_and_step(optimizer, cfg.max_grad_norm))
     out = {key: float(np.mean(v)) for key, v in stats.items()}
     out.update(grad_steps=len(stats["grad_norm"]), backward_passes=len(stats["loss"]),
                reward_mean=float(np.mean(np.asarray(rewards, dtype=np.float64))))

@@ -137,16 +137,7 @@ def test_learn_derives_pairs_from_good_best_marks(tiny_pixel_pipeline):
     assert stats["preference_pairs"] == 2 and np.array_equal(trainer.current_best_image(), traj.images[2])
 
 
-class _NeverAsk:
-    name = "sim"
-
-    def judge_round(self, *args):
-        raise AssertionError("a judged round was asked again")
-
-    judge_pairs = judge_round
-
-
-def test_short_run_pairs_lora_and_resume(tmp_path):
+def test_short_run_pairs_lora_and_resume(tmp_path, never_ask):
     cfg = load_config(None, FAST, algo="d3po", prompt="two red squares", budget=8, images_per_round=4,
                       out=str(tmp_path / "run"))
     run = train(cfg, show_progress=False)
@@ -165,6 +156,6 @@ def test_short_run_pairs_lora_and_resume(tmp_path):
     # and ends with the same LoRA.
     final = load_file(run.path / "lora" / "pytorch_lora_weights.safetensors")
     (run.path / "checkpoints" / "latest").unlink()
-    train(cfg, resume=True, source=_NeverAsk(), show_progress=False)
+    train(cfg, resume=True, source=never_ask, show_progress=False)
     again = load_file(run.path / "lora" / "pytorch_lora_weights.safetensors")
     assert all(torch.equal(final[k], again[k]) for k in final)

@@ -81,16 +81,7 @@ def test_trainer_uses_plain_noise(tiny_pixel_pipeline):
     assert trainer.start_noise(3, 4, torch.Generator()) is None
 
 
-class _NeverAsk:
-    name = "sim"
-
-    def judge_round(self, *args):
-        raise AssertionError("a judged round was asked again")
-
-    judge_pairs = judge_round
-
-
-def test_short_run_writes_a_loadable_lora_and_resumes_from_the_logged_scores(tmp_path):
+def test_short_run_writes_a_loadable_lora_and_resumes_from_the_logged_scores(tmp_path, never_ask):
     cfg = load_config(None, FAST, algo="ddpo", prompt="two red squares", budget=8, images_per_round=4,
                       out=str(tmp_path / "run"))
     run = train(cfg, show_progress=False)
@@ -106,6 +97,6 @@ def test_short_run_writes_a_loadable_lora_and_resumes_from_the_logged_scores(tmp
     # again, not fall back to good/not-good) and so end with the same LoRA.
     final = load_file(run.path / "lora" / "pytorch_lora_weights.safetensors")
     (run.path / "checkpoints" / "latest").unlink()
-    train(cfg, resume=True, source=_NeverAsk(), show_progress=False)
+    train(cfg, resume=True, source=never_ask, show_progress=False)
     again = load_file(run.path / "lora" / "pytorch_lora_weights.safetensors")
     assert final.keys() == again.keys() and all(torch.equal(final[k], again[k]) for k in final)

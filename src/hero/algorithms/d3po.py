@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from hero.algorithms.base import LoraPolicy
 from hero.feedback.base import RoundFeedback
-from hero.policy_gradient import PolicyGradientConfig
+from hero.policy_gradient import PolicyGradientConfig, accumulation_schedule, clip_and_step
 from hero.rollout import Trajectories, step_log_prob
 
 
@@ -82,34 +82,22 @@ def d3po_update(pipe, traj: Trajectories, pairs: list[tuple[int, int]], optimize
         return {"loss": float("nan"), "clipfrac": float("nan"), "margin": float("nan"), "grad_norm": 0.0,
                 "grad_steps": 0, "backward_passes": 0}
     p = torch.tensor(pairs, dtype=torch.long)
-    n_steps = traj.log_probs.shape[1]
-    k = min(cfg.timesteps_per_traj, n_steps)
-    params = [q for group in optimizer.param_groups for q in group["params"]]
     device = pipe.unet.device
     optimizer.zero_grad(set_to_none=True)
-    for _ in range(cfg.inner_epochs):
-        steps = torch.stack([torch.randperm(n_steps, generator=generator)[:k] for _ in range(len(p))])
-        minibatches = list(torch.randperm(len(p), generator=generator).split(cfg.batch_size))
-        for lo in range(0, len(minibatches), cfg.grad_accum):
-            group = minibatches[lo: lo + cfg.grad_accum]
-            n_group = sum(len(mb) for mb in group)
-            for mb in group:
-                for j in range(k):
-                    s = steps[mb, j]
-                    # Winner and loser at the same step index, in one batched forward pass.
-                    idx, ss = torch.cat([p[mb, 0], p[mb, 1]]), torch.cat([s, s])
-                    logp = step_log_prob(pipe.unet, pipe.scheduler, traj, idx, ss)
-                    ref = traj.log_probs[idx, ss].to(device)
-                    (lw, ll), (rw, rl) = logp.chunk(2), ref.chunk(2)
-                    loss = d3po_loss(lw, ll, rw, rl, beta, ratio_clip)
-                    (loss * len(mb) / (n_group * k)).backward()  # mean over the group's pairs and K steps
-                    with torch.no_grad():
-                        stats["loss"].append(loss.item())
-                        stats["clipfrac"].append(((logp - ref).exp().sub(1).abs() > ratio_clip).float().mean().item())
-                        stats["margin"].append(((lw - rw) - (ll - rl)).mean().item())
-            stats["grad_norm"].append(float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+    for group in accumulation_schedule(len(p), traj.log_probs.shape[1], cfg, generator):
+        for mb, s, weight in group:
+            # Winner and loser at the same step index, in one batched forward pass.
+            idx, ss = torch.cat([p[mb, 0], p[mb, 1]]), torch.cat([s, s])
+            logp = step_log_prob(pipe.unet, pipe.scheduler, traj, idx, ss)
+            ref = traj.log_probs[idx, ss].to(device)
+            (lw, ll), (rw, rl) = logp.chunk(2), ref.chunk(2)
+            loss = d3po_loss(lw, ll, rw, rl, beta, ratio_clip)
+            (loss * weight).backward()  # mean over the group's pairs and K steps
+            with torch.no_grad():
+                stats["loss"].append(loss.item())
+                stats["clipfrac"].append(((logp - ref).exp().sub(1).abs() > ratio_clip).float().mean().item())
+                stats["margin"].append(((lw - rw) - (ll - rl)).mean().item())
+        stats["grad_norm"].append(clip_and_step(optimizer, cfg.max_grad_norm))
     out = {key: float(np.mean(v)) for key, v in stats.items()}
     return {**out, "grad_steps": len(stats["grad_norm"]), "backward_passes": len(stats["loss"])}
 

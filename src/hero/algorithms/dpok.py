@@ -31,7 +31,7 @@ from torch import nn
 from hero.algorithms.base import LoraPolicy
 from hero.algorithms.ddpo import ddpo_rewards
 from hero.feedback.base import RoundFeedback
-from hero.policy_gradient import PolicyGradientConfig, clipped_surrogate_loss
+from hero.policy_gradient import PolicyGradientConfig, accumulation_schedule, clip_and_step, clipped_surrogate_loss
 from hero.rollout import Trajectories, _alphas, _log_prob, _model_output, _posterior
 
 
@@ -134,34 +134,22 @@ def dpok_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tens
 def dpok_update(pipe, traj: Trajectories, advantages: torch.Tensor, optimizer: torch.optim.Optimizer,
                 cfg: PolicyGradientConfig, kl_weight: float, generator: torch.Generator) -> dict[str, float]:
     """One DPOK policy update; ``advantages`` (N, T) are per trajectory and step (baseline already applied)."""
-    n, n_steps = traj.log_probs.shape
-    k = min(cfg.timesteps_per_traj, n_steps)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
     device = pipe.unet.device
     stats: dict[str, list[float]] = {"loss": [], "kl": [], "approx_kl": [], "clipfrac": [], "grad_norm": []}
     optimizer.zero_grad(set_to_none=True)
-    for _ in range(cfg.inner_epochs):
-        steps = torch.stack([torch.randperm(n_steps, generator=generator)[:k] for _ in range(n)])
-        minibatches = list(torch.randperm(n, generator=generator).split(cfg.batch_size))
-        for lo in range(0, len(minibatches), cfg.grad_accum):
-            group = minibatches[lo: lo + cfg.grad_accum]
-            n_group = sum(len(mb) for mb in group)
-            for mb in group:
-                for j in range(k):
-                    s = steps[mb, j]
-                    logp, kl = step_terms(pipe.unet, pipe.scheduler, traj, mb, s)
-                    logp_old = traj.log_probs[mb, s].to(device)
-                    loss = dpok_loss(logp, logp_old, advantages[mb, s].to(device), kl, cfg.clip_range, kl_weight)
-                    (loss * len(mb) / (n_group * k)).backward()  # mean over the group's samples and K steps
-                    with torch.no_grad():
-                        diff = logp - logp_old
-                        stats["loss"].append(loss.item())
-                        stats["kl"].append(kl.mean().item())
-                        stats["approx_kl"].append(0.5 * (diff**2).mean().item())
-                        stats["clipfrac"].append(((diff.exp() - 1).abs() > cfg.clip_range).float().mean().item())
-            stats["grad_norm"].append(float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+    for group in accumulation_schedule(*traj.log_probs.shape, cfg, generator):
+        for mb, s, weight in group:
+            logp, kl = step_terms(pipe.unet, pipe.scheduler, traj, mb, s)
+            logp_old = traj.log_probs[mb, s].to(device)
+            loss = dpok_loss(logp, logp_old, advantages[mb, s].to(device), kl, cfg.clip_range, kl_weight)
+            (loss * weight).backward()  # mean over the group's samples and K steps
+            with torch.no_grad():
+                diff = logp - logp_old
+                stats["loss"].append(loss.item())
+                stats["kl"].append(kl.mean().item())
+                stats["approx_kl"].append(0.5 * (diff**2).mean().item())
+                stats["clipfrac"].append(((diff.exp() - 1).abs() > cfg.clip_range).float().mean().item())
+        stats["grad_norm"].append(clip_and_step(optimizer, cfg.max_grad_norm))
     out = {key: float(np.mean(v)) for key, v in stats.items()}
     return {**out, "grad_steps": len(stats["grad_norm"]), "backward_passes": len(stats["loss"])}
 
