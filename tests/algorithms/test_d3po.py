@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from run_checks import assert_lora_loads, assert_resume_reproduces_lora
 
 from hero.algorithms.d3po import (
     D3POTrainer,
@@ -20,7 +20,6 @@ from hero.algorithms.d3po import (
 from hero.config import ConfigError, load_config
 from hero.feedback import RewardFeedback, RoundFeedback, SimulatedHuman
 from hero.lora import add_lora
-from hero.models import load_pipeline
 from hero.policy_gradient import PolicyGradientConfig, make_optimizer
 from hero.rollout import rollout, step_log_prob
 from hero.runs.feedback_log import FeedbackLog
@@ -149,13 +148,6 @@ def test_short_run_pairs_lora_and_resume(tmp_path, never_ask):
     metrics = run.metrics()
     assert [m["pairs"] for m in metrics] == [len(log.get_round(r).pairs) for r in (0, 1)]
     assert metrics[0]["good_rate"] is None and "seconds_update" in metrics[0] and sum(m["pairs"] for m in metrics) > 0
-    pipe = load_pipeline("tiny-shapes")
-    pipe.load_lora_weights(str(run.path / "lora"))
-    assert any("lora" in n for n, _ in pipe.unet.named_parameters())
-    # Pairwise rounds judged before a "crash": the resumed run reads the pairs from the log, asks nothing,
-    # and ends with the same LoRA.
-    final = load_file(run.path / "lora" / "pytorch_lora_weights.safetensors")
-    (run.path / "checkpoints" / "latest").unlink()
-    train(cfg, resume=True, source=never_ask, show_progress=False)
-    again = load_file(run.path / "lora" / "pytorch_lora_weights.safetensors")
-    assert all(torch.equal(final[k], again[k]) for k in final)
+    assert_lora_loads(run)
+    # Pairwise rounds come back from the log as pairs.
+    assert_resume_reproduces_lora(run, cfg, never_ask)
