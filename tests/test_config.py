@@ -77,7 +77,8 @@ def test_precedence_preset_then_values_then_overrides(tmp_path: Path):
     (dict(precision="fp8"), "bad value for 'precision': 'fp8'"),
     (dict(feedback="sim:0.7"), "bad value for 'feedback': 'sim:0.7' (error rate 0.7 must be in [0, 0.5])"),
     (dict(feedback="sim:often"), "bad value for 'feedback': 'sim:often'"),
-    (dict(feedback="reward:aesthetic"), "bad value for 'feedback': 'reward:aesthetic'"),
+    (dict(feedback="reward:clipscore"), "bad value for 'feedback': 'reward:clipscore'"),
+    (dict(feedback="reward:aesthetic"), "missing value for 'reward_model.path' (--feedback reward:aesthetic"),
     (dict(device="gpu"), "bad value for 'device': 'gpu'"),
     (dict(overrides=["sampler.steps=abc"]), "bad value for 'sampler.steps': 'abc'"),
     (dict(overrides=["pg.timesteps_per_traj=30"]), "bad value for 'pg.timesteps_per_traj': 30 (must be <= "

@@ -11,12 +11,14 @@ from pathlib import Path
 import typer
 
 from hero.algorithms import ALGORITHMS
+from hero.bench.cli import bench_app
 
 # Before transformers is imported: hide its torchvision-fallback notices, which a user cannot act on.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="hero: fine-tune text-to-image diffusion models online from human feedback.")
+app.add_typer(bench_app, name="bench")  # hero bench [--quick] ..., hero bench compute, hero bench report OUT
 
 
 @app.command()
@@ -31,6 +33,8 @@ def sample(
     guidance: float = typer.Option(None, help="Classifier-free guidance scale (default: the sampler's)."),
     precision: str = typer.Option("fp32", help="fp32, bf16 or fp16 (autocast)."),
     judge: bool = typer.Option(False, "--judge", help="Judge the images (toy-world prompts) and print rates as JSON."),
+    pairs: bool = typer.Option(False, "--pairs", help="D3PO offline: images in noise-sharing pairs plus their "
+                                                      "trajectories (annotate with `hero label OUT`; docs/d3po.md)."),
 ) -> None:
     """Sample images from a model; with --judge, print the judge's rates as the last line (JSON)."""
     from hero.models import load_pipeline
@@ -49,16 +53,21 @@ def sample(
     except FileNotFoundError as e:
         raise typer.BadParameter(str(e), param_hint="--model") from None
     t0 = time.perf_counter()
-    images = sample_images(pipe, prompt, n, seed=seed, steps=steps, eta=eta, precision=precision,
-                           guidance_scale=DEFAULT_GUIDANCE if guidance is None else guidance)
-    seconds = time.perf_counter() - t0
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    from PIL import Image
+    if pairs:
+        images = _sample_pairs(pipe, prompt, n, out, model=model, seed=seed, steps=steps, eta=eta,
+                               guidance=DEFAULT_GUIDANCE if guidance is None else guidance)
+        seconds = time.perf_counter() - t0
+    else:
+        images = sample_images(pipe, prompt, n, seed=seed, steps=steps, eta=eta, precision=precision,
+                               guidance_scale=DEFAULT_GUIDANCE if guidance is None else guidance)
+        seconds = time.perf_counter() - t0
+        (out / "images").mkdir(parents=True, exist_ok=True)
+        from PIL import Image
 
-    for i, im in enumerate(images):
-        Image.fromarray(im).save(out / "images" / f"{i:04d}.png")
-    image_grid(images).save(out / "grid.png")
-    typer.echo(f"wrote {n} images and {out / 'grid.png'} in {seconds:.1f} s")
+        for i, im in enumerate(images):
+            Image.fromarray(im).save(out / "images" / f"{i:04d}.png")
+        image_grid(images).save(out / "grid.png")
+        typer.echo(f"wrote {n} images and {out / 'grid.png'} in {seconds:.1f} s")
     if task is not None:
         verdicts = Judge().judge_batch(images, task)
         with (out / "verdicts.jsonl").open("w") as f:
@@ -68,6 +77,22 @@ def sample(
         result = {"prompt": prompt, **{k: round(v, 4) for k, v in rates(verdicts).items()},
                   "seconds": round(seconds, 2)}
         typer.echo(json.dumps(result))
+
+
+def _sample_pairs(pipe, prompt: str, n: int, out: Path, **settings):
+    """`hero sample --pairs`: D3PO's offline samples (hero.algorithms.d3po_offline); errors are one line, exit 2."""
+    from hero.algorithms.d3po_offline import sample_pairs
+
+    t0 = time.perf_counter()
+    try:
+        images = sample_pairs(pipe, prompt, n, out, **settings)
+    except (ValueError, FileExistsError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"wrote {n} images in {n // 2} noise-sharing pairs to {out} in {time.perf_counter() - t0:.1f} s; "
+               f"judge them with `hero label {out}` (or write {out / 'annotations.json'}), then "
+               f"`hero train --algo d3po --from-annotations {out / 'annotations.json'} --out RUN`")
+    return images
 
 
 @app.command("pretrain-toy")
@@ -101,9 +126,12 @@ def check_judge(n: int = typer.Option(2000, min=1, help="Generated images per ta
 @app.command(epilog="Algorithms: " + " | ".join(f"{k}: {v}" for k, v in ALGORITHMS.items()))
 def train(
     prompt: str = typer.Option(None, help='Prompt to fine-tune for, e.g. "three green triangles".'),
-    model: str = typer.Option(None, help="tiny-shapes (built in) or a local diffusers pipeline folder."),
+    model: str = typer.Option(None, help="tiny-shapes (built in), a local diffusers pipeline folder, or a single "
+                                         "SD 1.x/2.x .safetensors/.ckpt (with --set model_config_dir=DIR)."),
     algo: str = typer.Option(None, help="hero (default), ... (see below)."),
     feedback: str = typer.Option(None, help="sim, sim:<error rate>, reward:jpeg, reward:jpeg-incompressibility, "
+                                            "reward:aesthetic|pickscore|hpsv2 (a reward model from local paths: "
+                                            "--set reward_model.path=DIR), "
                                             "web (a person, in the browser: prints the URL to open)."),
     budget: int = typer.Option(None, help="Feedback budget: images judged in all (default 512)."),
     images_per_round: int = typer.Option(None, help="Images per round (default 64)."),
@@ -113,11 +141,17 @@ def train(
     set_: list[str] = typer.Option([], "--set", help="Dotted override, e.g. --set pg.timesteps_per_traj=3 (repeat)."),
     resume: Path = typer.Option(None, help="Continue the run in this folder after a crash or a stop."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    from_annotations: Path = typer.Option(None, help="D3PO offline: train once on this annotation file of a "
+                                                     "`hero sample --pairs` folder (docs/d3po.md), then stop."),
 ) -> None:
     """Fine-tune online from feedback: sample a round, get judgements, learn, repeat until the budget is spent."""
     from hero.config import ConfigError, TrainConfig, load_config
     from hero.train import train as run_training
 
+    if from_annotations is not None:
+        return _train_offline(from_annotations, {"--feedback": feedback, "--budget": budget, "--resume": resume,
+                                                 "--images-per-round": images_per_round}, preset, set_,
+                              prompt=prompt, model=model, algo=algo, seed=seed, out=None if out is None else str(out))
     try:
         if resume is not None:
             if not (resume / "config.yaml").is_file():
@@ -131,7 +165,9 @@ def train(
         raise typer.Exit(2) from None
     web, finished = None, False
     try:
-        if cfg.feedback == "web":
+        from hero.distributed import is_main_process
+
+        if cfg.feedback == "web" and is_main_process():  # under accelerate launch: one server, on rank 0
             from hero.web import WebFeedback
 
             if resume is None and (Path(cfg.out) / "config.yaml").is_file():
@@ -147,7 +183,26 @@ def train(
     finally:
         if web is not None:
             web.close(done=finished)
-    typer.echo(f"run finished: {run.path}  (LoRA: {run.path / 'lora'}; evaluate with `hero eval {run.path}`)")
+    if is_main_process():
+        typer.echo(f"run finished: {run.path}  (LoRA: {run.path / 'lora'}; evaluate with `hero eval {run.path}`)")
+
+
+def _train_offline(path: Path, online: dict, preset: str | None, overrides: list[str], **values) -> None:
+    """`hero train --from-annotations FILE`: every problem is one line on stderr and exit status 2."""
+    from hero.algorithms.d3po_offline import train_from_annotations
+
+    try:
+        given = [name for name, value in online.items() if value is not None]  # options of the online loop only
+        if given:
+            raise ValueError(f"{', '.join(given)} cannot be used with --from-annotations (the file says what was "
+                             "judged; the samples fix prompt, model and sampler)")
+        run = train_from_annotations(path, preset, overrides, **values)
+    except (ValueError, FileExistsError, FileNotFoundError, OSError) as e:  # ConfigError is a ValueError
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    m = run.metrics()[-1]
+    typer.echo(f"trained D3PO on {m['pairs']} preference(s) ({m['feedback']} feedback) from {path}: "
+               f"{run.path}  (LoRA: {run.path / 'lora'}; evaluate with `hero eval {run.path}`)")
 
 
 @app.command("eval")
@@ -174,7 +229,8 @@ def eval_(
 
 @app.command()
 def label(
-    run_dir: Path = typer.Argument(..., help="A run folder whose rounds were sampled earlier."),
+    run_dir: Path = typer.Argument(..., help="A run folder whose rounds were sampled earlier, or a folder of "
+                                             "`hero sample --pairs` (judged in pairs, written as annotations.json)."),
     host: str = typer.Option(None, help="Interface to listen on (default: the run's web.host, 127.0.0.1)."),
     port: int = typer.Option(None, min=0, max=65535, help="Port (default: the run's web.port, 8765; 0: any)."),
     allow_host: list[str] = typer.Option([], help="Extra Host-header name to answer to (repeat)."),
@@ -191,6 +247,9 @@ def label(
         raise typer.Exit(2) from None
     typer.echo(f"labelled {n} round(s) in {run_dir}" if n else f"nothing to label in {run_dir}: every sampled "
                "round has feedback")
+    if n and (run_dir / "sample.json").is_file() and (run_dir / "annotations.json").is_file():
+        typer.echo(f"annotations: {run_dir / 'annotations.json'}  (train with `hero train --algo d3po "
+                   f"--from-annotations {run_dir / 'annotations.json'} --out RUN`)")
 
 
 @app.command()

@@ -18,14 +18,18 @@ from pydantic_core import PydanticCustomError
 
 from hero.runs.atomic import atomic_write_text
 
-__all__ = ["ConfigError", "D3POSettings", "DDPOSettings", "DPOKSettings",
+__all__ = ["ConfigError", "D3POSettings", "DDPOSettings", "DPOKSettings", "HerdSettings", "SeikoSettings",
            "HeroSettings", "LoraSettings", "PolicyGradientSettings", "PRESETS_DIR", "SamplerConfig",
-           "TaskSettings", "TrainConfig", "WebSettings", "list_presets", "load_config", "parse_feedback", "save_config"]
+           "TaskSettings", "TrainConfig", "WebSettings", "list_presets", "load_config", "parse_feedback", "save_config",
+           "RewardModelSettings", "MemorySettings", "SINGLE_FILE_SUFFIXES"]
 
 PRESETS_DIR = Path(__file__).parent / "presets"
-REWARDS = ("jpeg", "jpeg-incompressibility")  # "jpeg" is DDPO's compressibility reward
+# "jpeg" is DDPO's compressibility reward; the others are reward models loaded from reward_model.path (hero.rewards)
+REWARDS = ("jpeg", "jpeg-incompressibility", "aesthetic", "pickscore", "hpsv2", "imagereward")
+_REWARD_PATHS = {"aesthetic": ("path", "head_path"), "pickscore": ("path",), "hpsv2": ("path",)}
 _DEVICE = re.compile(r"(cpu|mps|(cuda|xpu)(:\d+)?)")
 _MISSING = "???"  # OmegaConf's "must be set" marker, usable in presets
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")  # an original-layout SD checkpoint in one file
 
 
 class ConfigError(ValueError):
@@ -81,6 +85,9 @@ class HeroSettings(_Section):
     encoder_epochs: int = Field(200, ge=1)  # the reference code uses 500-5000 at batch 2048; ours is a small CNN
     train_on: Literal["all", "round"] = "all"  # all feedback so far, or only this round's
     embed_dim: int = Field(512, ge=1)  # the reference code's output_dim
+    # What the embedding net sees: "features" (frozen UNet mid-block features, an MLP; our default, it learns
+    # from few labels) or "latent" (the paper's CNN over the final denoised latent).
+    encoder_input: Literal["features", "latent"] = "features"
     encoder_batch_size: int = Field(2048, ge=1)  # triplets per encoder step (the paper's 2048)
 
 
@@ -109,6 +116,26 @@ class DPOKSettings(_Section):
     value_batch_size: int = Field(64, ge=1)
 
 
+class HerdSettings(_Section):
+    """HERD: DDPO + hindsight replay of a round's failures, relabelled with what they show, in the next update."""
+
+    # Share of a round's images examined for a relabel (at most); each examined image costs one feedback.
+    replay_fraction: float = Field(0.25, ge=0.0, le=1.0)
+
+
+class SeikoSettings(_Section):
+    """SEIKO: a ridge reward on frozen features with optimism, backpropagated through the sampler with a KL."""
+
+    variant: Literal["nonadaptive", "greedy", "ucb", "bootstrap", "thompson"] = "ucb"
+    ridge: float = Field(10.0, gt=0)  # λ of A = ΦᵀΦ + λI (features standardised by the first round's)
+    c: float = Field(0.1, ge=0)  # optimism: UCB's c, bootstrap's c (mean + c·std), Thompson's posterior σ
+    ensemble_size: int = Field(4, ge=2)  # bootstrap: ridge fits on resamples
+    kl_weight: float = Field(1.0, ge=0)  # α on Σ_steps mean_d (μ_θ − μ_prev)²/2σ_t² to the previous round
+    backprop_steps: int = Field(4, ge=1)  # K: the last K denoising steps carry gradients (capped at sampler.steps)
+    updates_per_round: int = Field(8, ge=0)  # optimiser steps, each on a fresh differentiable rollout
+    batch_size: int = Field(8, ge=1)  # images per differentiable rollout
+
+
 class TaskSettings(_Section):
     """What the simulated human wants beyond the prompt (toy world): a hidden background, a forbidden colour."""
 
@@ -133,6 +160,36 @@ class WebSettings(_Section):
     allowed_hosts: list[str] = Field(default_factory=list)  # extra Host-header names (besides loopback, host)
 
 
+class MemorySettings(_Section):
+    """GPU memory (real checkpoints): activation checkpointing in the updates and the attention kernel."""
+
+    # Recompute the UNet's activations in the backward pass instead of keeping them: far less memory per
+    # update minibatch, about a third more update time. Sampling (no gradients) is unaffected.
+    gradient_checkpointing: bool = False
+    # "sdpa": PyTorch's scaled_dot_product_attention (diffusers' default processor with torch 2: flash /
+    # memory-efficient kernels where the GPU has them); "xformers": xformers' kernel, if it is installed.
+    attention: Literal["sdpa", "xformers"] = "sdpa"
+
+
+class RewardModelSettings(_Section):
+    """The reward model behind ``--feedback reward:<name>`` (AI feedback; its scores are DDPO's rewards)."""
+
+    path: str | None = None  # local transformers CLIP folder: aesthetic (ViT-L/14), pickscore, hpsv2
+    head_path: str | None = None  # aesthetic: the LAION MLP head's state dict (.pth / .safetensors)
+    threshold: float | None = None  # good = score >= threshold (with top_k: both)
+    top_k: int | None = Field(None, ge=1)  # good = the k highest scores of the round
+    good_fraction: float = Field(0.25, gt=0.0, le=1.0)  # neither threshold nor top_k: good = this top share
+    device: str | None = None  # None: the run's device
+    batch_size: int = Field(32, ge=1)  # images per reward-model forward pass
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str | None) -> str | None:
+        if v is not None and not _DEVICE.fullmatch(v):
+            raise ValueError("must be cpu, cuda, cuda:N, mps or xpu[:N] (or null: the run's device)")
+        return v
+
+
 def parse_feedback(spec: str) -> tuple[str, float | str | None]:
     """Split a feedback spec: ("sim", error_rate) | ("reward", name) | ("web", None); ValueError if malformed."""
     kind, _, arg = spec.partition(":")
@@ -152,7 +209,11 @@ def parse_feedback(spec: str) -> tuple[str, float | str | None]:
 class TrainConfig(_Section):
     """Everything a training run needs; ``save_config`` writes it resolved into the run folder."""
 
-    model: str = Field("tiny-shapes", min_length=1)  # built-in name or a local diffusers pipeline folder
+    # built-in name, a local diffusers pipeline folder, or a single-file SD 1.x/2.x checkpoint (.safetensors/.ckpt)
+    model: str = Field("tiny-shapes", min_length=1)
+    # single-file checkpoints only: a local diffusers folder of the same architecture (model_index.json, the
+    # components' config.json, tokenizer/, scheduler/; its weights are not needed), since nothing is downloaded
+    model_config_dir: str | None = None
     prompt: str = Field(min_length=1)
     algo: Literal["hero", "ddpo", "d3po", "dpok", "seiko", "herd"] = "hero"
     feedback: str = "sim"
@@ -161,6 +222,8 @@ class TrainConfig(_Section):
     seed: int = Field(0, ge=0)
     out: str = Field("runs/train", min_length=1)
     device: str = "cpu"
+    # bf16/fp16: frozen weights stored in that dtype and UNet calls autocast to it; LoRA weights, their gradients,
+    # the optimiser and the log-probs stay fp32. Prefer bf16: fp16 gradients are not loss-scaled.
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     keep_checkpoints: int = Field(0, ge=0)  # per-round checkpoints kept (the last ones); 0 keeps all
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
@@ -170,13 +233,23 @@ class TrainConfig(_Section):
     ddpo: DDPOSettings = Field(default_factory=DDPOSettings)
     d3po: D3POSettings = Field(default_factory=D3POSettings)
     dpok: DPOKSettings = Field(default_factory=DPOKSettings)
+    herd: HerdSettings = Field(default_factory=HerdSettings)
+    seiko: SeikoSettings = Field(default_factory=SeikoSettings)
     task: TaskSettings = Field(default_factory=TaskSettings)
     web: WebSettings = Field(default_factory=WebSettings)
+    reward_model: RewardModelSettings = Field(default_factory=RewardModelSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
 
     @property
     def rounds(self) -> int:
         """Number of feedback rounds: ceil(budget / images_per_round) (the last one may be smaller)."""
         return math.ceil(self.budget / self.images_per_round)
+
+    def reward_options(self) -> dict[str, Any]:
+        """The reward_model section as keywords for ``RewardFeedback`` (device: the run's unless set)."""
+        opts = self.reward_model.model_dump()
+        opts["device"] = opts["device"] or self.device
+        return opts
 
     def task_options(self) -> dict[str, str]:
         """The task's set options as keywords for ``parse_task`` (e.g. {"hidden_background": "black"})."""
@@ -204,6 +277,22 @@ class TrainConfig(_Section):
             if value > limit:  # a cross-field error, so pydantic cannot name the key: we do
                 raise PydanticCustomError("config", "bad value for '{key}': {value} (must be <= {lk} ({limit}))",
                                           {"key": key, "value": value, "lk": limit_key, "limit": limit})
+        if self.algo == "seiko" and self.memory.gradient_checkpointing:
+            # SEIKO checkpoints each denoising step itself, and its reward's backward through the frozen features
+            # (adapter switched off) cannot be recomputed under the UNet's own checkpointing.
+            raise PydanticCustomError("config", "bad value for 'memory.gradient_checkpointing': True (seiko "
+                                      "checkpoints its denoising steps itself: leave it false)", {})
+        if self.model.lower().endswith(SINGLE_FILE_SUFFIXES) and self.model_config_dir is None:
+            raise PydanticCustomError("config", "missing value for 'model_config_dir' (--model {model} is a "
+                                      "single-file checkpoint: set model_config_dir=<a local diffusers folder of the "
+                                      "same architecture, e.g. SD 1.5's configs and tokenizer>; nothing is downloaded)",
+                                      {"model": self.model})
+        kind, _, name = self.feedback.partition(":")
+        for key in _REWARD_PATHS.get(name, ()) if kind == "reward" else ():
+            if getattr(self.reward_model, key) is None:  # caught now, not after the diffusion model has loaded
+                raise PydanticCustomError("config", "missing value for 'reward_model.{key}' (--feedback {spec} "
+                                          "loads from local paths: set reward_model.{key}=...)",
+                                          {"key": key, "spec": self.feedback})
         if self.algo == "d3po":  # images come in pairs sharing a starting noise: every round must pair up
             for key, value in (("images_per_round", self.images_per_round), ("budget", self.budget)):
                 if value % 2:

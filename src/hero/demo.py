@@ -32,7 +32,7 @@ from hero.train import round_sizes, train
 
 def before_after_grid(run: RunFolder, cfg, n: int = 32, seed: int = 12345) -> Path:
     """Base vs fine-tuned samples from the same seeds, framed by the judge's verdict."""
-    pipe = load_pipeline(cfg.model)
+    pipe = load_pipeline(cfg.model, model_config_dir=cfg.model_config_dir)
     task = parse_task(cfg.prompt, **cfg.task_options())
     kw = dict(seed=seed, steps=cfg.sampler.steps, eta=cfg.sampler.eta, guidance_scale=cfg.sampler.guidance_scale)
     before = sample_images(pipe, cfg.prompt, n, **kw)

@@ -39,14 +39,22 @@ def _success(pipe, cfg: TrainConfig, n: int, noise: torch.Tensor | None, seed: i
     return sum(v.good for v in verdicts) / n
 
 
-def evaluate(run_dir: str | Path, n: int = 256, seed: int = EVAL_SEED, include_base: bool = True) -> dict:
-    """Success rates (share of images the judge calls good) as a dict; see the module docstring."""
+def evaluate(run_dir: str | Path, n: int = 256, seed: int = EVAL_SEED, include_base: bool = True,
+             round_index: int | None = None) -> dict:
+    """Success rates (share of images the judge calls good) as a dict; see the module docstring.
+
+    ``round_index`` evaluates that round's checkpoint (it must still be on disk) instead of the last one.
+    """
     run = RunFolder(run_dir)
     cfg = TrainConfig.from_yaml(run.config_path)
     last = run.latest_round()
     if last < 0:
         raise FileNotFoundError(f"{run.path} has no complete round yet: nothing to evaluate")
-    pipe = load_pipeline(cfg.model, device=cfg.device)
+    if round_index is not None:
+        if not 0 <= round_index <= last or not run.checkpoint_dir(round_index).is_dir():
+            raise FileNotFoundError(f"{run.path} has no checkpoint of round {round_index} (last complete: {last})")
+        last = round_index
+    pipe = load_pipeline(cfg.model, device=cfg.device, model_config_dir=cfg.model_config_dir)
     result: dict = {"run": str(run.path), "prompt": cfg.prompt, "algo": cfg.algo, "rounds": last + 1, "n": n}
     algo = make_algorithm(cfg, pipe)  # adds the LoRA (identity at init: the base model)
     guided = getattr(algo, "guided_noise", None)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from hero import distributed
 from hero.lora import lora_parameters
-from hero.rollout import Trajectories, step_log_prob
+from hero.rollout import Trajectories, loss_scale, step_log_prob
 
 __all__ = ["PolicyGradientConfig", "accumulation_schedule", "clip_and_step", "clipped_surrogate_loss",
            "make_optimizer", "policy_gradient_update", "standardise_advantages"]
@@ -86,20 +88,39 @@ def accumulation_schedule(n: int, n_steps: int, cfg: PolicyGradientConfig,
     shuffled into minibatches and ``grad_accum`` minibatches make one optimiser step. Yields, per optimiser step,
     (minibatch indices, their step indices, loss weight) for each minibatch × K, the weight making the
     accumulated gradient the mean over the group's samples and K steps.
+
+    Data-parallel (``hero.distributed``, several processes): the draws are the same on every process, and each
+    process gets every N-th (minibatch, step) of a group with its weight × N (possibly none: it still calls
+    ``clip_and_step``, which averages the gradients over the processes, so the step is the one-process step).
     """
     k = min(cfg.timesteps_per_traj, n_steps)
+    dist = distributed.current()
     for _ in range(cfg.inner_epochs):
         steps = torch.stack([torch.randperm(n_steps, generator=generator)[:k] for _ in range(n)])
         for group in _accumulation_groups(n, cfg, generator):
             n_group = sum(len(mb) for mb in group)
-            yield [(mb, steps[mb, j], len(mb) / (n_group * k)) for mb in group for j in range(k)]
+            yield dist.share([(mb, steps[mb, j], len(mb) / (n_group * k)) for mb in group for j in range(k)])
 
 
 def clip_and_step(optimizer: torch.optim.Optimizer, max_grad_norm: float) -> float:
-    """Clip the accumulated gradient's norm, take the optimiser step, clear; return the norm before clipping."""
+    """Clip the accumulated gradient's norm, take the optimiser step, clear; return the norm before clipping.
+
+    Data-parallel: the gradients are first averaged over the processes (``hero.distributed``). fp16
+    (``rollout.unet_autocast``): they are first divided by the loss scale, and a non-finite gradient skips the
+    step (the same on every process: the average is non-finite everywhere) and lowers the scale.
+    """
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    scaler = loss_scale()
+    if scaler is not None:
+        for p in params:
+            if p.grad is not None:
+                p.grad.div_(scaler.scale)
+    distributed.current().average_gradients(params)
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
-    optimizer.step()
+    if scaler is not None:
+        scaler.update(math.isfinite(grad_norm))
+    if scaler is None or math.isfinite(grad_norm):
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return grad_norm
 
@@ -128,6 +149,8 @@ def policy_gradient_update(pipe, trajectories: Trajectories, rewards: Sequence[f
                 stats["approx_kl"].append(0.5 * (diff**2).mean().item())
                 stats["clipfrac"].append(((diff.exp() - 1).abs() > cfg.clip_range).float().mean().item())
         stats["grad_norm"].append(clip_and_step(optimizer, cfg.max_grad_norm))
+    # Data-parallel: every process's passes (the grad norms are the same on all of them).
+    stats.update(distributed.current().merge_lists({k: stats[k] for k in ("loss", "approx_kl", "clipfrac")}))
     out = {key: float(np.mean(v)) for key, v in stats.items()}
     out.update(grad_steps=len(stats["grad_norm"]), backward_passes=len(stats["loss"]),
                reward_mean=float(np.mean(np.asarray(rewards, dtype=np.float64))))

@@ -12,8 +12,10 @@ weights the policy-gradient ratio is exactly 1.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -21,7 +23,90 @@ import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-__all__ = ["Trajectories", "decode_latents", "rollout", "step_log_prob", "to_uint8"]
+__all__ = ["LossScale", "Trajectories", "decode_latents", "loss_scale", "rollout", "step_log_prob", "step_posterior",
+           "to_uint8", "unet_autocast"]
+
+_HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class LossScale:
+    """Dynamic loss scaling for fp16 (``torch.amp.GradScaler``'s rule), applied at the UNet's boundary.
+
+    Gradients entering a half-precision UNet call are multiplied by ``scale`` (so that small ones do not flush
+    to zero in fp16) and those leaving it through its inputs are divided again; the LoRA gradients therefore
+    arrive ``scale`` times too large, and ``policy_gradient.clip_and_step`` divides them before clipping. A
+    non-finite gradient skips the optimiser step and halves the scale; ``growth_interval`` finite steps double it.
+    """
+
+    scale: float = 2.0**16
+    growth_interval: int = 200
+    good_steps: int = 0
+
+    def update(self, finite: bool) -> None:
+        if not finite:
+            self.scale, self.good_steps = self.scale / 2, 0
+            return
+        self.good_steps += 1
+        if self.good_steps >= self.growth_interval:
+            self.scale, self.good_steps = self.scale * 2, 0
+
+
+_PRECISION: ContextVar[tuple[torch.dtype | None, LossScale | None]] = ContextVar("hero_unet_precision",
+                                                                                  default=(None, None))
+
+
+@contextlib.contextmanager
+def unet_autocast(precision: str | None) -> Iterator[None]:
+    """Mixed precision for the engine's UNet calls (rollout, ``step_log_prob``, ``step_posterior``).
+
+    "bf16"/"fp16": each UNet forward runs under ``torch.autocast`` in that dtype, and its output is cast back to
+    fp32 before the DDIM posterior, so log-probs, latents and ratios stay fp32; trainable LoRA parameters stay
+    fp32 (``hero.lora.add_lora``), their gradients too. "fp16" also scales the gradients that cross the UNet
+    (``LossScale``; bf16 has fp32's range and needs none). "fp32" or None: nothing changes. ``hero.train`` wraps
+    the round loop in it with the run's ``precision``.
+    """
+    if precision not in (None, "fp32", *_HALF):
+        raise ValueError(f"precision={precision!r}: expected one of fp32, bf16, fp16")
+    token = _PRECISION.set((_HALF.get(precision), LossScale() if precision == "fp16" else None))
+    try:
+        yield
+    finally:
+        _PRECISION.reset(token)
+
+
+def loss_scale() -> LossScale | None:
+    """The fp16 loss scale in force (inside ``unet_autocast("fp16")``), else None."""
+    return _PRECISION.get()[1]
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; the gradient times ``factor`` backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, factor: float) -> torch.Tensor:
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.factor, None
+
+
+def _scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
+    return _ScaleGrad.apply(x, factor) if torch.is_grad_enabled() and x.requires_grad else x
+
+
+def _unet_call(unet, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """unet(x, t, context).sample in fp32, under the precision in force (``unet_autocast``)."""
+    half, scaler = _PRECISION.get()
+    if half is None:
+        return unet(x.to(unet.dtype), t, encoder_hidden_states=context.to(unet.dtype)).sample.float()
+    if scaler is not None:  # gradients leave through the inputs unscaled again
+        x, context = _scale_grad(x, 1.0 / scaler.scale), _scale_grad(context, 1.0 / scaler.scale)
+    with torch.autocast(x.device.type, dtype=half):
+        out = unet(x.to(unet.dtype), t, encoder_hidden_states=context.to(unet.dtype)).sample.float()
+    return out if scaler is None else _scale_grad(out, scaler.scale)
 
 
 @dataclass
@@ -136,15 +221,13 @@ def _check_stochastic(scheduler, timesteps: torch.Tensor, eta: float) -> None:
 def _model_output(unet, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
                   guidance_scale: float) -> torch.Tensor:
     """Guided UNet output (fp32) for per-sample timesteps ``t`` (B,)."""
-    dtype = unet.dtype
     if guidance_scale > 1.0:
         # One batched call, [uncond; cond], as the diffusers pipelines do.
-        out = unet(torch.cat([x, x]).to(dtype), torch.cat([t, t]),
-                   encoder_hidden_states=torch.cat([uncond, cond]).to(dtype)).sample.float()
+        out = _unet_call(unet, torch.cat([x, x]), torch.cat([t, t]), torch.cat([uncond, cond]))
         out_uncond, out_cond = out.chunk(2)
         out = out_uncond + guidance_scale * (out_cond - out_uncond)
     else:
-        out = unet(x.to(dtype), t, encoder_hidden_states=cond.to(dtype)).sample.float()
+        out = _unet_call(unet, x, t, cond)
     if out.shape[1] == 2 * x.shape[1]:  # learned-variance UNets: keep the mean prediction
         out = out[:, : x.shape[1]]
     return out
@@ -184,6 +267,20 @@ def _log_prob(x_prev: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> to
     return lp.mean(dim=tuple(range(1, x_prev.ndim)))
 
 
+def step_posterior(unet, scheduler, x: torch.Tensor, timesteps: torch.Tensor, step_index: int, cond: torch.Tensor,
+                   uncond: torch.Tensor, guidance_scale: float, eta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """DDIM posterior (μ, σ) of x_{t-1} for latents x (B, ...) at ``timesteps[step_index]``, with grad.
+
+    The sampler's own arithmetic for one step; ``unet`` is the UNet or any callable with its signature and a
+    ``dtype`` (e.g. the UNet under other weights). For samplers written outside this module (SEIKO's
+    differentiable rollout).
+    """
+    abar_t, abar_prev = _alphas(scheduler, timesteps)
+    n = len(x)
+    out = _model_output(unet, x, timesteps[step_index].to(x.device).expand(n), cond, uncond, guidance_scale)
+    return _posterior(scheduler, out, x, abar_t[step_index].expand(n), abar_prev[step_index].expand(n), eta)
+
+
 def _sample_chunk(pipe, x: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, timesteps: torch.Tensor,
                   guidance_scale: float, eta: float, noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the DDIM loop on one batch; returns latents (B, T+1, ...) and log-probs (B, T)."""
@@ -206,8 +303,14 @@ def _sample_chunk(pipe, x: torch.Tensor, cond: torch.Tensor, uncond: torch.Tenso
 @torch.no_grad()
 def rollout(pipe, prompts: Sequence[str], *, guidance_scale: float, num_steps: int = 20, eta: float = 1.0,
             generator: torch.Generator | None = None, seed: int | None = None, start_noise: torch.Tensor | None = None,
-            batch_size: int = 8, height: int | None = None, width: int | None = None) -> Trajectories:
-    """Sample one image per prompt with DDIM (η = ``eta``) and CFG, recording the whole trajectory."""
+            batch_size: int = 8, height: int | None = None, width: int | None = None,
+            shard: tuple[int, int] | None = None) -> Trajectories:
+    """Sample one image per prompt with DDIM (η = ``eta``) and CFG, recording the whole trajectory.
+
+    ``shard=(rank, world_size)``: sample only that process's contiguous share of the prompts
+    (``hero.distributed.shard_range``; it must not be empty). The start and step noise are drawn for *all* prompts
+    first and then sliced, so the shards of all ranks, concatenated in rank order, are the unsharded rollout.
+    """
     if generator is not None and seed is not None:
         raise ValueError("pass either generator or seed, not both")
     if seed is not None:
@@ -228,6 +331,14 @@ def rollout(pipe, prompts: Sequence[str], *, guidance_scale: float, num_steps: i
     # All step noise up front, per sample, so that images do not depend on batch_size.
     noise = None if eta <= 0 else randn_tensor((shape[0], len(timesteps), *shape[1:]), generator=generator,
                                                device=device, dtype=torch.float32)
+    if shard is not None:
+        from hero.distributed import shard_range
+
+        own = shard_range(len(prompts), *shard)
+        if not own:
+            raise ValueError(f"shard {shard} of {len(prompts)} prompts is empty")
+        prompts, start_noise = prompts[own.start: own.stop], start_noise[own.start: own.stop]
+        noise = None if noise is None else noise[own.start: own.stop]
 
     parts = []
     for lo in range(0, len(prompts), batch_size):

@@ -7,6 +7,11 @@ Each step leaves a durable mark before the next begins, so a crash at any moment
   learned  → checkpoints/round_k/ complete, then checkpoints/latest = k
 Randomness is drawn from generators seeded by (seed, round), so a resumed run samples what the
 uninterrupted one would have.
+
+Several processes (``accelerate launch --num_processes N -m hero.cli train ...``; ``hero.distributed``): each
+samples its share of a round (the same images as one process would), rank 0 alone asks for the feedback, writes
+the run folder and the feedback log, and broadcasts the judgements; all learn, the LoRA updates data-parallel;
+the processes meet at a barrier after each round's checkpoint.
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from hero.algorithms import make_algorithm
 from hero.config import TrainConfig, save_config
+from hero.distributed import SINGLE, Dist, activate, init_distributed
 from hero.feedback.base import FeedbackSource, RoundFeedback, make_feedback_source
-from hero.lora import save_lora
+from hero.lora import lora_parameters, save_lora
 from hero.models import load_pipeline
-from hero.rollout import rollout
+from hero.models.loading import configure_memory, weight_dtype
+from hero.rollout import Trajectories, rollout, unet_autocast
 from hero.runs.atomic import atomic_write_text
 from hero.runs.feedback_log import FeedbackLog
 from hero.runs.folder import RunFolder
@@ -50,74 +57,117 @@ def round_sizes(cfg: TrainConfig) -> list[int]:
 
 def train(cfg: TrainConfig, resume: bool = False, source: FeedbackSource | None = None,
           show_progress: bool = True) -> RunFolder:
-    """Run (or resume) an online fine-tuning run into ``cfg.out``; returns the run folder."""
+    """Run (or resume) an online fine-tuning run into ``cfg.out``; returns the run folder.
+
+    Under a launcher with several processes every process calls this; ``source`` is used on rank 0 only.
+    """
+    dist, device = init_distributed(cfg.device)
     run = RunFolder(cfg.out)
     if run.config_path.exists() and not resume:
         raise FileExistsError(f"{run.path} already holds a run: pass --resume to continue it, or choose another --out")
-    run.path.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        save_config(cfg, run.config_path)
+    dist.barrier()  # every process has looked before rank 0 writes
+    if dist.is_main:
+        run.path.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            save_config(cfg, run.config_path)
     torch.manual_seed(cfg.seed)
-    pipe = load_pipeline(cfg.model, device=cfg.device)
+    pipe = load_pipeline(cfg.model, device=device, dtype=weight_dtype(cfg.precision),
+                         model_config_dir=cfg.model_config_dir)
+    configure_memory(pipe, cfg.memory.gradient_checkpointing, cfg.memory.attention)
     algo = make_algorithm(cfg, pipe)
-    source = source or make_feedback_source(cfg.feedback, cfg.prompt, cfg.seed, cfg.task_options())
-    log = FeedbackLog(run.feedback_db)
-    start = run.latest_round() + 1
+    dist.broadcast_parameters(lora_parameters(pipe))  # as DDP does: every process starts from rank 0's LoRA
+    log = None
+    if dist.is_main:  # the feedback source (web server, reward model) and the log live on rank 0 only
+        source = source or make_feedback_source(cfg.feedback, cfg.prompt, cfg.seed, cfg.task_options(),
+                                                cfg.reward_options())
+        log = FeedbackLog(run.feedback_db)
+    start = dist.broadcast(run.latest_round() + 1 if dist.is_main else None)
     if start > 0:
         algo.load(run.checkpoint_dir(start - 1))
-        _truncate_metrics(run, start - 1)
+        if dist.is_main:
+            _truncate_metrics(run, start - 1)
     sizes = round_sizes(cfg)
-    tracker = Tracker(run.path / "logs", cfg)
-    with _progress(show_progress) as progress:
+    tracker = Tracker(run.path / "logs", cfg)  # on every process: accelerate writes from the main one only
+    with activate(dist), unet_autocast(cfg.precision), _progress(show_progress and dist.is_main) as progress:
         task = progress.add_task("rounds", total=len(sizes), completed=start, info="")
         for r in range(start, len(sizes)):
-            record = run_round(cfg, run, pipe, algo, source, log, r, sizes[r])
+            record = run_round(cfg, run, pipe, algo, source, log, r, sizes[r], dist)
             tracker.log(record, step=r)
             said = f"good {record['good_rate']:.2f}" if record["good_rate"] is not None else \
                 f"pairs {record['pairs']}"
             progress.update(task, advance=1, info=f"feedback {record['feedback']}/{cfg.budget} · {said}")
-    tracker.close()
-    save_lora(pipe, run.path / "lora")  # the final LoRA, loadable with pipe.load_lora_weights(RUN/lora)
+    if dist.is_main:
+        save_lora(pipe, run.path / "lora")  # the final LoRA, loadable with pipe.load_lora_weights(RUN/lora)
+    dist.barrier()
+    if dist.enabled:  # accelerate's end_training would also leave the process group: finish the writers only
+        for writer in getattr(tracker.accelerator, "trackers", []):
+            writer.finish()
+    else:
+        tracker.close()
     return run
 
 
-def run_round(cfg: TrainConfig, run: RunFolder, pipe, algo, source: FeedbackSource, log: FeedbackLog, r: int,
-              n: int) -> dict:
-    """Sample (or reload), judge (or reload), learn and checkpoint one round; return its metrics."""
+def run_round(cfg: TrainConfig, run: RunFolder, pipe, algo, source: FeedbackSource | None, log: FeedbackLog | None,
+              r: int, n: int, dist: Dist = SINGLE) -> dict:
+    """Sample (or reload), judge (or reload), learn and checkpoint one round; return its metrics.
+
+    Several processes (``dist``): each samples its share, rank 0 judges (``source``, ``log``: rank 0's only) and
+    writes, all learn; the returned record's ``feedback`` count is None except on rank 0.
+    """
     t0 = time.perf_counter()
-    traj = run.load_round(r)
+    sampled = dist.broadcast((run.round_dir(r) / "trajectories.pt").is_file() if dist.is_main else None)
+    traj = run.load_round(r) if sampled else None  # sampled before a crash: the images already on show
     if traj is None:
         noise = algo.start_noise(r, n, round_generator(cfg.seed, r, 0))
-        traj = rollout(pipe, [cfg.prompt] * n, start_noise=noise, generator=round_generator(cfg.seed, r, 1),
-                       **rollout_kwargs(cfg))
-        run.save_round(r, traj)
+        traj = sample_round(pipe, [cfg.prompt] * n, noise, round_generator(cfg.seed, r, 1), rollout_kwargs(cfg), dist)
+        if dist.is_main:
+            run.save_round(r, traj)
     t1 = time.perf_counter()
-    feedback = judge(cfg, algo, source, log, r, traj.images)
+    feedback = dist.broadcast(judge(cfg, algo, source, log, r, traj.images) if dist.is_main else None)
     t2 = time.perf_counter()
     stats = algo.learn(r, traj, feedback, round_generator(cfg.seed, r, 2))
-    folder = run.checkpoint_dir(r)
-    folder.mkdir(parents=True, exist_ok=True)
-    algo.save(folder)
+    if dist.is_main:
+        folder = run.checkpoint_dir(r)
+        folder.mkdir(parents=True, exist_ok=True)
+        algo.save(folder)
     pairwise = feedback.pairs is not None  # a pairwise round has no good marks: report its pairs instead
-    record = {"round": r, "images": n, "feedback": log.n_feedback(),
+    # Feedback = images judged: the log's, plus any an algorithm asks of the source itself (HERD's relabels).
+    n_feedback = None if log is None else log.n_feedback() + int(stats.get("extra_feedback_total", 0))
+    record = {"round": r, "images": n, "feedback": n_feedback,
               "good": None if pairwise else sum(feedback.good),
               "good_rate": None if pairwise else sum(feedback.good) / n, "best": feedback.best,
               **({"pairs": len(feedback.pairs)} if pairwise else {}), "seconds_sampling": t1 - t0,
               "seconds_feedback": t2 - t1, **stats}
-    run.append_metrics(record)
-    run.mark_checkpoint(r)
-    run.drop_trajectories(r)
-    if cfg.keep_checkpoints > 0:
-        run.prune_checkpoints(cfg.keep_checkpoints)
+    if dist.is_main:
+        run.append_metrics(record)
+        run.mark_checkpoint(r)
+        run.drop_trajectories(r)
+        if cfg.keep_checkpoints > 0:
+            run.prune_checkpoints(cfg.keep_checkpoints)
+    dist.barrier()  # the round's checkpoint is complete before any process starts the next round
     return record
+
+
+def sample_round(pipe, prompts: list[str], start_noise: torch.Tensor | None, generator: torch.Generator,
+                 kwargs: dict, dist: Dist = SINGLE) -> Trajectories:
+    """The round's rollout. Several processes: each samples its contiguous share (the noise is drawn for the whole
+    round, so the images are the one-process run's), and every process gets the whole round, on the CPU."""
+    if not dist.enabled:
+        return rollout(pipe, prompts, start_noise=start_noise, generator=generator, **kwargs)
+    part = None
+    if dist.shard(len(prompts)):  # a round smaller than the number of processes leaves some without images
+        part = rollout(pipe, prompts, start_noise=start_noise, generator=generator,
+                       shard=(dist.rank, dist.world_size), **kwargs).to("cpu")
+    return Trajectories.concat([p for p in dist.all_gather(part) if p is not None])
 
 
 def judge(cfg: TrainConfig, algo, source: FeedbackSource, log: FeedbackLog, r: int, images) -> RoundFeedback:
     """This round's feedback: asked of the source and recorded, or reloaded when it was judged before a crash.
 
     An algorithm with ``feedback_kind == "pairs"`` (D3PO) gets pairwise preferences over its
-    ``comparison_pairs(n)`` from a source that has ``judge_pairs``; any other source (the web page) answers
-    with good/best marks, from which the algorithm derives its pairs itself.
+    ``comparison_pairs(n)`` from a source that has ``judge_pairs`` (the simulated human, reward functions, the
+    web page's pairwise mode); any other source answers with good/best marks, from which the algorithm derives
+    its pairs itself.
     """
     stored = log.get_round(r)
     if stored is not None:  # judged before a crash: never ask again
@@ -129,7 +179,8 @@ def judge(cfg: TrainConfig, algo, source: FeedbackSource, log: FeedbackLog, r: i
         # Sorted as the log returns them, so a resumed round learns from the same list in the same order.
         pairs = sorted((int(w), int(lo)) for w, lo in
                        source.judge_pairs(r, cfg.prompt, images, algo.comparison_pairs(len(images))))
-        log.record_pairs(r, cfg.prompt, pairs, len(images), source.name)
+        if log.get_round(r) is None:  # the web source writes the round itself, before it answers the browser
+            log.record_pairs(r, cfg.prompt, pairs, len(images), source.name)
         return RoundFeedback(good=[], best=None, source=source.name, pairs=pairs, n_images=len(images))
     feedback = source.judge_round(r, cfg.prompt, images, algo.current_best_image())
     if log.get_round(r) is None:  # the web source writes the round itself, before it answers the browser

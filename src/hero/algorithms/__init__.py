@@ -9,6 +9,11 @@ ALGORITHMS = {
             "(Yang et al., CVPR 2024)",
     "dpok": "DPOK: policy gradient with a value baseline and a KL penalty to the pretrained model "
             "(Fan et al., NeurIPS 2023)",
+    "seiko": "SEIKO: ridge reward on frozen UNet features with optimism (UCB, bootstrap, Thompson; greedy and "
+             "non-adaptive baselines), backpropagated through the sampler with a KL to the previous round "
+             "(Uehara et al., \"Feedback Efficient Online Fine-Tuning of Diffusion Models\", ICML 2024)",
+    "herd": "HERD: DDPO + hindsight replay of failures relabelled with what they show, log-probs recomputed "
+            "(HERD: Hindsight Experience Replay for Diffusion models; HER: Andrychowicz et al., NeurIPS 2017)",
 }
 
 
@@ -30,4 +35,12 @@ def make_algorithm(cfg, pipe):
         from hero.algorithms.dpok import DPOKTrainer
 
         return DPOKTrainer(cfg, pipe)
+    if cfg.algo == "seiko":
+        from hero.algorithms.seiko import SeikoTrainer
+
+        return SeikoTrainer(cfg, pipe)
+    if cfg.algo == "herd":
+        from hero.algorithms.herd import HerdTrainer
+
+        return HerdTrainer(cfg, pipe)
     raise ValueError(f"algo {cfg.algo!r} is not available yet; available: {', '.join(ALGORITHMS)}")

@@ -17,13 +17,14 @@ be the *pretrained* model: a fixed anchor, but one extra forward pass per step, 
 over a few rounds the ratios to it sit outside [1 − c, 1 + c] on many steps, where the clamp gives no gradient
 and learning stalls. The round-start reference is the one DESIGN.md asks for.
 
-Feedback: each image judged is one feedback (a pair = 2). A source without ``judge_pairs`` (the web page)
-answers with good/best marks, and the pairs are derived within each noise-sharing pair: the best image beats
-its partner, a good image beats a not-good one, otherwise no preference.
+Feedback: each image judged is one feedback (a pair = 2). The web page asks for pairs (its pairwise mode,
+``hero.web.pairs``); a source without ``judge_pairs`` answers with good/best marks, and the pairs are derived
+within each noise-sharing pair: the best image beats its partner, a good image beats a not-good one, otherwise
+no preference.
 
-Offline workflow (sample → annotate → train): ``load_annotations`` reads the ``pairs.jsonl`` written by
-``hero export`` (or any JSONL of {"round", "winner", "loser"}); a ``hero train --from-annotations FILE``
-that feeds these to ``D3POTrainer.learn`` with the stored trajectories is the planned CLI, not built yet.
+Offline workflow (sample → annotate → train): ``hero sample --pairs``, ``hero label`` or a hand-written JSON
+file, ``hero train --algo d3po --from-annotations FILE`` (``hero.algorithms.d3po_offline``; the file format:
+``hero.algorithms.d3po_annotations``). ``load_annotations`` reads the ``pairs.jsonl`` written by ``hero export``.
 """
 
 from __future__ import annotations

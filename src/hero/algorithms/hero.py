@@ -9,6 +9,11 @@ Per round (DESIGN.md, "HERO"):
 4. reward r_i = (1 + cos(E f_i, E f_best))/2 over final denoised latents f;
 5. the DDPO update of the LoRA weights with those rewards.
 
+What E sees (``hero.encoder_input``): the paper's CNN over the final latent f ("latent"), or, our default, an
+MLP over frozen features φ(f) of the pretrained UNet's mid block ("features", ``hero.features``). On the
+built-in model a CNN over 32×32 pixels cannot learn to count from ~100 labels (held-out AUC of its reward,
+good vs not good: 0.52–0.60), while the MLP over φ reaches 0.70–0.90 from the same labels (docs/hero.md).
+
 Two bugs of the reference code are fixed here and tested: the cosine is taken per sample (not across the
 batch), and the "best" pick is an index into the round's own images (or "keep the current best"), never a
 position in a filtered list.
@@ -27,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hero.algorithms.base import LoraPolicy
+from hero.features import FrozenFeatures
 from hero.feedback.base import RoundFeedback
 from hero.policy_gradient import policy_gradient_update
 from hero.rollout import Trajectories
@@ -52,6 +58,15 @@ class TripletEncoder(nn.Module):
     def project(self, latents: torch.Tensor) -> torch.Tensor:
         """g_θ(E_θ(f)): the projection the triplet loss is computed on."""
         return self.head(self.embed(latents.float()))
+
+
+class FeatureTripletEncoder(TripletEncoder):
+    """E_θ as a small MLP over frozen image features φ(f) (``hero.features``) instead of a CNN over f itself."""
+
+    def __init__(self, in_dim: int, embed_dim: int = 64, proj_dim: int = 32, width: int = 256):
+        nn.Module.__init__(self)
+        self.embed = nn.Sequential(nn.Linear(in_dim, width), nn.SiLU(), nn.Linear(width, embed_dim))
+        self.head = nn.Sequential(nn.Linear(embed_dim, embed_dim), nn.SiLU(), nn.Linear(embed_dim, proj_dim))
 
 
 def cosine_distance(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -91,7 +106,8 @@ def guided_noise(n: int, best_noise: torch.Tensor, good_noises: torch.Tensor, be
 class FeedbackMemory:
     """Final latents with their labels gathered so far, and the current best (latent + starting noise)."""
 
-    latents: list[torch.Tensor] = field(default_factory=list)  # per round (n, C, H, W)
+    # "latents": the encoder's inputs, per round (n, ...): final latents (n, C, H, W) or their features (n, D)
+    latents: list[torch.Tensor] = field(default_factory=list)
     good: list[torch.Tensor] = field(default_factory=list)  # per round (n,) bool
     best_latent: torch.Tensor | None = None
     best_noise: torch.Tensor | None = None
@@ -160,8 +176,14 @@ class HeroTrainer:
     def __init__(self, cfg, pipe):
         self.cfg, self.settings = cfg, cfg.hero
         self.policy = LoraPolicy(cfg, pipe)
-        latent_channels = pipe.unet.config.out_channels
-        self.encoder = TripletEncoder(latent_channels, embed_dim=self.settings.embed_dim)
+        if self.settings.encoder_input == "features":
+            self.features = FrozenFeatures(pipe)
+            self.encoder = FeatureTripletEncoder(self.features.dim, embed_dim=self.settings.embed_dim)
+        else:
+            self.features = None
+            self.encoder = TripletEncoder(pipe.unet.config.out_channels, embed_dim=self.settings.embed_dim)
+        # Standardisation of φ, fixed from the first round so rewards of later rounds stay comparable.
+        self.feature_stats: tuple[torch.Tensor, torch.Tensor] | None = None
         self.encoder_opt = torch.optim.Adam(self.encoder.parameters(), lr=self.settings.encoder_lr)
         self.memory = FeedbackMemory()
         self.best_image: np.ndarray | None = None
@@ -184,13 +206,14 @@ class HeroTrainer:
     def learn(self, round_index: int, traj: Trajectories, feedback: RoundFeedback,
               generator: torch.Generator) -> dict[str, float]:
         t0 = time.perf_counter()
-        self.memory.add_round(traj.final_latents, traj.start_noise, feedback.good, feedback.best)
+        inputs = self.encoder_inputs(traj.final_latents)
+        self.memory.add_round(inputs, traj.start_noise, feedback.good, feedback.best)
         if feedback.best is not None:
             self.best_image = traj.images[feedback.best]
         enc = train_encoder(self.encoder, self.encoder_opt, self.memory, epochs=self.settings.encoder_epochs,
                             margin=self.settings.margin, batch_size=self.settings.encoder_batch_size,
                             last_round_only=self.settings.train_on == "round", generator=generator)
-        rewards = hero_rewards(self.encoder, traj.final_latents, self.memory.best_latent)
+        rewards = hero_rewards(self.encoder, inputs, self.memory.best_latent)
         t1 = time.perf_counter()
         stats = policy_gradient_update(self.policy.pipe, traj, rewards, self.policy.optimizer, self.policy.pg,
                                        generator)
@@ -201,9 +224,20 @@ class HeroTrainer:
                 "reward_not_good": float(rewards[~good].mean()) if (~good).any() else float("nan"),
                 "seconds_representation": t1 - t0, "seconds_update": t2 - t1}
 
+    def encoder_inputs(self, final_latents: torch.Tensor) -> torch.Tensor:
+        """What E sees: the final latents themselves, or their standardised frozen features φ."""
+        if self.features is None:
+            return final_latents
+        phi = self.features.batched(final_latents)
+        if self.feature_stats is None:
+            self.feature_stats = (phi.mean(0), phi.std(0) + 1e-6)
+        mean, std = self.feature_stats
+        return (phi - mean) / std
+
     def save(self, folder: Path) -> None:
         self.policy.save(folder, {"encoder": self.encoder.state_dict(), "encoder_opt": self.encoder_opt.state_dict(),
-                                  "memory": self.memory.state_dict(), "best_image": self.best_image})
+                                  "memory": self.memory.state_dict(), "best_image": self.best_image,
+                                  "feature_stats": self.feature_stats})
 
     def load(self, folder: Path) -> None:
         state = self.policy.load(folder)
@@ -211,3 +245,4 @@ class HeroTrainer:
         self.encoder_opt.load_state_dict(state["encoder_opt"])
         self.memory.load_state_dict(state["memory"])
         self.best_image = state["best_image"]
+        self.feature_stats = state.get("feature_stats")

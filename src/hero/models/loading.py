@@ -1,27 +1,54 @@
-"""One entry point for every model: ``load_pipeline("tiny-shapes")`` or a local diffusers folder."""
+"""One entry point for every model: ``load_pipeline("tiny-shapes")``, a local diffusers folder, or a single file.
+
+Real checkpoints load from local paths only (nothing is downloaded at run time):
+
+- a diffusers pipeline folder (``save_pretrained`` / a Hub snapshot): SD 1.x/2.x or a pixel-space pipeline;
+- a single-file SD 1.x/2.x checkpoint in the original (CompVis / Stability) layout, ``.safetensors`` or
+  ``.ckpt``, through diffusers' ``from_single_file``. Such a file holds weights only, so the architecture comes
+  from ``model_config_dir``: a local diffusers folder of the same kind (``model_index.json``, each component's
+  ``config.json``, ``tokenizer/``, ``scheduler/``; its weights are not read). For SD 1.5 that is a copy of the
+  stable-diffusion-v1-5 folder's small files; for SD 2.x the 2.x one (768 px v-prediction or 512 px ε).
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.loaders.single_file_utils import SingleFileComponentError
 
+from hero.config import SINGLE_FILE_SUFFIXES
 from hero.models.pixel_pipeline import PixelStableDiffusionPipeline
 from hero.models.tiny_shapes import load_text_encoder, sampling_scheduler, shipped_model_dir
 
 BUILTIN = ("tiny-shapes",)
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def weight_dtype(precision: str) -> torch.dtype:
+    """The dtype frozen weights are stored in for a run's ``precision`` ("fp32", "bf16", "fp16")."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: expected one of {', '.join(PRECISIONS)}")
+    return PRECISIONS[precision]
 
 
 def load_pipeline(model: str | Path = "tiny-shapes", device: str | torch.device = "cpu",
-                  dtype: torch.dtype = torch.float32) -> StableDiffusionPipeline:
-    """Load the built-in ``tiny-shapes`` model or a local diffusers pipeline folder (SD 1.x/2.x or pixel-space).
+                  dtype: torch.dtype = torch.float32, model_config_dir: str | Path | None = None
+                  ) -> StableDiffusionPipeline:
+    """Load the built-in ``tiny-shapes`` model, a local diffusers pipeline folder (SD 1.x/2.x or pixel-space), or
+    a single-file SD 1.x/2.x checkpoint (``.safetensors``/``.ckpt``) with ``model_config_dir`` naming a local
+    diffusers folder of the same architecture.
 
     The scheduler is always DDIM (with the checkpoint's own schedule config), the sampler the engine uses.
     """
     if str(model) in BUILTIN:
         pipe = _load_tiny_shapes(shipped_model_dir())
+    elif str(model).lower().endswith(SINGLE_FILE_SUFFIXES):
+        pipe = _load_single_file(Path(model), model_config_dir)
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     else:
         path = Path(model)
         if not (path / "model_index.json").is_file():
@@ -42,6 +69,46 @@ def load_pipeline(model: str | Path = "tiny-shapes", device: str | torch.device 
     if dtype != torch.float32:
         pipe.to(dtype=dtype)
     return pipe
+
+
+def configure_memory(pipe, gradient_checkpointing: bool = False, attention: str = "sdpa") -> None:
+    """Memory settings for training (``TrainConfig.memory``).
+
+    ``attention="sdpa"`` keeps diffusers' default processor, which with torch 2 calls
+    ``scaled_dot_product_attention`` (flash / memory-efficient kernels where the GPU has them); "xformers"
+    switches to xformers' kernel and needs the package. ``gradient_checkpointing`` makes the UNet recompute its
+    activations in the backward pass (diffusers, non-reentrant ``torch.utils.checkpoint``); it only acts while
+    gradients are on, i.e. in the updates, and gives the same gradients.
+    """
+    if attention == "xformers":
+        if importlib.util.find_spec("xformers") is None:
+            raise ValueError("memory.attention=xformers: the xformers package is not installed (install it, or "
+                             "keep memory.attention=sdpa, PyTorch's own fused attention)")
+        pipe.enable_xformers_memory_efficient_attention()
+    elif attention != "sdpa":
+        raise ValueError(f"memory.attention={attention!r}: expected sdpa or xformers")
+    if gradient_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+
+
+def _load_single_file(path: Path, model_config_dir: str | Path | None) -> StableDiffusionPipeline:
+    """An original-layout SD checkpoint file, its architecture (and tokenizer) from a local diffusers folder."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--model {path}: no such checkpoint file")
+    if model_config_dir is None:
+        raise ValueError(f"--model {path} is a single-file checkpoint: set model_config_dir=<a local diffusers "
+                         "folder of the same architecture (model_index.json, component configs, tokenizer/, "
+                         "scheduler/)>; nothing is downloaded at run time")
+    config = Path(model_config_dir)
+    if not (config / "model_index.json").is_file():
+        raise FileNotFoundError(f"model_config_dir {config}: not a diffusers pipeline folder (no "
+                                f"{config / 'model_index.json'})")
+    try:
+        return StableDiffusionPipeline.from_single_file(str(path), config=str(config), local_files_only=True,
+                                                        safety_checker=None, requires_safety_checker=False)
+    except (KeyError, RuntimeError, ValueError, SingleFileComponentError) as e:  # diffusers' words, on one line
+        raise ValueError(f"cannot load {path} as an SD 1.x/2.x checkpoint with the architecture of {config}: "
+                         f"{' '.join(str(e).split())}") from e
 
 
 def _load_tiny_shapes(folder: Path) -> PixelStableDiffusionPipeline:

@@ -4,6 +4,10 @@
 the log (e.g. a run stopped while waiting for a person); a later ``hero train --resume`` then learns from them
 without asking again. The "current best" offered beside a round is the best of the latest earlier round that
 chose one, as in training.
+
+A pairwise run (``algo: d3po``) and a sample folder written by ``hero sample --pairs`` are labelled in the page's
+pairwise mode (which image of each noise-sharing pair is better); for a sample folder the judgements are also
+written as ``S/annotations.json``, the file ``hero train --algo d3po --from-annotations`` reads.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from hero.algorithms.d3po import comparison_pairs
+from hero.algorithms.d3po_annotations import read_sample_meta, write_annotations
 from hero.config import TrainConfig
 from hero.runs.atomic import atomic_write_text
 from hero.runs.feedback_log import FeedbackLog
@@ -57,7 +63,8 @@ def current_best_before(run: RunFolder, log: FeedbackLog, r: int) -> np.ndarray 
 def _run_settings(run: RunFolder, prompt: str | None) -> tuple[str, int, int, TrainConfig | None]:
     """(prompt, rounds total, budget, config or None) of a run folder."""
     cfg = TrainConfig.from_yaml(run.config_path) if run.config_path.is_file() else None
-    prompt = prompt or (cfg.prompt if cfg else None)
+    sample = read_sample_meta(run.path)  # a `hero sample --pairs` folder
+    prompt = prompt or (cfg.prompt if cfg else None) or (sample or {}).get("prompt")
     if not prompt:
         raise ValueError(f"{run.path} has no config.yaml: pass --prompt")
     rounds = sampled_rounds(run)
@@ -82,15 +89,21 @@ def label_run(run_dir: str | Path, host: str | None = None, port: int | None = N
                          port=(web.port if web else 8765) if port is None else port,
                          allowed_hosts=[*allowed_hosts, *(web.allowed_hosts if web else [])], mode="label",
                          prompt=prompt)
+    pairwise = (cfg is not None and cfg.algo == "d3po") or read_sample_meta(run.path) is not None
     labelled = 0
     with source:
         on_ready(source.start())
         for r in pending:
             if source.session.log.get_round(r) is not None:
                 continue  # labelled meanwhile (another `hero label`, or the trainer's page)
-            best = current_best_before(run, source.session.log, r)
-            source.judge_round(r, prompt, run.round_images(r), best)
+            images = run.round_images(r)
+            if pairwise:
+                source.judge_pairs(r, prompt, images, comparison_pairs(len(images)))
+            else:
+                source.judge_round(r, prompt, images, current_best_before(run, source.session.log, r))
             labelled += 1
+    if read_sample_meta(run.path) is not None:
+        write_annotations(run.path)
     return labelled
 
 

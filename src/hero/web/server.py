@@ -1,12 +1,13 @@
 """The feedback web app (Starlette) and ``WebFeedback``, the FeedbackSource that serves it from a thread.
 
-Endpoints (all behind the guard below):
+Endpoints (all behind the guard, ``hero.web.guard``):
   GET  /?token=T              sets the session cookie and redirects to /   (the URL printed by hero)
-  GET  /                      the page; GET /static/app.js, /static/style.css
+  GET  /                      the page; GET /static/app.js, /static/pairs.js, /static/style.css
   GET  /api/state             {phase: judging|learning|done, round, prompt, n_images, image_ids, progress, ...}
   GET  /api/image/{r}/{i}     PNG of image i of the waiting round r (ints only, checked against the round)
   GET  /api/best/{r}          PNG of the current best shown beside round r
   POST /api/submit            {round, good: [indices], best: index|null}; the rules: hero.web.session
+  POST /api/submit-pairs      {round, winners: [[w, l]], ties: [[i, j]]} for a pairwise (D3PO) round: hero.web.pairs
 
 Protection: the server binds 127.0.0.1 unless configured otherwise; a Host header outside the allow-list gets
 400 (DNS rebinding); every request needs the token, as the cookie set from the printed URL (401 otherwise);
@@ -17,135 +18,32 @@ a POST must be JSON from the page's own origin (403 otherwise), at most 64 kB (4
 from __future__ import annotations
 
 import hashlib
-import hmac
 import io
 import json
-import os
-import secrets
 import socket
 import threading
 import time
 from collections.abc import Iterable
-from http.cookies import SimpleCookie
 from pathlib import Path
-from urllib.parse import parse_qs
 
 import numpy as np
 from PIL import Image
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from hero.feedback.base import RoundFeedback
+from hero.web.guard import MAX_BODY, Guard, load_token
+from hero.web.guard import error_response as _error
 from hero.web.session import RoundSpec, Session, SubmitError
 
 __all__ = ["MAX_BODY", "WebFeedback", "create_app", "load_token"]
 
-MAX_BODY = 64 * 1024  # a 64-image submission is < 1 kB; anything near this is not from the page
 STATIC = Path(__file__).parent / "static"
-_STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}  # served by name lookup, not by path
+# Served by name lookup, never by a path from the request.
+_STATIC_FILES = {"app.js": "text/javascript", "pairs.js": "text/javascript", "style.css": "text/css"}
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
-            (b"x-frame-options", b"DENY"), (b"cache-control", b"no-store"),
-            (b"content-security-policy", b"default-src 'self'; img-src 'self'; frame-ancestors 'none'")]
-
-
-def load_token(run_dir: str | Path) -> str:
-    """The run's web token, created once (mode 0600) so a restarted server keeps the open page's cookie valid."""
-    path = Path(run_dir) / ".web-token"
-    if path.is_file():
-        token = path.read_text().strip()
-        if len(token) >= 16:
-            return token
-    path.parent.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    return token
-
-
-def _host_name(host: str) -> str:
-    host = host.strip().lower()
-    if host.startswith("["):  # [::1]:8765
-        return host[1:].split("]", 1)[0]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-
-class Guard:
-    """ASGI middleware: Host allow-list, token cookie, same-origin JSON POSTs, body size, security headers."""
-
-    def __init__(self, app, token: str, cookie: str, allowed_hosts: Iterable[str]) -> None:
-        self.app, self.token, self.cookie = app, token, cookie
-        self.allowed = {_host_name(h) for h in allowed_hosts}
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        response = self._reject(scope, headers)
-        if response is None and scope["path"] == "/" and scope["method"] == "GET":
-            response = self._login(scope)
-
-        async def send_with_headers(message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = list(message.get("headers", [])) + _HEADERS
-            await send(message)
-
-        if response is not None:
-            return await response(scope, receive, send_with_headers)
-        await self.app(scope, receive, send_with_headers)
-
-    def _reject(self, scope, headers: dict[str, str]) -> Response | None:
-        api = scope["path"].startswith("/api/")
-        if _host_name(headers.get("host", "")) not in self.allowed:
-            return _error(400, "bad Host header: this server only answers to " + ", ".join(sorted(self.allowed)), api)
-        if not self._has_token(headers) and not _query_token(scope):
-            return _error(401, "missing or wrong token: open the URL that hero printed (it ends in ?token=...)", api)
-        if scope["method"] == "POST":
-            origin = headers.get("origin")
-            if origin is not None and _host_name(origin.split("://", 1)[-1]) not in self.allowed:
-                return _error(403, f"cross-origin request from {origin} refused", api)
-            if headers.get("content-type", "").split(";")[0].strip() != "application/json":
-                return _error(415, "the body must be JSON (Content-Type: application/json)", api)
-            length = headers.get("content-length")
-            if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-                return _error(413, f"request body too large (limit {MAX_BODY} bytes)", api)
-        return None
-
-    def _has_token(self, headers: dict[str, str]) -> bool:
-        jar = SimpleCookie()
-        try:
-            jar.load(headers.get("cookie", ""))
-        except Exception:  # a malformed Cookie header is just "no token"
-            return False
-        morsel = jar.get(self.cookie)
-        return morsel is not None and hmac.compare_digest(morsel.value.encode(), self.token.encode())
-
-    def _login(self, scope) -> Response | None:
-        given = _query_token(scope)
-        if given is None:
-            return None
-        if not hmac.compare_digest(given.encode(), self.token.encode()):
-            return _error(401, "wrong token: open the URL that hero printed", api=False)
-        # The token moves from the URL (history, screen) into an HttpOnly cookie for this origin only.
-        response = RedirectResponse("/", status_code=303)
-        response.set_cookie(self.cookie, self.token, httponly=True, samesite="strict", path="/")
-        return response
-
-
-def _query_token(scope) -> str | None:
-    if scope["path"] != "/" or scope["method"] != "GET":
-        return None  # the token is accepted in the URL of the page only, never in API calls
-    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token")
-    return values[0] if values else None
-
-
-def _error(status: int, message: str, api: bool = True) -> Response:
-    if api:
-        return JSONResponse({"error": message, "status": status}, status_code=status)
-    return PlainTextResponse(f"{status}: {message}\n", status_code=status)
 
 
 def create_app(session: Session, token: str, allowed_hosts: Iterable[str], cookie: str = "hero_token") -> Starlette:
@@ -173,7 +71,7 @@ def create_app(session: Session, token: str, allowed_hosts: Iterable[str], cooki
         data = session.best_png(request.path_params["round"])
         return _error(404, "no current best for this round") if data is None else Response(data, media_type="image/png")
 
-    async def submit(request: Request) -> Response:
+    async def answer(request: Request, handle) -> Response:
         body = bytearray()
         async for chunk in request.stream():  # also caps bodies sent without a Content-Length
             body += chunk
@@ -184,14 +82,21 @@ def create_app(session: Session, token: str, allowed_hosts: Iterable[str], cooki
         except (ValueError, UnicodeDecodeError):
             return _error(400, "the body is not valid JSON")
         try:
-            return JSONResponse(session.submit(payload))
+            return JSONResponse(handle(payload))
         except SubmitError as e:
             return _error(e.status, e.message)
+
+    async def submit(request: Request) -> Response:
+        return await answer(request, session.submit)
+
+    async def submit_pairs(request: Request) -> Response:
+        return await answer(request, session.submit_pairs)
 
     run_id = hashlib.sha256(token.encode()).hexdigest()[:16]  # names the page's saved draft; reveals nothing
     routes = [Route("/", index), Route("/static/{name}", static), Route("/api/state", state),
               Route("/api/image/{round:int}/{index:int}", image), Route("/api/best/{round:int}", best),
-              Route("/api/submit", submit, methods=["POST"])]
+              Route("/api/submit", submit, methods=["POST"]),
+              Route("/api/submit-pairs", submit_pairs, methods=["POST"])]
     app = Starlette(routes=routes)
     return Guard(app, token, cookie, allowed_hosts)
 
@@ -270,6 +175,23 @@ class WebFeedback:
     def judge_round(self, round_index: int, prompt: str, images: np.ndarray,
                     current_best: np.ndarray | None) -> RoundFeedback:
         """Show the round in the page and wait for the submission (already in the feedback log on return)."""
+        self._prepare(round_index, images)
+        best = None if current_best is None else png_bytes(current_best)
+        spec = RoundSpec(round_index, prompt, len(images), best)
+        return self.session.wait_for_feedback(spec, alive=self.alive)
+
+    def judge_pairs(self, round_index: int, prompt: str, images: np.ndarray,
+                    pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Show the round as ``pairs`` side by side; return the sorted (winner, loser) list (ties give none).
+
+        The round is in the feedback log (all its images judged: each pair is answered, a tie included) on return.
+        """
+        self._prepare(round_index, images)
+        spec = RoundSpec(round_index, prompt, len(images), pairs=tuple((int(i), int(j)) for i, j in pairs))
+        return list(self.session.wait_for_feedback(spec, alive=self.alive).pairs)
+
+    def _prepare(self, round_index: int, images: np.ndarray) -> None:
+        """Start the server if needed and make sure the round's images are on disk, where the page reads them."""
         if self._thread is None:
             self.start()
         run = self.session.run
@@ -277,9 +199,6 @@ class WebFeedback:
             if not run.image_path(round_index, i).is_file():
                 run.image_path(round_index, i).parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(im).save(run.image_path(round_index, i))
-        best = None if current_best is None else png_bytes(current_best)
-        spec = RoundSpec(round_index, prompt, len(images), best)
-        return self.session.wait_for_feedback(spec, alive=self.alive)
 
     def close(self, done: bool = True, linger: float = 3.0) -> None:
         """Stop the server; when ``done``, first tell the page and give it up to ``linger`` s to see that."""

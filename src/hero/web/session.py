@@ -14,6 +14,9 @@ person keeps the current best) or with only good images is an honest answer that
 simply has no pair in that round, and the good-noise set of the previous round is kept). Forcing a different
 answer would record a judgement the person did not make, so the page warns and asks for a second Enter instead.
 
+A pairwise round (D3PO: ``RoundSpec.pairs`` set) is answered through ``submit_pairs`` instead, with the rules
+of ``hero.web.pairs``; each kind of submission is refused (409) for a round of the other kind.
+
 A valid submission is committed to the run's SQLite feedback log *before* the HTTP answer is sent; anything
 rejected leaves the log untouched.
 """
@@ -29,6 +32,7 @@ from typing import Any
 from hero.feedback.base import RoundFeedback
 from hero.runs.feedback_log import DuplicateRound, FeedbackLog, InvalidFeedback
 from hero.runs.folder import RunFolder
+from hero.web.pairs import PairsError, check_pairs, parse_pairs_submission
 
 __all__ = ["Phase", "RoundSpec", "Session", "SubmitError"]
 
@@ -44,6 +48,7 @@ class RoundSpec:
     prompt: str
     n_images: int
     best_png: bytes | None = None  # the current best image (an earlier round's), PNG-encoded
+    pairs: tuple[tuple[int, int], ...] | None = None  # a pairwise round (D3PO): the (i, j) pairs to compare
 
 
 class SubmitError(Exception):
@@ -131,6 +136,8 @@ class Session:
             "prompt": spec.prompt if spec else self.prompt, "n_images": spec.n_images if spec else 0,
             "image_ids": list(range(spec.n_images)) if spec else [],
             "current_best": bool(spec and spec.best_png is not None),
+            "kind": "pairs" if spec and spec.pairs is not None else "good_best",
+            "pairs": [list(p) for p in spec.pairs] if spec and spec.pairs is not None else [],
         }
         if phase == "done":
             self.done_seen.set()
@@ -155,27 +162,57 @@ class Session:
         """Validate, commit to the log, wake the loop; SubmitError (nothing written) when anything is wrong."""
         rnd, good_ids, best = parse_submission(payload)
         with self._cond:  # one submission at a time: the check and the write cannot interleave
-            spec = self._spec
-            if self.log.get_round(rnd) is not None:
-                raise SubmitError(409, f"round {rnd} was already submitted; it is not counted twice")
-            if self.phase != "judging" or spec is None:
-                raise SubmitError(409, "no round is waiting for feedback right now"
-                                       + (" (the model is learning)" if self.phase == "learning" else ""))
-            if rnd != spec.round:
-                raise SubmitError(409, f"round {rnd} is not the round waiting for feedback (round {spec.round} is)")
+            spec = self._waiting(rnd, pairwise=False)
             good = self._check_rules(spec, good_ids, best)
-            try:
-                self.log.record_round(rnd, spec.prompt, good, best, self.source)
-            except DuplicateRound:  # e.g. recorded by `hero label` in another process meanwhile
-                raise SubmitError(409, f"round {rnd} was already submitted; it is not counted twice") from None
-            except InvalidFeedback as e:
-                raise SubmitError(422, str(e)) from None
-            self._answer = RoundFeedback(good=good, best=best, source=self.source)
-            self._spec, self.phase = None, "learning"
-            self.message = (f"Round {rnd + 1} is saved. The model is learning from it; the next round appears "
-                            "here by itself." if self.mode == "train" else f"Round {rnd + 1} is saved.")
-            self._cond.notify_all()
+            self._commit(rnd, lambda: self.log.record_round(rnd, spec.prompt, good, best, self.source),
+                         RoundFeedback(good=good, best=best, source=self.source))
         return {"ok": True, "round": rnd, "good": sum(good), "feedback": self.log.n_feedback()}
+
+    def submit_pairs(self, payload: Any) -> dict[str, Any]:
+        """The pairwise counterpart of ``submit``: (winner, loser) per pair or a tie (rules: hero.web.pairs)."""
+        try:
+            rnd, winners, ties = parse_pairs_submission(payload)
+        except PairsError as e:
+            raise SubmitError(e.status, e.message) from None
+        with self._cond:
+            spec = self._waiting(rnd, pairwise=True)
+            try:
+                pairs = check_pairs(spec.pairs, winners, ties)
+            except PairsError as e:
+                raise SubmitError(e.status, e.message) from None
+            self._commit(rnd, lambda: self.log.record_pairs(rnd, spec.prompt, pairs, spec.n_images, self.source),
+                         RoundFeedback(good=[], best=None, source=self.source, pairs=pairs, n_images=spec.n_images))
+        return {"ok": True, "round": rnd, "pairs": len(pairs), "ties": len(ties), "feedback": self.log.n_feedback()}
+
+    def _waiting(self, rnd: int, pairwise: bool) -> RoundSpec:
+        """The waiting round if ``rnd`` is it, unanswered and of the submission's kind; else SubmitError 409."""
+        spec = self._spec
+        if self.log.get_round(rnd) is not None:
+            raise SubmitError(409, f"round {rnd} was already submitted; it is not counted twice")
+        if self.phase != "judging" or spec is None:
+            raise SubmitError(409, "no round is waiting for feedback right now"
+                                   + (" (the model is learning)" if self.phase == "learning" else ""))
+        if rnd != spec.round:
+            raise SubmitError(409, f"round {rnd} is not the round waiting for feedback (round {spec.round} is)")
+        if (spec.pairs is not None) != pairwise:
+            raise SubmitError(409, f"round {rnd} asks " + ("which image of each pair is better "
+                                                           "(POST /api/submit-pairs)" if spec.pairs is not None
+                                                           else "for good/best marks (POST /api/submit)"))
+        return spec
+
+    def _commit(self, rnd: int, record: Callable[[], None], answer: RoundFeedback) -> None:
+        """Write the round with ``record`` (committed on return), then hand ``answer`` to the waiting loop."""
+        try:
+            record()
+        except DuplicateRound:  # e.g. recorded by `hero label` in another process meanwhile
+            raise SubmitError(409, f"round {rnd} was already submitted; it is not counted twice") from None
+        except InvalidFeedback as e:
+            raise SubmitError(422, str(e)) from None
+        self._answer = answer
+        self._spec, self.phase = None, "learning"
+        self.message = (f"Round {rnd + 1} is saved. The model is learning from it; the next round appears "
+                        "here by itself." if self.mode == "train" else f"Round {rnd + 1} is saved.")
+        self._cond.notify_all()
 
     @staticmethod
     def _check_rules(spec: RoundSpec, good_ids: list[int], best: int | None) -> list[bool]:

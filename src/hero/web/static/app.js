@@ -1,4 +1,5 @@
 // hero feedback page: poll the server's state, show the round, collect good/best marks, submit.
+// A pairwise round (D3PO, state.kind === "pairs") is handled by pairs.js instead.
 // No build step, no dependencies. Marks in progress are saved in localStorage (per run and round), so a
 // refresh, a closed tab or a restarted server loses nothing; submitted rounds live in the server's log.
 "use strict";
@@ -51,6 +52,7 @@ function apply(s) {
   $("prompt").textContent = s.prompt || $("prompt").textContent;
   $("progress").textContent = `Round ${s.round_number} of ${s.rounds_total} · ${s.feedback} of ${s.budget} feedback`;
   $("bar-fill").style.width = `${Math.min(100, (100 * s.feedback) / Math.max(1, s.budget))}%`;
+  if (s.phase === "judging") document.body.dataset.kind = s.kind || "good_best"; // which keys the footer lists
   show(s.phase);
   if (s.phase === "judging" && (s.round !== ui.round || s.run_id !== ui.runId)) startRound(s);
   if (s.phase !== "judging") {
@@ -90,6 +92,7 @@ function startRound(s) {
   dropOldDrafts(s); // rounds before this one are submitted: their drafts are no longer needed
   ui.round = s.round; ui.runId = s.run_id; ui.history = []; ui.armed = null; ui.focus = 0;
   ui.good = new Set(); ui.best = null;
+  if (s.kind === "pairs") return Pairs.start(s);
   try {
     const d = JSON.parse(localStorage.getItem(draftKey()) || "null");
     if (d) { ui.good = new Set(d.good.filter((i) => i < s.n_images)); ui.best = d.best; }
@@ -104,6 +107,7 @@ function startRound(s) {
 function buildGrid(s) {
   const grid = $("grid");
   grid.replaceChildren();
+  grid.classList.remove("pairs");
   if (s.current_best) grid.append(cell(-1, `/api/best/${s.round}`, "current", "Current best (keep it with K)"));
   for (const i of s.image_ids) grid.append(cell(i, `/api/image/${s.round}/${i}`, String(i + 1), `Image ${i + 1}`));
 }
@@ -145,6 +149,7 @@ function chooseBest(i) {
 }
 
 function undo() {
+  if (ui.state && ui.state.kind === "pairs") return Pairs.undo();
   const last = ui.history.pop();
   if (!last) return say("Nothing to undo.");
   ui.good = last.good; ui.best = last.best; ui.armed = null;
@@ -203,6 +208,7 @@ function problems() {
 
 async function submit() {
   if (!ui.state || ui.state.phase !== "judging" || ui.sending) return;
+  if (ui.state.kind === "pairs") return Pairs.submit();
   const p = problems();
   if (p.block) return say(p.block, "error");
   const key = `${ui.round}:${[...ui.good].sort().join(",")}:${ui.best}`;
@@ -274,6 +280,7 @@ function onKey(e) {
   if (e.altKey || e.metaKey) return;
   if (!$("zoom").hidden && (e.key === "Escape" || e.key === "z" || e.key === "Z")) { zoom(false); return e.preventDefault(); }
   if (!ui.state || ui.state.phase !== "judging" || ui.round === null) return;
+  if (ui.state.kind === "pairs") return Pairs.onKey(e);
   const digit = /^(Digit|Numpad)([0-9])$/.exec(e.code);
   if (digit && !e.ctrlKey) { typeDigit(digit[2], e.shiftKey); return e.preventDefault(); }
   const k = e.key.toLowerCase();
@@ -293,6 +300,7 @@ function onKey(e) {
 // ---------------------------------------------------------------- layout: fit the whole round on screen
 
 function fit() {
+  if (ui.state && ui.state.kind === "pairs") return Pairs.fit();
   const grid = $("grid");
   const cells = grid.children.length;
   if (!cells) return;

@@ -1,0 +1,172 @@
+"""`hero bench compute`: how fast the engine runs, next to the stock diffusers pipeline.
+
+Per setting it measures (median of ``repeats`` timings after a warm-up):
+- **rollout images/s**: ``hero.rollout.rollout`` (DDIM η = 1, classifier-free guidance, every latent and per-step
+  log-prob recorded) against **pipeline images/s**: the plain ``pipe(...)`` call at the same steps, η, guidance,
+  batch and size (``hero.sampling.sample_images``), so the ratio is the price of recording trajectories;
+- **update steps/s**: optimiser steps of ``policy_gradient_update`` (LoRA on the UNet; each step = a minibatch of
+  trajectories × K timesteps, forward and backward), and trajectory-timesteps per second;
+- **FLOPs**, counted with ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions): a UNet step is
+  the difference between rollouts of 2 and 1 steps (text encoding and decoding cancel), the rollout's total adds
+  them back; the update's are counted over one whole update. The achieved rate divides them by the timings; on
+  a GPU whose bf16 dense peak is in ``PEAK_BF16_TFLOPS`` it is also given as a fraction of that peak.
+
+Settings: the built-in tiny-shapes model (always, on CPU) and, when a GPU is present (or ``--sd15``), the SD 1.5
+architecture at 512×512 built from configs with random weights (timing does not need trained weights), in bf16.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import string
+import time
+from collections.abc import Callable
+
+import torch
+
+# Dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, from NVIDIA's data sheets, matched on the device name (the
+# first pattern that matches wins). An unknown GPU gets no fraction.
+PEAK_BF16_TFLOPS = ((r"H100.*PCIE", 756.0), (r"H100.*NVL", 835.0), (r"H100|H200", 989.4), (r"A100", 312.0),
+                    (r"L40S", 362.0), (r"\bL4\b", 121.0))
+
+SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+                 block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
+                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+SD15_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
+                block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4)
+SD15_TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                 num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu")
+PROMPT = "three green triangles"
+
+
+def peak_tflops(device_name: str) -> float | None:
+    """The bf16 dense peak of a GPU by name (e.g. "NVIDIA H100 80GB HBM3" -> 989.4), None when unknown."""
+    return next((t for pattern, t in PEAK_BF16_TFLOPS if re.search(pattern, device_name.upper())), None)
+
+
+def build_sd_pipeline(unet: dict = SD15_UNET, vae: dict = SD15_VAE, text: dict = SD15_TEXT):
+    """A StableDiffusionPipeline of the given architecture with random weights and a local character tokenizer."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in string.ascii_lowercase + string.digits:
+        vocab.update({ch: len(vocab), ch + "</w>": len(vocab) + 1})
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=text["max_position_embeddings"])
+    encoder = CLIPTextModel(CLIPTextConfig(**text, bos_token_id=0, eos_token_id=1, pad_token_id=1)).eval()
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
+    pipe = StableDiffusionPipeline(vae=AutoencoderKL(**vae).eval(), text_encoder=encoder.requires_grad_(False),
+                                   tokenizer=tokenizer, unet=UNet2DConditionModel(**unet), scheduler=scheduler,
+                                   safety_checker=None, feature_extractor=None, image_encoder=None,
+                                   requires_safety_checker=False)
+    pipe.vae.requires_grad_(False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _timed(fn: Callable[[int], object], repeats: int, sync: Callable[[], None]) -> float:
+    times = []
+    for r in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        fn(r)
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _flops(fn: Callable[[], object]) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def _sampling(pipe, n: int, steps: int, guidance: float, batch: int, repeats: int, sync) -> dict:
+    from hero.rollout import rollout
+    from hero.sampling import sample_images
+
+    def roll(k: int, num_steps: int, seed: int = 0):
+        return rollout(pipe, [PROMPT] * k, guidance_scale=guidance, num_steps=num_steps, eta=1.0, seed=seed,
+                       batch_size=batch)
+
+    b = min(n, batch)
+    one, two = _flops(lambda: roll(b, 1)), _flops(lambda: roll(b, 2))  # also the warm-up
+    step_flops = (two - one) / b  # one UNet step (both CFG halves) per image
+    image_flops = one / b + (steps - 1) * step_flops  # the whole rollout per image, text encoding and decoding too
+    sample_images(pipe, PROMPT, b, steps=2, guidance_scale=guidance, batch_size=batch)  # warm-up
+    t_roll = _timed(lambda r: roll(n, steps, seed=r), repeats, sync)
+    t_pipe = _timed(lambda r: sample_images(pipe, PROMPT, n, seed=r, steps=steps, guidance_scale=guidance,
+                                            batch_size=batch), repeats, sync)
+    return {"rollout_images_per_s": n / t_roll, "pipeline_images_per_s": n / t_pipe,
+            "rollout_relative_speed": t_pipe / t_roll, "unet_gflop_per_image_step": step_flops / 1e9,
+            "rollout_tflops_per_s": image_flops * n / t_roll / 1e12,
+            "pipeline_tflops_per_s": image_flops * n / t_pipe / 1e12, "traj": roll(n, steps)}
+
+
+def _update(pipe, traj, batch: int, k: int, repeats: int, sync) -> dict:
+    from hero.lora import add_lora
+    from hero.policy_gradient import PolicyGradientConfig, make_optimizer, policy_gradient_update
+
+    add_lora(pipe.unet, rank=8, alpha=8)
+    cfg = PolicyGradientConfig(batch_size=batch, grad_accum=1, timesteps_per_traj=k, inner_epochs=1)
+    optimizer = make_optimizer(pipe.unet, cfg)
+    rewards = torch.linspace(0, 1, len(traj))
+    stats: dict = {}
+    flops = _flops(lambda: stats.update(policy_gradient_update(pipe, traj, rewards, optimizer, cfg)))  # warm-up
+    seconds = _timed(lambda r: policy_gradient_update(pipe, traj, rewards, optimizer, cfg), repeats, sync)
+    return {"update_steps_per_s": stats["grad_steps"] / seconds,
+            "update_trajectory_steps_per_s": stats["backward_passes"] * batch / seconds,
+            "update_tflops_per_s": flops / seconds / 1e12, "update_batch": batch, "update_timesteps": k}
+
+
+def measure(pipe, setting: str, n: int, steps: int, guidance: float, batch: int, update_batch: int,
+            repeats: int = 2) -> dict:
+    """Time sampling and the update for one pipeline (see the module docstring); returns one result row."""
+    device = pipe.device
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    name = torch.cuda.get_device_name(device) if cuda else f"cpu ({torch.get_num_threads()} threads)"
+    row = {"setting": setting, "device": name, "dtype": str(pipe.unet.dtype).removeprefix("torch."),
+           "resolution": size, "n": n, "steps": steps, "guidance": guidance, "batch": batch}
+    with torch.no_grad():
+        sampled = _sampling(pipe, n, steps, guidance, batch, repeats, sync)
+    traj = sampled.pop("traj")
+    row.update(sampled)
+    row.update(_update(pipe, traj, min(update_batch, n), min(5, steps), repeats, sync))
+    peak = peak_tflops(row["device"]) if cuda and pipe.unet.dtype in (torch.bfloat16, torch.float16) else None
+    if peak:
+        row.update(peak_tflops=peak, peak_fraction=row["rollout_tflops_per_s"] / peak,
+                   update_peak_fraction=row["update_tflops_per_s"] / peak)
+    if cuda:
+        row["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
+
+
+def run_compute(n: int = 16, steps: int = 20, repeats: int = 2, sd15: bool | None = None, sd15_n: int = 8,
+                device: str | None = None, echo: Callable[[str], None] = print) -> dict:
+    """The tiny model on CPU, then SD 1.5 at 512 px where a GPU is present (or asked for); echoes each row."""
+    import json
+
+    from hero.models import load_pipeline
+    from hero.sampling import DEFAULT_GUIDANCE
+
+    rows = [measure(load_pipeline("tiny-shapes"), "tiny-shapes", n, steps, DEFAULT_GUIDANCE, batch=n,
+                    update_batch=8, repeats=repeats)]
+    echo(json.dumps(rows[-1]))
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if sd15 or (sd15 is None and device.startswith("cuda")):
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        pipe = build_sd_pipeline().to(device=device, dtype=dtype)
+        rows.append(measure(pipe, "sd15-architecture (random weights)", sd15_n, steps, 5.0, batch=sd15_n,
+                            update_batch=2, repeats=repeats))
+        echo(json.dumps(rows[-1]))
+    return {"results": rows, "torch": torch.__version__, "threads": torch.get_num_threads()}

@@ -1,0 +1,138 @@
+"""Everything the report shows, computed from the cell folders' logs only: ``evals.jsonl``, ``run/metrics.jsonl``
+and ``cell.json`` of every finished cell listed in ``bench.json`` (no number is typed in anywhere else).
+
+Definitions used by the report:
+- a curve's point 0 is the base model under plain noise (no feedback yet, so no guided noise either);
+- **judged good during training**: the share of each round's images the simulated human called good, at the
+  feedback spent before that round (free: it is the feedback itself; not held out, and under the method's own
+  noise). Held-out success after *every* round: give every multiple of images_per_round as a budget;
+- **own noise**: the starting noise each method samples with after training: HERO's feedback-guided noise,
+  N(0, I) for methods without one (their "own noise" curve is their plain curve);
+- **target**: ``--target`` if given, else the task's base success (mean over its cells) + ``target_gain``;
+- **feedback to target**: the first evaluated budget at which the *seed-mean* success reaches the target
+  (no interpolation between budgets), None when no budget reaches it; **× HERO** divides it by HERO's;
+- **seconds per round**: wall-clock means over all rounds of all seeds, split as the run logged them:
+  sampling (rollout with log-probs), learning (reward / representation / value learning), update (the
+  policy update), judging (the simulated human).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hero.bench.cell import DONE, EVALS, read_jsonl
+from hero.bench.grid import BenchSpec, Cell, plan
+
+SECONDS = {"sampling": "seconds_sampling", "learning": "seconds_representation", "update": "seconds_update",
+           "judging": "seconds_feedback"}
+
+
+@dataclass
+class CellResult:
+    cell: Cell
+    evals: dict[int, dict]  # budget (0: the base model) -> evaluation record
+    metrics: list[dict]  # the run's metrics.jsonl, one record per round
+    info: dict  # cell.json
+
+
+def load_cells(root: str | Path) -> tuple[BenchSpec, list[CellResult]]:
+    """The spec and every finished cell that holds an evaluation for each budget."""
+    root = Path(root)
+    spec = BenchSpec.from_dict(json.loads((root / "bench.json").read_text()))
+    out = []
+    for cell in plan(spec):
+        folder = cell.path(root)
+        if not (folder / DONE).is_file():
+            continue
+        evals = {e["budget"]: e for e in read_jsonl(folder / EVALS)}
+        if any(b not in evals for b in [0, *spec.budgets]):
+            continue
+        metrics = read_jsonl(folder / "run" / "metrics.jsonl")
+        out.append(CellResult(cell, evals, metrics, json.loads((folder / DONE).read_text())))
+    return spec, out
+
+
+def _stats(per_seed: list[list[float]]) -> dict:
+    a = np.asarray(per_seed, dtype=float)
+    sd = a.std(axis=0, ddof=1) if len(a) > 1 else np.zeros(a.shape[1])
+    return {"mean": a.mean(axis=0).tolist(), "sd": sd.tolist(), "min": a.min(axis=0).tolist(),
+            "max": a.max(axis=0).tolist(), "per_seed": a.tolist()}
+
+
+def feedback_to_reach(feedback: list[int], mean: list[float], target: float) -> int | None:
+    """The first feedback count whose seed-mean success is >= target; None if none is."""
+    return next((f for f, m in zip(feedback, mean, strict=True) if m >= target - 1e-12), None)
+
+
+def _ratio(needed: int | None, hero: int | None) -> float | None:
+    return None if needed is None or not hero else needed / hero
+
+
+def _seconds(cells: list[CellResult]) -> dict:
+    rounds = [m for c in cells for m in c.metrics]
+    out = {k: float(np.mean([m.get(key) or 0.0 for m in rounds])) if rounds else 0.0 for k, key in SECONDS.items()}
+    out["total"] = sum(out.values())
+    evals = [e for c in cells for b, e in c.evals.items() if b > 0 and "seconds" in e]
+    alone = [e["seconds"] for e in evals if not e.get("with_base")] or [e["seconds"] for e in evals]
+    out["eval"] = float(np.mean(alone)) if alone else 0.0  # per evaluation, without the base model's share
+    return out
+
+
+def _method_summary(spec: BenchSpec, cells: list[CellResult], points: list[int]) -> dict:
+    plain = [[c.evals[b]["plain"] for b in points] for c in cells]
+    guided = None
+    if all("guided" in c.evals[b] for c in cells for b in points[1:]):
+        guided = _stats([[c.evals[0]["plain"]] + [c.evals[b]["guided"] for b in points[1:]] for c in cells])
+    result = {"seeds": [c.cell.seed for c in cells], "plain": _stats(plain), "guided": guided,
+              "feedback_used": [float(np.mean([c.evals[b]["feedback"] for c in cells])) for b in points],
+              "seconds": _seconds(cells), "rounds": len(cells[0].metrics),
+              "peak_rss_mb": max(c.info.get("peak_rss_mb", 0.0) for c in cells)}
+    cuda = [c.info["cuda_peak_mb"] for c in cells if "cuda_peak_mb" in c.info]
+    if cuda:
+        result["cuda_peak_mb"] = max(cuda)
+    result["own"] = guided or result["plain"]
+    # Free per-round success: the share of each round's images the simulated human judged good (sampled with the
+    # method's own noise, before that round's update); absent for pairwise methods (D3PO), which mark no images.
+    rates = [[m.get("good_rate") for m in c.metrics] for c in cells]
+    same_rounds = len({len(r) for r in rates}) == 1
+    result["train_good"] = _stats(rates) if same_rounds and all(x is not None for r in rates for x in r) else None
+    result["train_feedback"] = [m["feedback"] - m["images"] for m in cells[0].metrics]
+    return result
+
+
+def summarise(root: str | Path) -> dict:
+    """The report's numbers as one JSON-ready dict (also written as ``summary.json``)."""
+    from hero.toyworld.tasks import TASK_PRESETS
+
+    root = Path(root)
+    spec, cells = load_cells(root)
+    points = [0, *sorted(spec.budgets)]
+    tasks = {}
+    for task in spec.tasks:
+        methods = {}
+        for method in spec.methods:
+            mine = [c for c in cells if (c.cell.task, c.cell.method) == (task, method)]
+            if mine:
+                methods[method] = _method_summary(spec, mine, points)
+        if not methods:
+            continue
+        base = float(np.mean([s for m in methods.values() for s in np.asarray(m["plain"]["per_seed"])[:, 0]]))
+        target = spec.target if spec.target is not None else min(1.0, base + spec.target_gain)
+        for m in methods.values():
+            for kind in ("plain", "own"):
+                m[f"needed_{kind}"] = feedback_to_reach(points, m[kind]["mean"], target)
+        hero = methods.get("hero", {})
+        for m in methods.values():
+            for kind in ("plain", "own"):
+                m[f"ratio_{kind}"] = _ratio(m[f"needed_{kind}"], hero.get(f"needed_{kind}"))
+        tasks[task] = {"prompt": TASK_PRESETS[task]["prompt"], "options": {k: v for k, v in TASK_PRESETS[task].items()
+                                                                           if k != "prompt"},
+                       "base": base, "target": target, "feedback": points, "methods": methods}
+    compute = root / "compute.json"
+    return {"spec": spec.to_dict(), "tasks": tasks, "cells": len(cells),
+            "sessions": read_jsonl(root / "sessions.jsonl"),
+            "compute": json.loads(compute.read_text()) if compute.is_file() else None}

@@ -1,0 +1,190 @@
+"""`hero bench`: a real (tiny) grid against the simulated human, its report, resumability, and the compute benchmark.
+
+The grid runs once per module (two methods, one seed, budgets 8 and 16, 4 sampler steps, 8 evaluation images);
+the report's numbers are checked against the cells' own logs, and against a tampered copy of them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from hero.bench.grid import BenchSpec, Cell, cell_config, default_spec, split_methods, validate
+from hero.cli import app
+
+runner = CliRunner()
+METHODS = ["hero", "ddpo"]
+GRID = ["bench", "--methods", ",".join(METHODS), "--seeds", "0", "--budgets", "8,16", "--images-per-round", "8",
+        "--eval-n", "8", "--set", "sampler.steps=4", "--set", "pg.timesteps_per_traj=2",
+        "--set", "hero.encoder_epochs=20"]
+
+
+def last_json(output: str) -> dict:
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def md_table(md: str, heading: str) -> list[dict]:
+    """The first Markdown table after ``heading``, as one dict per row."""
+    lines = md.split(heading, 1)[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    table = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        table.append([c.strip() for c in line.strip("|").split("|")])
+    return [dict(zip(table[0], r, strict=True)) for r in table[2:]]
+
+
+def expected_rows(root: Path) -> dict[str, dict]:
+    """What the paste table must say, computed here straight from evals.jsonl and metrics.jsonl."""
+    out = {}
+    for method in METHODS:
+        cell = root / "cells" / "counting" / method / "seed0"
+        evals = {e["budget"]: e for e in map(json.loads, (cell / "evals.jsonl").read_text().splitlines())}
+        metrics = [json.loads(line) for line in (cell / "run" / "metrics.jsonl").read_text().splitlines()]
+        parts = ("seconds_sampling", "seconds_representation", "seconds_update", "seconds_feedback")
+        total = sum(float(np.mean([m[p] for m in metrics])) for p in parts)
+        out[method] = {"success @ 8": f"{evals[8]['plain']:.3f}", "success @ 16": f"{evals[16]['plain']:.3f}",
+                       "guided @ 16": f"{evals[16]['guided']:.3f}" if "guided" in evals[16] else "—",
+                       "s / round": f"{total:.1f}"}
+    return out
+
+
+@pytest.fixture(scope="module")
+def bench_dir(tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("bench") / "b"
+    res = runner.invoke(app, [*GRID, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    return out, res.output
+
+
+def test_grid_writes_cells_from_real_runs(bench_dir):
+    out, output = bench_dir
+    summary = last_json(output)
+    assert summary["ran"] == 2 and summary["skipped"] == 0 and summary["failed"] == []
+    for method in METHODS:
+        cell = out / "cells" / "counting" / method / "seed0"
+        info = json.loads((cell / "cell.json").read_text())
+        assert info["status"] == "done" and info["peak_rss_mb"] > 50 and info["seconds_train"] > 0
+        metrics = [json.loads(line) for line in (cell / "run" / "metrics.jsonl").read_text().splitlines()]
+        assert [m["feedback"] for m in metrics] == [8, 16]
+        assert all(m["seconds_sampling"] > 0 and m["seconds_update"] > 0 for m in metrics)
+        evals = [json.loads(line) for line in (cell / "evals.jsonl").read_text().splitlines()]
+        assert [e["budget"] for e in evals] == [0, 8, 16] and all(e["n"] == 8 for e in evals)
+        assert ("guided" in evals[-1]) == (method == "hero")  # only HERO has feedback-guided noise
+        kept = sorted(p.name for p in (cell / "run" / "checkpoints").glob("round_*"))
+        assert kept == ["round_000", "round_001"]  # the budgets' checkpoints
+
+
+def test_report_opens_with_plots_and_numbers_from_the_logs(bench_dir, tmp_path):
+    out, _ = bench_dir
+    for name in ("report.md", "report.html", "table.tex", "summary.json", "success_counting.png", "seconds.png"):
+        assert (out / name).is_file(), name
+    for png in ("success_counting.png", "seconds.png"):
+        with Image.open(out / png) as im:
+            im.verify()
+            assert im.format == "PNG" and im.size[0] > 400
+    md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    assert "![success vs feedback, counting](success_counting.png)" in md
+    assert page.count("data:image/png;base64,") == 2 and page.index("<img") < page.index("<table")
+    rows = {r["method"]: r for r in md_table(md, "## Table to paste")}
+    assert set(rows) == set(METHODS)
+    for method, want in expected_rows(out).items():
+        for key, value in want.items():
+            assert rows[method][key] == value, (method, key)
+    judged = {r["method"]: r for r in md_table(md, "### Judged good during training")}
+    for method in METHODS:
+        metrics = (out / "cells" / "counting" / method / "seed0" / "run" / "metrics.jsonl").read_text().splitlines()
+        for m in map(json.loads, metrics):
+            assert judged[method][str(m["feedback"] - m["images"])] == f"{m['good_rate']:.3f}"
+    # Tamper with a copy of one cell's log: the rewritten report must follow it (nothing is a constant).
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    evals = copy / "cells" / "counting" / "ddpo" / "seed0" / "evals.jsonl"
+    lines = [json.loads(line) for line in evals.read_text().splitlines()]
+    lines[-1]["plain"] = 0.875
+    evals.write_text("".join(json.dumps(e) + "\n" for e in lines))
+    res = runner.invoke(app, ["bench", "report", str(copy)])
+    assert res.exit_code == 0, res.output
+    rows = {r["method"]: r for r in md_table((copy / "report.md").read_text(), "## Table to paste")}
+    assert rows["ddpo"]["success @ 16"] == "0.875"
+    target = json.loads((copy / "summary.json").read_text())["tasks"]["counting"]["target"]
+    first = next((str(e["budget"]) for e in lines if e["plain"] >= target), "> 16")
+    assert rows["ddpo"]["feedback to target"] == first
+
+
+def test_rerun_skips_finished_cells_and_refuses_other_settings(bench_dir):
+    out, _ = bench_dir
+    done = out / "cells" / "counting" / "hero" / "seed0" / "cell.json"
+    before = done.stat().st_mtime_ns
+    res = runner.invoke(app, [*GRID, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "skip counting/hero/seed0 (finished)" in res.output
+    summary = last_json(res.output)
+    assert summary["ran"] == 0 and summary["skipped"] == 2
+    assert done.stat().st_mtime_ns == before
+    res = runner.invoke(app, [*GRID, "--eval-n", "16", "--out", str(out)])
+    assert res.exit_code == 2 and "other settings" in res.output
+
+
+def test_evaluate_a_given_round(bench_dir):
+    from hero.evaluate import evaluate
+
+    out, _ = bench_dir
+    cell = out / "cells" / "counting" / "ddpo" / "seed0"
+    evals = {e["budget"]: e for e in map(json.loads, (cell / "evals.jsonl").read_text().splitlines())}
+    res = evaluate(cell / "run", n=8, round_index=0, include_base=False)
+    assert res["rounds"] == 1 and res["plain"] == evals[8]["plain"]
+    with pytest.raises(FileNotFoundError, match="no checkpoint of round 5"):
+        evaluate(cell / "run", n=8, round_index=5)
+
+
+def test_grid_settings_are_checked_before_anything_runs(tmp_path):
+    validate(BenchSpec(methods=["hero", "d3po"], budgets=[16, 32], images_per_round=16), tmp_path)
+    bad = [(dict(methods=["nope"]), "unknown method nope"), (dict(methods=["hero"], tasks=["nope"]), "unknown task"),
+           (dict(methods=["hero"], budgets=[50]), "multiples of images_per_round"),
+           (dict(methods=["d3po"], budgets=[14], images_per_round=7), "must be even for d3po"),
+           (dict(methods=["hero"], overrides=["pg.nope=1"]), "unknown config key 'pg.nope'")]
+    for kwargs, message in bad:
+        with pytest.raises(ValueError, match=message):
+            validate(BenchSpec(**kwargs), tmp_path)
+    assert split_methods(["hero", "no-such-method"]) == (["hero"], ["no-such-method"])
+    for quick in (True, False):  # the shipped grids are valid with whichever methods exist
+        spec = default_spec(quick)
+        spec.methods = split_methods(spec.methods)[0]
+        validate(spec, tmp_path)
+    cfg = cell_config(BenchSpec(methods=["ddpo"], tasks=["personalization"]), Cell("personalization", "ddpo", 2),
+                      tmp_path / "run")
+    assert (cfg.algo, cfg.seed, cfg.budget, cfg.task.hidden_background) == ("ddpo", 2, 256, "black")
+
+
+def test_compute_benchmark_on_cpu(tiny_sd_pipeline):
+    from hero.bench.compute import build_sd_pipeline, measure, peak_tflops, run_compute
+
+    result = run_compute(n=2, steps=2, repeats=1, sd15=False, echo=lambda s: None)
+    (row,) = result["results"]
+    for key in ("rollout_images_per_s", "pipeline_images_per_s", "update_steps_per_s", "unet_gflop_per_image_step",
+                "rollout_tflops_per_s", "update_tflops_per_s"):
+        assert row[key] > 0, key
+    assert "peak_fraction" not in row  # CPU: no peak table
+    # The SD path (a VAE, a CLIP text encoder), on a tiny pipeline and on the builder with tiny configs.
+    sd = measure(tiny_sd_pipeline, "tiny-sd", n=2, steps=2, guidance=5.0, batch=2, update_batch=2, repeats=1)
+    assert sd["resolution"] == 16 and sd["rollout_images_per_s"] > 0 and sd["update_steps_per_s"] > 0
+    pipe = build_sd_pipeline(
+        unet=dict(sample_size=4, layers_per_block=1, block_out_channels=(8, 16), cross_attention_dim=16,
+                  attention_head_dim=4, norm_num_groups=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                  up_block_types=("CrossAttnUpBlock2D", "UpBlock2D")),
+        vae=dict(latent_channels=4, layers_per_block=1, sample_size=8, norm_num_groups=4, block_out_channels=(8, 16),
+                 down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2),
+        text=dict(vocab_size=80, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                  max_position_embeddings=32))
+    assert pipe.vae_scale_factor == 2 and pipe.unet.config.cross_attention_dim == 16
+    assert peak_tflops("NVIDIA H100 80GB HBM3") == 989.4 and peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert peak_tflops("NVIDIA H200") == 989.4 and peak_tflops("NVIDIA A100-SXM4-40GB") == 312.0
+    assert peak_tflops("Tesla T4") is None
