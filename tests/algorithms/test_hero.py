@@ -105,3 +105,25 @@ def test_encoder_learns_to_separate_good_from_bad():
     assert last["triplet_loss"] < first["triplet_loss"]
     r = hero_rewards(enc, torch.cat([good, bad]), good[0])
     assert r[:16].mean() > r[16:].mean() + 0.2
+
+
+@pytest.mark.parametrize("encoder_input", ["features", "latent"])
+def test_encoder_inputs_and_rewards_for_both_encoder_inputs(tiny_pixel_pipeline, encoder_input):
+    from hero.algorithms.hero import FeatureTripletEncoder, HeroTrainer
+    from hero.config import load_config
+
+    cfg = load_config(None, [f"hero.encoder_input={encoder_input}", "hero.embed_dim=16"], prompt="two red squares")
+    trainer = HeroTrainer(cfg, tiny_pixel_pipeline)
+    g = torch.Generator().manual_seed(0)
+    first, second = torch.rand(6, 3, 32, 32, generator=g) * 2 - 1, torch.rand(6, 3, 32, 32, generator=g) * 2 - 1
+    x1 = trainer.encoder_inputs(first)
+    if encoder_input == "latent":  # the paper's CNN sees the final latent itself
+        assert torch.equal(x1, first) and not isinstance(trainer.encoder, FeatureTripletEncoder)
+    else:  # standardised φ, with the statistics of the first round kept for every later round
+        assert x1.shape == (6, trainer.features.dim) and isinstance(trainer.encoder, FeatureTripletEncoder)
+        assert torch.allclose(x1.mean(0), torch.zeros(x1.shape[1]), atol=1e-5)
+        stats = trainer.feature_stats
+        trainer.encoder_inputs(second)
+        assert trainer.feature_stats is stats
+    r = hero_rewards(trainer.encoder, x1, x1[0])
+    assert r.shape == (6,) and torch.isclose(r[0], torch.tensor(1.0)) and ((r >= 0) & (r <= 1 + 1e-6)).all()

@@ -12,7 +12,8 @@ Per round (DESIGN.md, "HERO"):
 What E sees (``hero.encoder_input``): the paper's CNN over the final latent f ("latent"), or, our default, an
 MLP over frozen features φ(f) of the pretrained UNet's mid block ("features", ``hero.features``). On the
 built-in model a CNN over 32×32 pixels cannot learn to count from ~100 labels (held-out AUC of its reward,
-good vs not good: 0.52–0.60), while the MLP over φ reaches 0.70–0.90 from the same labels (docs/hero.md).
+good vs not good: 0.50–0.56), while the MLP over φ reaches 0.45–0.85, mean 0.67–0.75, from the same labels
+(docs/hero.md, benchmarks/reward_auc.py).
 
 Two bugs of the reference code are fixed here and tested: the cosine is taken per sample (not across the
 batch), and the "best" pick is an index into the round's own images (or "keep the current best"), never a
