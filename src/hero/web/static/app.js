@@ -213,11 +213,16 @@ async function submit() {
   if (p.block) return say(p.block, "error");
   const key = `${ui.round}:${[...ui.good].sort().join(",")}:${ui.best}`;
   if (p.warn && ui.armed !== key) { ui.armed = key; return say(p.warn, "warn"); }
-  ui.sending = true; $("submit").disabled = true;
   const body = { round: ui.round, good: [...ui.good].sort((a, b) => a - b), best: ui.best === KEEP ? null : ui.best };
+  return postRound("/api/submit", body, "marks");
+}
+
+// Send one round's judgements (good/best marks or pairwise choices); the draft is kept until the server has it.
+async function postRound(path, body, what) {
+  ui.sending = true; $("submit").disabled = true;
   try {
-    const res = await api("/api/submit", { method: "POST", headers: { "Content-Type": "application/json" },
-                                           body: JSON.stringify(body) });
+    const res = await api(path, { method: "POST", headers: { "Content-Type": "application/json" },
+                                  body: JSON.stringify(body) });
     if (res.ok) {
       localStorage.removeItem(draftKey());
       say(`Round ${ui.round + 1} saved.`, "ok");
@@ -227,7 +232,7 @@ async function submit() {
       say((res.body && res.body.error) || `The server refused the submission (${res.status}).`, "error");
     }
   } catch (_) {
-    say("Could not reach the server; your marks are kept. Try Enter again in a moment.", "error");
+    say(`Could not reach the server; your ${what} are kept. Try Enter again in a moment.`, "error");
   } finally {
     ui.sending = false; $("submit").disabled = false;
     poll();

@@ -132,24 +132,7 @@ const Pairs = {
       const c = this.choice[p];
       if (c === "T") ties.push([i, j]); else winners.push(c === "L" ? [i, j] : [j, i]);
     });
-    ui.sending = true; $("submit").disabled = true;
-    try {
-      const res = await api("/api/submit-pairs", { method: "POST", headers: { "Content-Type": "application/json" },
-                                                   body: JSON.stringify({ round: ui.round, winners, ties }) });
-      if (res.ok) {
-        localStorage.removeItem(draftKey());
-        say(`Round ${ui.round + 1} saved.`, "ok");
-        ui.round = null;
-        show("learning");
-      } else {
-        say((res.body && res.body.error) || `The server refused the submission (${res.status}).`, "error");
-      }
-    } catch (_) {
-      say("Could not reach the server; your choices are kept. Try Enter again in a moment.", "error");
-    } finally {
-      ui.sending = false; $("submit").disabled = false;
-      poll();
-    }
+    return postRound("/api/submit-pairs", { round: ui.round, winners, ties }, "choices");
   },
 
   onKey(e) {
