@@ -23,6 +23,12 @@ def rate(series: dict, i: int) -> str:
     return f"{mean:.3f} ± {sd:.3f}" if len(series["per_seed"]) > 1 else f"{mean:.3f}"
 
 
+def spent(method: dict, i: int, nominal: int) -> str:
+    """" (N fb)" when the method spent other feedback than the budget at point i (HERD's relabels cost extra)."""
+    used = method["feedback_used"][i]
+    return "" if round(used) == nominal else f" ({used:.0f} fb)"
+
+
 def needed(value: int | None, most: int) -> str:
     return f"> {most}" if value is None else str(value)
 
@@ -50,14 +56,17 @@ def _task_blocks(name: str, task: dict, image: str) -> list[tuple]:
     x = task["feedback"]
     head = ["method", "seeds", *[f"{f}" for f in x]]
     methods = task["methods"].items()
-    plain = [[m, str(len(d["seeds"])), *[rate(d["plain"], i) for i in range(len(x))]] for m, d in methods]
+    plain = [[m, str(len(d["seeds"])), *[rate(d["plain"], i) + spent(d, i, f) for i, f in enumerate(x)]]
+             for m, d in methods]
     guided = [[m, str(len(d["seeds"])), *[rate(d["guided"], i) for i in range(len(x))]]
               for m, d in methods if d["guided"] is not None]
     options = "".join(f"; {k.replace('_', ' ')}: {v}" for k, v in task["options"].items())
     blocks = [("h2", f"Task {name}: \"{task['prompt']}\"{options}"), ("img", image, f"success vs feedback, {name}"),
               ("p", f"Base model success {task['base']:.3f}; target {task['target']:.3f}. Columns: feedback "
                     "(images judged); cells: success rate, mean ± standard deviation over seeds (band in the plot: "
-                    "min-max). At 0 feedback there is no guided noise yet, so both panels start at the base."),
+                    "min-max). At 0 feedback there is no guided noise yet, so both panels start at the base. "
+                    "\"(N fb)\": the feedback the method really spent by then, where it differs from the budget "
+                    "(HERD's relabels are judged too)."),
               ("h3", "Success under plain noise"), ("table", head, plain)]
     if guided:
         blocks += [("h3", "Success under feedback-guided noise"), ("table", head, guided)]
@@ -114,7 +123,8 @@ def paste_table(summary: dict) -> tuple[list[str], list[list[str]]]:
     for name, task in summary["tasks"].items():
         for m, d in task["methods"].items():
             guided = rate(d["guided"], len(budgets)) if d["guided"] is not None else "—"
-            rows.append(([name] if many else []) + [m, *[rate(d["plain"], i + 1) for i in range(len(budgets))], guided,
+            at = [rate(d["plain"], i + 1) + spent(d, i + 1, b) for i, b in enumerate(budgets)]
+            rows.append(([name] if many else []) + [m, *at, guided,
                                                     needed(d["needed_plain"], budgets[-1]), ratio(d["ratio_plain"]),
                                                     f"{d['seconds']['total']:.1f}"])
     return head, rows
