@@ -18,8 +18,8 @@ def _colours(methods: list[str]) -> dict[str, tuple]:
 
 
 def _panel(ax, task: dict, kind: str, colours: dict) -> None:
-    x = task["feedback"]
     for method, m in task["methods"].items():
+        x = m["feedback_used"]  # what the method really spent (HERD's relabels are judged too), not the budget
         series = m[kind]
         dashed = kind == "own" and m["guided"] is None  # a method without guided noise: its plain curve
         label = f"{method} (plain noise)" if dashed else method
@@ -29,7 +29,7 @@ def _panel(ax, task: dict, kind: str, colours: dict) -> None:
             ax.fill_between(x, series["min"], series["max"], color=colours[method], alpha=0.15, lw=0)
     ax.axhline(task["base"], color="grey", ls=":", lw=1, label="base model")
     ax.axhline(task["target"], color="black", ls="--", lw=0.8, label=f"target {task['target']:.2f}")
-    ax.set_xticks(x)
+    ax.set_xticks(task["feedback"])
     ax.set_xlabel("feedback (images judged)")
     ax.grid(alpha=0.3)
 
