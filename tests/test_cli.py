@@ -37,3 +37,27 @@ def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "hero.cli", "--help"], capture_output=True, text=True, check=True)
     for cmd in ("sample", "pretrain-toy", "check-judge"):
         assert cmd in out.stdout
+
+
+def test_resume_goes_on_with_another_judge_and_a_larger_budget(tmp_path):
+    """Pre-train with AI feedback (a reward function), then continue the same run with the simulated human."""
+    from hero.config import TrainConfig
+    from hero.runs.feedback_log import FeedbackLog
+
+    run = tmp_path / "run"
+    fast = ["--set", "sampler.steps=3", "--set", "pg.timesteps_per_traj=2", "--set", "hero.encoder_epochs=2"]
+    res = runner.invoke(app, ["train", "--prompt", "two red squares", "--feedback", "reward:jpeg", "--budget", "4",
+                              "--images-per-round", "4", "--out", str(run), "--no-progress", *fast])
+    assert res.exit_code == 0, res.output
+    # Only the judge, the budget and reward_model.* / web.* may change; the rest is the run's.
+    res = runner.invoke(app, ["train", "--resume", str(run), "--prompt", "three blue circles", "--no-progress"])
+    assert res.exit_code == 2 and "--prompt cannot change on --resume" in flat(res.output)
+    res = runner.invoke(app, ["train", "--resume", str(run), "--set", "lora.rank=4", "--no-progress"])
+    assert res.exit_code == 2 and "lora.rank=4" in flat(res.output)
+    assert TrainConfig.from_yaml(run / "config.yaml").feedback == "reward:jpeg"  # refused: nothing changed
+    res = runner.invoke(app, ["train", "--resume", str(run), "--feedback", "sim", "--budget", "8", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    cfg = TrainConfig.from_yaml(run / "config.yaml")
+    assert (cfg.feedback, cfg.budget, cfg.prompt) == ("sim", 8, "two red squares")
+    log = FeedbackLog(run / "feedback.sqlite")
+    assert [log.get_round(r).source for r in (0, 1)] == ["reward:jpeg", "sim"] and log.n_feedback() == 8

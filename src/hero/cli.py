@@ -139,13 +139,14 @@ def train(
     out: Path = typer.Option(None, help="Run folder."),
     preset: str = typer.Option(None, help="A preset name (hero/presets/*.yaml) or a YAML file."),
     set_: list[str] = typer.Option([], "--set", help="Dotted override, e.g. --set pg.timesteps_per_traj=3 (repeat)."),
-    resume: Path = typer.Option(None, help="Continue the run in this folder after a crash or a stop."),
+    resume: Path = typer.Option(None, help="Continue the run in this folder after a crash or a stop; with "
+                                           "--feedback / --budget: go on with another judge or a larger budget."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     from_annotations: Path = typer.Option(None, help="D3PO offline: train once on this annotation file of a "
                                                      "`hero sample --pairs` folder (docs/d3po.md), then stop."),
 ) -> None:
     """Fine-tune online from feedback: sample a round, get judgements, learn, repeat until the budget is spent."""
-    from hero.config import ConfigError, TrainConfig, load_config
+    from hero.config import ConfigError, load_config
     from hero.train import train as run_training
 
     if from_annotations is not None:
@@ -154,9 +155,9 @@ def train(
                               prompt=prompt, model=model, algo=algo, seed=seed, out=None if out is None else str(out))
     try:
         if resume is not None:
-            if not (resume / "config.yaml").is_file():
-                raise ConfigError(f"--resume {resume}: no run there (no config.yaml)")
-            cfg = TrainConfig.from_yaml(resume / "config.yaml")
+            fixed = {"--prompt": prompt, "--model": model, "--algo": algo, "--images-per-round": images_per_round,
+                     "--seed": seed, "--out": out, "--preset": preset}
+            cfg = _resumed_config(resume, feedback, budget, set_, fixed)
         else:
             cfg = load_config(preset, set_, prompt=prompt, model=model, algo=algo, feedback=feedback, budget=budget,
                               images_per_round=images_per_round, seed=seed, out=None if out is None else str(out))
@@ -185,6 +186,41 @@ def train(
             web.close(done=finished)
     if is_main_process():
         typer.echo(f"run finished: {run.path}  (LoRA: {run.path / 'lora'}; evaluate with `hero eval {run.path}`)")
+
+
+_CHANGEABLE_ON_RESUME = ("reward_model.", "web.")
+
+
+def _resumed_config(run_dir: Path, feedback: str | None, budget: int | None, overrides: list[str], fixed: dict):
+    """The run's saved config, with what may change when it continues: the feedback source, a larger budget and
+    ``--set reward_model.*|web.*`` (pre-train with AI feedback, then go on with a person). Saved back to the run."""
+    from hero.config import ConfigError, TrainConfig, load_config, save_config
+    from hero.runs.folder import RunFolder
+    from hero.train import round_sizes
+
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"--resume {run_dir}: no run there (no config.yaml)")
+    given = [name for name, value in fixed.items() if value is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)} cannot change on --resume (the run fixes them); a resumed run takes "
+                          "--feedback, --budget and --set reward_model.*/web.*")
+    bad = [o for o in overrides if not o.strip().startswith(_CHANGEABLE_ON_RESUME)]
+    if bad:
+        raise ConfigError(f"--set {bad[0]!r} cannot change on --resume (only reward_model.* and web.* can)")
+    old = TrainConfig.from_yaml(run_dir / "config.yaml")
+    if feedback is None and budget is None and not overrides:
+        return old
+    new = load_config(None, overrides, **{**old.model_dump(mode="json"), "feedback": feedback or old.feedback,
+                                          "budget": budget or old.budget})
+    done = RunFolder(run_dir).latest_round() + 1
+    if round_sizes(new)[:done] != round_sizes(old)[:done]:  # the rounds already judged must stay what they were
+        raise ConfigError(f"bad value for 'budget': {new.budget} (the run has judged {sum(round_sizes(old)[:done])} "
+                          f"images in {done} rounds; a new budget must keep those rounds whole)")
+    from hero.distributed import is_main_process
+
+    if is_main_process():
+        save_config(new, run_dir / "config.yaml")
+    return new
 
 
 def _train_offline(path: Path, online: dict, preset: str | None, overrides: list[str], **values) -> None:
