@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import threading
 
 import pytest
 from starlette.testclient import TestClient
-from webutil import PROMPT, WaitingRound, best_spec, dump_log
+from webutil import PROMPT, WaitingRound, best_spec, dump_log, submit_concurrently
 
 from hero.runs.feedback_log import FeedbackLog
 from hero.web.server import MAX_BODY, create_app
-from hero.web.session import RoundSpec, SubmitError
+from hero.web.session import RoundSpec
 
 TOKEN = "test-token-0123456789abcdef"
 BASE = "http://127.0.0.1:8765"
@@ -171,19 +170,6 @@ def test_duplicate_submission_is_refused_not_double_counted(session, waiting):
 
 
 def test_concurrent_submissions_record_the_round_once(session, waiting):
-    results: list[int] = []
-
-    def submit() -> None:
-        try:
-            session.submit({"round": 0, "good": [4], "best": 4})
-            results.append(200)
-        except SubmitError as e:
-            results.append(e.status)
-
-    threads = [threading.Thread(target=submit) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(results) == [200] + [409] * 7
+    statuses = submit_concurrently(lambda: session.submit({"round": 0, "good": [4], "best": 4}), 8)
+    assert statuses == [200] + [409] * 7
     assert FeedbackLog(session.run.feedback_db).rounds() == [0]

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 from test_api import client, post
-from webutil import PROMPT, WaitingRound, dump_log
+from webutil import PROMPT, WaitingRound, dump_log, submit_concurrently
 
 from hero.runs.feedback_log import FeedbackLog
 from hero.web import WebFeedback
 from hero.web.server import create_app
-from hero.web.session import RoundSpec, SubmitError
+from hero.web.session import RoundSpec
 
 PAIRS = ((0, 1), (2, 3), (4, 5), (6, 7))
 
@@ -108,21 +108,8 @@ def test_guard_applies_to_the_pairs_endpoint(session, waiting):
 
 
 def test_a_second_submission_is_refused_and_concurrent_ones_record_once(session, waiting):
-    results: list[int] = []
-
-    def submit() -> None:
-        try:
-            session.submit_pairs({"round": 0, "winners": ALL, "ties": []})
-            results.append(200)
-        except SubmitError as e:
-            results.append(e.status)
-
-    threads = [threading.Thread(target=submit) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(results) == [200] + [409] * 5
+    statuses = submit_concurrently(lambda: session.submit_pairs({"round": 0, "winners": ALL, "ties": []}), 6)
+    assert statuses == [200] + [409] * 5
     log = FeedbackLog(session.run.feedback_db)
     assert log.rounds() == [0] and log.n_feedback() == 8
 

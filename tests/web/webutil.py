@@ -12,7 +12,7 @@ from PIL import Image
 
 from hero.runs.folder import RunFolder
 from hero.web.server import png_bytes
-from hero.web.session import RoundSpec, Session
+from hero.web.session import RoundSpec, Session, SubmitError
 
 PROMPT = "two red squares"
 
@@ -61,3 +61,22 @@ def best_spec(run: RunFolder, r: int = 1) -> RoundSpec:
     """Round ``r`` with a current best (round 0's image 0) beside it."""
     best = np.asarray(Image.open(run.image_path(0, 0)).convert("RGB"))
     return RoundSpec(r, PROMPT, 8, png_bytes(best))
+
+
+def submit_concurrently(submit, n: int) -> list[int]:
+    """Call ``submit()`` from ``n`` threads at once; the sorted HTTP statuses (200, or the SubmitError's)."""
+    results: list[int] = []
+
+    def one() -> None:
+        try:
+            submit()
+            results.append(200)
+        except SubmitError as e:
+            results.append(e.status)
+
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sorted(results)

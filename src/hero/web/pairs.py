@@ -21,42 +21,42 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["PairsError", "check_pairs", "parse_pairs_submission"]
+__all__ = ["SubmitError", "check_pairs", "is_json_int", "parse_pairs_submission"]
 
 _FIELDS = {"round", "winners", "ties"}
 Pair = tuple[int, int]
 
 
-class PairsError(Exception):
-    """A rejected pairwise submission: the HTTP status and a message meant for the person."""
+class SubmitError(Exception):
+    """A rejected submission (good/best or pairwise): the HTTP status and a message meant for the person."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status, self.message = status, message
 
 
-def _is_int(x: Any) -> bool:
+def is_json_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)  # JSON true is not image 1
 
 
 def _pair_list(value: Any, name: str) -> list[Pair]:
     if not isinstance(value, list) or not all(
-            isinstance(p, list) and len(p) == 2 and all(_is_int(i) for i in p) for p in value):
-        raise PairsError(400, f"{name} must be a list of [image, image] pairs of integers")
+            isinstance(p, list) and len(p) == 2 and all(is_json_int(i) for i in p) for p in value):
+        raise SubmitError(400, f"{name} must be a list of [image, image] pairs of integers")
     return [(p[0], p[1]) for p in value]
 
 
 def parse_pairs_submission(payload: Any) -> tuple[int, list[Pair], list[Pair]]:
-    """(round, winners as (winner, loser), ties) from the request's JSON, or PairsError 400 when malformed."""
+    """(round, winners as (winner, loser), ties) from the request's JSON, or SubmitError 400 when malformed."""
     if not isinstance(payload, dict):
-        raise PairsError(400, "the body must be a JSON object {round, winners, ties}")
+        raise SubmitError(400, "the body must be a JSON object {round, winners, ties}")
     if set(payload) != _FIELDS:
         extra, missing = sorted(set(payload) - _FIELDS), sorted(_FIELDS - set(payload))
-        raise PairsError(400, "expected exactly the fields round, winners, ties "
+        raise SubmitError(400, "expected exactly the fields round, winners, ties "
                               f"(missing: {missing}, unknown: {extra})")
     rnd = payload["round"]
-    if not _is_int(rnd):
-        raise PairsError(400, f"round must be an integer, got {rnd!r}")
+    if not is_json_int(rnd):
+        raise SubmitError(400, f"round must be an integer, got {rnd!r}")
     return rnd, _pair_list(payload["winners"], "winners"), _pair_list(payload["ties"], "ties")
 
 
@@ -67,14 +67,14 @@ def check_pairs(shown: Sequence[Pair], winners: list[Pair], ties: list[Pair]) ->
     for i, j in [*winners, *ties]:
         key = frozenset((i, j))
         if key not in known:
-            raise PairsError(422, f"({i}, {j}) is not one of this round's pairs "
+            raise SubmitError(422, f"({i}, {j}) is not one of this round's pairs "
                                   f"({', '.join(f'{a}/{b}' for a, b in shown)})")
         if key in answered:
-            raise PairsError(422, f"the pair {known[key][0]}/{known[key][1]} is answered twice")
+            raise SubmitError(422, f"the pair {known[key][0]}/{known[key][1]} is answered twice")
         answered.add(key)
     missing = [p for key, p in known.items() if key not in answered]
     if missing:
         a, b = missing[0]
-        raise PairsError(422, f"{len(missing)} pair(s) not answered, e.g. {a}/{b}: choose the better image "
+        raise SubmitError(422, f"{len(missing)} pair(s) not answered, e.g. {a}/{b}: choose the better image "
                               "or no preference for every pair")
     return sorted(winners)

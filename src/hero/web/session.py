@@ -32,7 +32,7 @@ from typing import Any
 from hero.feedback.base import RoundFeedback
 from hero.runs.feedback_log import DuplicateRound, FeedbackLog, InvalidFeedback
 from hero.runs.folder import RunFolder
-from hero.web.pairs import PairsError, check_pairs, parse_pairs_submission
+from hero.web.pairs import SubmitError, check_pairs, is_json_int, parse_pairs_submission
 
 __all__ = ["Phase", "RoundSpec", "Session", "SubmitError"]
 
@@ -51,17 +51,6 @@ class RoundSpec:
     pairs: tuple[tuple[int, int], ...] | None = None  # a pairwise round (D3PO): the (i, j) pairs to compare
 
 
-class SubmitError(Exception):
-    """A rejected submission: the HTTP status and a message meant for the person."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)  # JSON true is not image 1
-
 
 def parse_submission(payload: Any) -> tuple[int, list[int], int | None]:
     """(round, good indices, best) from the request's JSON, or SubmitError 400 when it is malformed."""
@@ -71,11 +60,11 @@ def parse_submission(payload: Any) -> tuple[int, list[int], int | None]:
         extra, missing = sorted(set(payload) - _FIELDS), sorted(_FIELDS - set(payload))
         raise SubmitError(400, f"expected exactly the fields round, good, best (missing: {missing}, unknown: {extra})")
     rnd, good, best = payload["round"], payload["good"], payload["best"]
-    if not _is_int(rnd):
+    if not is_json_int(rnd):
         raise SubmitError(400, f"round must be an integer, got {rnd!r}")
-    if not isinstance(good, list) or not all(_is_int(i) for i in good):
+    if not isinstance(good, list) or not all(is_json_int(i) for i in good):
         raise SubmitError(400, "good must be a list of image indices (integers)")
-    if best is not None and not _is_int(best):
+    if best is not None and not is_json_int(best):
         raise SubmitError(400, f"best must be an image index (integer) or null, got {best!r}")
     return rnd, good, best
 
@@ -170,16 +159,10 @@ class Session:
 
     def submit_pairs(self, payload: Any) -> dict[str, Any]:
         """The pairwise counterpart of ``submit``: (winner, loser) per pair or a tie (rules: hero.web.pairs)."""
-        try:
-            rnd, winners, ties = parse_pairs_submission(payload)
-        except PairsError as e:
-            raise SubmitError(e.status, e.message) from None
+        rnd, winners, ties = parse_pairs_submission(payload)
         with self._cond:
             spec = self._waiting(rnd, pairwise=True)
-            try:
-                pairs = check_pairs(spec.pairs, winners, ties)
-            except PairsError as e:
-                raise SubmitError(e.status, e.message) from None
+            pairs = check_pairs(spec.pairs, winners, ties)
             self._commit(rnd, lambda: self.log.record_pairs(rnd, spec.prompt, pairs, spec.n_images, self.source),
                          RoundFeedback(good=[], best=None, source=self.source, pairs=pairs, n_images=spec.n_images))
         return {"ok": True, "round": rnd, "pairs": len(pairs), "ties": len(ties), "feedback": self.log.n_feedback()}
