@@ -8,7 +8,9 @@ For each random split: the first ``--train`` judged images train the embedding e
 (``train_encoder``: triplets with anchor = the highest-scored training image, which the simulated human would
 pick as best), and the reward r = (1 + cos(E f, E f_best))/2 of every *other* image is scored against its
 verdict. AUC 0.5 = chance, 1.0 = the reward ranks every good image above every bad one. Compared: the paper's
-CNN over the final latent ("latent") and the MLP over frozen UNet features ("features", HERO's default).
+CNN over the final latent ("latent") and the MLP over frozen UNet features ("features", HERO's default), the
+latter with the reward's cosine taken on the embedding E (the paper) or on the projection g(E) the triplet
+loss trains ("features, projection"; ``hero.reward_space``).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def auc(scores: np.ndarray, good: np.ndarray) -> float:
 
 
 def held_out_auc(inputs: torch.Tensor, good: np.ndarray, score: np.ndarray, make_encoder, n_train: int,
-                 split: int, lr: float, epochs: int) -> float:
+                 split: int, lr: float, epochs: int, space: str) -> float:
     order = np.random.default_rng(split).permutation(len(good))
     train, test = order[:n_train], order[n_train:]
     best = int(train[np.argmax(score[train])])
@@ -43,7 +45,7 @@ def held_out_auc(inputs: torch.Tensor, good: np.ndarray, score: np.ndarray, make
     memory.add_round(inputs[train], inputs[train], good[train].tolist(), int(np.where(train == best)[0][0]))
     train_encoder(encoder, torch.optim.Adam(encoder.parameters(), lr=lr), memory, epochs=epochs, margin=0.5,
                   batch_size=2048, last_round_only=False, generator=torch.Generator().manual_seed(split))
-    return auc(hero_rewards(encoder, inputs[test], inputs[best]).numpy(), good[test])
+    return auc(hero_rewards(encoder, inputs[test], inputs[best], space).numpy(), good[test])
 
 
 def main() -> None:
@@ -63,13 +65,15 @@ def main() -> None:
     score = np.array([v["score"] for v in verdicts])
     phi = FrozenFeatures(load_pipeline(args.model)).batched(latents)
     phi = (phi - phi.mean(0)) / (phi.std(0) + 1e-6)
-    inputs = {"latent": (latents, lambda: TripletEncoder(latents.shape[1], embed_dim=64)),
-              "features": (phi, lambda: FeatureTripletEncoder(phi.shape[1], embed_dim=64))}
+    inputs = {"latent": (latents, lambda: TripletEncoder(latents.shape[1], embed_dim=64), "embedding"),
+              "features": (phi, lambda: FeatureTripletEncoder(phi.shape[1], embed_dim=64), "embedding"),
+              "features, projection": (phi, lambda: FeatureTripletEncoder(phi.shape[1], embed_dim=64), "projection")}
     print(f"{len(good)} judged images, {good.mean():.3f} good")
     rows = []
     for n_train in (int(n) for n in args.train.split(",")):
-        for name, (x, make) in inputs.items():
-            aucs = [held_out_auc(x, good, score, make, n_train, s, args.lr, args.epochs) for s in range(args.splits)]
+        for name, (x, make, space) in inputs.items():
+            aucs = [held_out_auc(x, good, score, make, n_train, s, args.lr, args.epochs, space)
+                    for s in range(args.splits)]
             rows.append({"encoder_input": name, "train": n_train, "auc": [round(a, 3) for a in aucs],
                          "mean": round(float(np.mean(aucs)), 3)})
             print(f"| {name} | {n_train} | {' / '.join(f'{a:.2f}' for a in aucs)} | {np.mean(aucs):.2f} |", flush=True)

@@ -91,6 +91,18 @@ def test_rewards_peak_at_the_best():
     assert ((r >= 0) & (r <= 1 + 1e-6)).all()
 
 
+def test_reward_space_projection_compares_the_projections():
+    torch.manual_seed(0)
+    enc = TripletEncoder(3, embed_dim=16)
+    x = torch.randn(5, 3, 32, 32)
+    r = hero_rewards(enc, x, x[2], space="projection")
+    with torch.no_grad():
+        p = enc.project(x)
+    expected = (1 + torch.nn.functional.cosine_similarity(p, p[2:3].expand_as(p), dim=-1)) / 2
+    assert torch.allclose(r, expected, atol=1e-6)
+    assert not torch.allclose(r, hero_rewards(enc, x, x[2]), atol=1e-3)  # a different space, a different reward
+
+
 def test_encoder_learns_to_separate_good_from_bad():
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)

@@ -81,11 +81,13 @@ def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.T
     return F.relu(cosine_distance(anchor, positive) - cosine_distance(anchor, negative) + margin).mean()
 
 
-def hero_rewards(encoder: TripletEncoder, latents: torch.Tensor, best_latent: torch.Tensor) -> torch.Tensor:
-    """r_i = (1 + cos(E f_i, E f_best))/2 in [0, 1], (N,)."""
+def hero_rewards(encoder: TripletEncoder, latents: torch.Tensor, best_latent: torch.Tensor,
+                 space: str = "embedding") -> torch.Tensor:
+    """r_i = (1 + cos(E f_i, E f_best))/2 in [0, 1], (N,); ``space="projection"`` compares g(E f) instead."""
+    embed = encoder.project if space == "projection" else encoder
     with torch.no_grad():
-        e = encoder(latents)
-        e_best = encoder(best_latent[None]).expand_as(e)
+        e = embed(latents)
+        e_best = embed(best_latent[None]).expand_as(e)
         return (1.0 + F.cosine_similarity(e, e_best, dim=-1)) / 2.0
 
 
@@ -214,7 +216,7 @@ class HeroTrainer:
         enc = train_encoder(self.encoder, self.encoder_opt, self.memory, epochs=self.settings.encoder_epochs,
                             margin=self.settings.margin, batch_size=self.settings.encoder_batch_size,
                             last_round_only=self.settings.train_on == "round", generator=generator)
-        rewards = hero_rewards(self.encoder, inputs, self.memory.best_latent)
+        rewards = hero_rewards(self.encoder, inputs, self.memory.best_latent, self.settings.reward_space)
         t1 = time.perf_counter()
         stats = policy_gradient_update(self.policy.pipe, traj, rewards, self.policy.optimizer, self.policy.pg,
                                        generator)
