@@ -40,10 +40,12 @@ def _success(pipe, cfg: TrainConfig, n: int, noise: torch.Tensor | None, seed: i
 
 
 def evaluate(run_dir: str | Path, n: int = 256, seed: int = EVAL_SEED, include_base: bool = True,
-             round_index: int | None = None) -> dict:
+             round_index: int | None = None, base_plain: float | None = None) -> dict:
     """Success rates (share of images the judge calls good) as a dict; see the module docstring.
 
     ``round_index`` evaluates that round's checkpoint (it must still be on disk) instead of the last one.
+    ``base_plain``, when known (the same model, prompt, sampler, seed and n evaluated elsewhere), is reported
+    instead of sampled again; ``base_guided`` depends on this run's guided noise and is always sampled.
     """
     run = RunFolder(run_dir)
     cfg = TrainConfig.from_yaml(run.config_path)
@@ -61,7 +63,7 @@ def evaluate(run_dir: str | Path, n: int = 256, seed: int = EVAL_SEED, include_b
     with torch.no_grad():
         if include_base:
             pipe.unet.disable_adapters()
-            result["base_plain"] = _success(pipe, cfg, n, None, seed)
+            result["base_plain"] = _success(pipe, cfg, n, None, seed) if base_plain is None else base_plain
             pipe.unet.enable_adapters()
         algo.load(run.checkpoint_dir(last))
         result["plain"] = _success(pipe, cfg, n, None, seed)

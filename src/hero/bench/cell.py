@@ -5,7 +5,8 @@ and starts this with ``OMP_NUM_THREADS`` set to its share of the cores. The cell
 
 1. trains (or resumes) the run in ``CELL_DIR/run`` up to the largest budget (``hero.train``: crash-safe),
 2. evaluates each budget's round checkpoint with ``hero.evaluate`` (plain and, where the method has it, guided
-   noise) and the base model once (feedback 0), appending one line per result to ``evals.jsonl`` as it goes,
+   noise) and the base model once (feedback 0; taken from a sibling cell of the same task when one has it),
+   appending one line per result to ``evals.jsonl`` as it goes,
 3. removes the round checkpoints no budget needs, and writes ``cell.json`` last: its presence means "finished",
    and a finished cell is never recomputed.
 
@@ -67,27 +68,52 @@ def _train(cfg) -> bool:
     return True
 
 
+def base_key(spec: dict) -> dict:
+    """Everything the base model's plain-noise success depends on (its LoRA is off: not the method or seed)."""
+    config = spec["config"]
+    keys = ("model", "model_config_dir", "prompt", "task", "sampler", "precision", "device")
+    return {"n": spec["eval_n"], **{k: config.get(k) for k in keys}}
+
+
+def sibling_base(cell_dir: Path, key: dict) -> tuple[str, float] | None:
+    """(sibling, success) of the base model already evaluated by another cell of this task with the same key.
+
+    Every cell of a task in one bench evaluates the same base model on the same evaluation noise, so the first
+    to finish it saves the others that sampling (one evaluation in five). Two cells that start together may
+    both compute it; the evaluation seed makes them agree.
+    """
+    for evals in sorted(cell_dir.parent.parent.glob("*/seed*/" + EVALS)):
+        if evals.parent.resolve() == cell_dir.resolve():
+            continue
+        for e in read_jsonl(evals):
+            if e.get("budget") == 0 and e.get("base_key") == key and "shared_from" not in e:
+                return f"{evals.parent.parent.name}/{evals.parent.name}", e["plain"]
+    return None
+
+
 def _evaluate(cell_dir: Path, spec: dict, run_dir: Path) -> float:
     """Evaluate every budget not yet in evals.jsonl; returns the seconds spent."""
     from hero.evaluate import evaluate
     from hero.runs.folder import RunFolder
 
-    path, n, t_all = cell_dir / EVALS, spec["eval_n"], time.perf_counter()
+    path, n, t_all, key = cell_dir / EVALS, spec["eval_n"], time.perf_counter(), base_key(spec)
     feedback_after = {m["round"]: m["feedback"] for m in RunFolder(run_dir).metrics()}
     for budget, r in sorted((int(b), r) for b, r in spec["budgets"].items()):
         done = {e["budget"] for e in read_jsonl(path)}
         if budget in done:
             continue
+        shared = None if 0 in done else sibling_base(cell_dir, key)
         t0 = time.perf_counter()
-        res = evaluate(run_dir, n=n, round_index=r, include_base=0 not in done)
+        res = evaluate(run_dir, n=n, round_index=r, include_base=0 not in done,
+                       base_plain=shared[1] if shared else None)
         seconds = time.perf_counter() - t0
         if "base_plain" in res:  # feedback 0: the base model under plain noise (no feedback, so no guidance)
-            append_jsonl(path, {"budget": 0, "round": None, "feedback": 0, "n": n, "plain": res["base_plain"]})
+            base = {"budget": 0, "round": None, "feedback": 0, "n": n, "plain": res["base_plain"], "base_key": key}
+            append_jsonl(path, {**base, "shared_from": shared[0]} if shared else base)
         record = {"budget": budget, "round": r, "feedback": feedback_after[r], "n": n, "plain": res["plain"],
-                  "seconds": seconds, "with_base": "base_plain" in res}  # seconds include the base model's
-        for key in ("guided", "base_guided"):
-            if key in res:
-                record[key] = res[key]
+                  "seconds": seconds,  # with_base: these seconds include sampling the base model
+                  "with_base": "base_plain" in res and (not shared or "base_guided" in res)}
+        record.update({name: res[name] for name in ("guided", "base_guided") if name in res})
         append_jsonl(path, record)
     return time.perf_counter() - t_all
 
