@@ -1,6 +1,7 @@
 """How much of one round's policy gradient is signal, on the built-in model.
 
-    .venv/bin/python benchmarks/gradient_snr.py --n 64 --seed 0 [--steps 20 --eta 1.0 --rank 8] [--out F.json]
+    .venv/bin/python benchmarks/gradient_snr.py --n 64 --seed 0 [--steps 20 --eta 1.0 --rank 8] [--save F.pt]
+    .venv/bin/python benchmarks/gradient_snr.py --pool F0.pt F1.pt ...   # rounds of one setting together
 
 Samples one round (``--n`` images of "three green triangles", the demo sampler), judges it with the simulated
 human, and computes every trajectory's gradient of its summed per-step log-prob w.r.t. a fresh LoRA (the demo's
@@ -85,6 +86,24 @@ def cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(F.cosine_similarity(a[None].double(), b[None].double()).item())
 
 
+def pool(paths: list[str]) -> dict:
+    """Pool saved rounds (``--save`` files of one setting): ρ over all their images, cosines between rounds."""
+    contributions, rounds = [], []
+    for path in paths:
+        saved = torch.load(path)
+        grads, adv = saved["grads"], standardise_advantages(saved["rewards"]["label"])
+        c = adv[:, None] * (grads - grads.mean(0))
+        contributions.append(c)
+        rounds.append(c.sum(0))
+    rho = per_image_snr(torch.cat(contributions))
+    result = {"rounds": len(paths), "images": sum(len(c) for c in contributions), "pooled_snr_label": rho,
+              "round_vs_round": [cos(rounds[i], rounds[j]) for i in range(len(rounds)) for j in range(i)]}
+    if rho > 0:
+        result["cos_64_image_round_vs_true"] = math.sqrt(64 * rho / (1 + 64 * rho))
+        result["images_for_cos_0.7"] = round(1 / rho)
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=64)
@@ -96,7 +115,11 @@ def main() -> None:
     ap.add_argument("--splits", type=int, default=200)
     ap.add_argument("--out", default=None, help="also write the JSON result here")
     ap.add_argument("--save", default=None, help="save the per-trajectory gradients and rewards here (.pt)")
+    ap.add_argument("--pool", nargs="+", default=None, metavar="PT", help="only pool these --save files and exit")
     args = ap.parse_args()
+    if args.pool:
+        print(json.dumps(pool(args.pool)))
+        return
 
     torch.manual_seed(args.seed)
     pipe = load_pipeline("tiny-shapes")
