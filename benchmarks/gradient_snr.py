@@ -82,26 +82,34 @@ def per_image_snr(c: torch.Tensor) -> float:
     return float(pairs / (sq / n - pairs))
 
 
+def contributions(grads: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
+    """c_i = A_i (∇log p_i − mean): the mean ∇log p is noise too (zero in expectation), a batch baseline."""
+    return adv[:, None] * (grads - grads.mean(0))
+
+
+def round_quality(rho: float, n: int) -> dict:
+    """What ρ means for a round of n images: cos(round gradient, true) ≈ √(nρ/(1+nρ)); cosine 0.7 needs nρ ≈ 1."""
+    if rho <= 0:
+        return {}
+    return {"round_images": n, "cos_round_vs_true": math.sqrt(n * rho / (1 + n * rho)),
+            "images_for_cos_0.7": round(1 / rho)}
+
+
 def cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(F.cosine_similarity(a[None].double(), b[None].double()).item())
 
 
 def pool(paths: list[str]) -> dict:
     """Pool saved rounds (``--save`` files of one setting): ρ over all their images, cosines between rounds."""
-    contributions, rounds = [], []
+    per_round = []
     for path in paths:
         saved = torch.load(path)
-        grads, adv = saved["grads"], standardise_advantages(saved["rewards"]["label"])
-        c = adv[:, None] * (grads - grads.mean(0))
-        contributions.append(c)
-        rounds.append(c.sum(0))
-    rho = per_image_snr(torch.cat(contributions))
-    result = {"rounds": len(paths), "images": sum(len(c) for c in contributions), "pooled_snr_label": rho,
-              "round_vs_round": [cos(rounds[i], rounds[j]) for i in range(len(rounds)) for j in range(i)]}
-    if rho > 0:
-        result["cos_64_image_round_vs_true"] = math.sqrt(64 * rho / (1 + 64 * rho))
-        result["images_for_cos_0.7"] = round(1 / rho)
-    return result
+        per_round.append(contributions(saved["grads"], standardise_advantages(saved["rewards"]["label"])))
+    rounds = [c.sum(0) for c in per_round]
+    rho = per_image_snr(torch.cat(per_round))
+    return {"rounds": len(paths), "images": sum(len(c) for c in per_round), "pooled_snr_label": rho,
+            "round_vs_round": [cos(rounds[i], rounds[j]) for i in range(len(rounds)) for j in range(i)],
+            **round_quality(rho, len(per_round[0]))}
 
 
 def main() -> None:
@@ -137,9 +145,8 @@ def main() -> None:
     result: dict = {"n": args.n, "seed": args.seed, "rank": args.rank, "steps": args.steps, "eta": args.eta,
                     "params": grads.shape[1], "good_rate": float(np.mean(rewards["label"])),
                     "label_vs_score": cos(full["label"], full["score"])}
-    centred = grads - grads.mean(0)  # the mean ∇log p is noise too (zero in expectation): a batch baseline
     for k, a in adv.items():
-        result[f"per_image_snr_{k}"] = per_image_snr(a[:, None] * centred)
+        result[f"per_image_snr_{k}"] = per_image_snr(contributions(grads, a))
         halves = []
         for _ in range(args.splits):
             perm = torch.tensor(rng.sample(range(args.n), args.n))
@@ -148,10 +155,7 @@ def main() -> None:
             halves.append(cos(((a[h1] - a[h1].mean())[:, None] * grads[h1]).sum(0),
                               ((a[h2] - a[h2].mean())[:, None] * grads[h2]).sum(0)))
         result[f"split_half_{k}"] = float(np.mean(halves))
-    rho = result["per_image_snr_label"]
-    if rho > 0:  # cos(round gradient, true gradient) ≈ sqrt(nρ / (1 + nρ)); 0.7 needs nρ ≈ 1
-        result["cos_round_vs_true_label"] = math.sqrt(args.n * rho / (1 + args.n * rho))
-        result["images_for_cos_0.7_label"] = round(1 / rho)
+    result.update(round_quality(result["per_image_snr_label"], args.n))
     if args.save:
         torch.save({"grads": grads, "rewards": rewards, "args": vars(args)}, args.save)
     steps = traj.log_probs.shape[1]

@@ -61,9 +61,11 @@ def evaluate(run_dir: str | Path, n: int = 256, seed: int = EVAL_SEED, include_b
     algo = make_algorithm(cfg, pipe)  # adds the LoRA (identity at init: the base model)
     guided = getattr(algo, "guided_noise", None)
     with torch.no_grad():
-        if include_base:
+        if include_base and base_plain is not None:
+            result["base_plain"] = base_plain
+        elif include_base:
             pipe.unet.disable_adapters()
-            result["base_plain"] = _success(pipe, cfg, n, None, seed) if base_plain is None else base_plain
+            result["base_plain"] = _success(pipe, cfg, n, None, seed)
             pipe.unet.enable_adapters()
         algo.load(run.checkpoint_dir(last))
         result["plain"] = _success(pipe, cfg, n, None, seed)
