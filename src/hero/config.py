@@ -226,7 +226,8 @@ class TrainConfig(_Section):
     out: str = Field("runs/train", min_length=1)
     device: str = "cpu"
     # bf16/fp16: frozen weights stored in that dtype and UNet calls autocast to it; LoRA weights, their gradients,
-    # the optimiser and the log-probs stay fp32. Prefer bf16: fp16 gradients are not loss-scaled.
+    # the optimiser and the log-probs stay fp32. fp16 gets dynamic loss scaling (``rollout.LossScale``,
+    # checkpointed with each round); prefer bf16 where the GPU has it.
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     keep_checkpoints: int = Field(0, ge=0)  # per-round checkpoints kept (the last ones); 0 keeps all
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)

@@ -13,6 +13,7 @@ weights the policy-gradient ratio is exactly 1.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
@@ -22,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
+
+from hero.runs.atomic import atomic_write_text
 
 __all__ = ["LossScale", "Trajectories", "decode_latents", "loss_scale", "rollout", "step_log_prob", "step_posterior",
            "to_uint8", "unet_autocast"]
@@ -42,6 +45,18 @@ class LossScale:
     scale: float = 2.0**16
     growth_interval: int = 200
     good_steps: int = 0
+
+    FILE = "loss_scale.json"  # in each checkpoint folder of an fp16 run, so --resume goes on at the same scale
+
+    def save(self, folder: str | Path) -> None:
+        atomic_write_text(Path(folder) / self.FILE, json.dumps({"scale": self.scale, "good_steps": self.good_steps}))
+
+    def load(self, folder: str | Path) -> None:
+        """Take the scale a checkpoint was written at (a checkpoint from before fp16 or this file: keep ours)."""
+        path = Path(folder) / self.FILE
+        if path.is_file():
+            state = json.loads(path.read_text())
+            self.scale, self.good_steps = float(state["scale"]), int(state["good_steps"])
 
     def update(self, finite: bool) -> None:
         if not finite:

@@ -30,7 +30,7 @@ from hero.feedback.base import FeedbackSource, RoundFeedback, make_feedback_sour
 from hero.lora import lora_parameters, save_lora
 from hero.models import load_pipeline
 from hero.models.loading import configure_memory, weight_dtype
-from hero.rollout import Trajectories, rollout, unet_autocast
+from hero.rollout import Trajectories, loss_scale, rollout, unet_autocast
 from hero.runs.atomic import atomic_write_text
 from hero.runs.feedback_log import FeedbackLog
 from hero.runs.folder import RunFolder
@@ -89,6 +89,8 @@ def train(cfg: TrainConfig, resume: bool = False, source: FeedbackSource | None 
     sizes = round_sizes(cfg)
     tracker = Tracker(run.path / "logs", cfg)  # on every process: accelerate writes from the main one only
     with activate(dist), unet_autocast(cfg.precision), _progress(show_progress and dist.is_main) as progress:
+        if start > 0 and loss_scale() is not None:  # fp16: go on at the scale the last checkpoint reached
+            loss_scale().load(run.checkpoint_dir(start - 1))
         task = progress.add_task("rounds", total=len(sizes), completed=start, info="")
         for r in range(start, len(sizes)):
             record = run_round(cfg, run, pipe, algo, source, log, r, sizes[r], dist)
@@ -130,6 +132,8 @@ def run_round(cfg: TrainConfig, run: RunFolder, pipe, algo, source: FeedbackSour
         folder = run.checkpoint_dir(r)
         folder.mkdir(parents=True, exist_ok=True)
         algo.save(folder)
+        if loss_scale() is not None:
+            loss_scale().save(folder)
     pairwise = feedback.pairs is not None  # a pairwise round has no good marks: report its pairs instead
     # Feedback = images judged: the log's, plus any an algorithm asks of the source itself (HERD's relabels).
     n_feedback = None if log is None else log.n_feedback() + int(stats.get("extra_feedback_total", 0))

@@ -4,6 +4,7 @@ SD-architecture pipelines are built from configs (tests/conftest.py): nothing is
 """
 
 import importlib.util
+import json
 import re
 
 import numpy as np
@@ -233,6 +234,22 @@ def test_a_bf16_run_with_gradient_checkpointing_trains_and_saves_an_fp32_lora(tm
     assert run.metrics()[0]["pg_grad_norm"] > 0
     lora = load_file(run.path / "lora" / "pytorch_lora_weights.safetensors")
     assert lora and all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in lora.values())
+
+
+def test_an_fp16_run_checkpoints_its_loss_scale_and_resumes_at_it(tmp_path, tiny_sd_pipeline):
+    tiny_sd_pipeline.save_pretrained(tmp_path / "sd")
+    overrides = ["sampler.steps=3", "pg.timesteps_per_traj=2", "precision=fp16"]
+    common = dict(model=str(tmp_path / "sd"), prompt="a red circle", algo="ddpo", feedback="reward:jpeg",
+                  images_per_round=4, out=str(tmp_path / "run"))
+    run = train(load_config(None, overrides, budget=4, **common), show_progress=False)
+    saved = json.loads((run.checkpoint_dir(0) / "loss_scale.json").read_text())
+    assert saved["scale"] == 2.0**16 and saved["good_steps"] > 0  # finite steps counted toward growth
+    # A scale the run had lowered (say after overflows) must survive the restart, not jump back to 2^16.
+    (run.checkpoint_dir(0) / "loss_scale.json").write_text(json.dumps({"scale": 512.0, "good_steps": 199}))
+    train(load_config(None, overrides, budget=8, **common), resume=True, show_progress=False)
+    after = json.loads((run.checkpoint_dir(1) / "loss_scale.json").read_text())
+    assert after["scale"] == 1024.0  # 199 + one finite step reaches the growth interval and doubles 512
+    assert run.metrics()[1]["pg_grad_norm"] > 0
 
 
 def test_fp16_scales_the_gradients_through_the_unet_and_unscales_them_for_the_step(tiny_sd_pipeline_factory):
