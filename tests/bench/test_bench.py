@@ -119,6 +119,30 @@ def test_report_opens_with_plots_and_numbers_from_the_logs(bench_dir, tmp_path):
     assert rows["ddpo"]["feedback to target"] == first
 
 
+def test_report_reads_the_same_cells_against_another_target(bench_dir, tmp_path):
+    out, _ = bench_dir
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    evals = copy / "cells" / "counting" / "ddpo" / "seed0" / "evals.jsonl"
+    lines = [json.loads(line) for line in evals.read_text().splitlines()]
+    for line, rate in zip(lines, (0.0, 0.6, 1.0), strict=True):  # at 0, 8 and 16 feedback
+        line["plain"] = rate
+    evals.write_text("".join(json.dumps(e) + "\n" for e in lines))
+    for args, reached in ((["--target", "0.5"], "8"), (["--target", "0.9"], "16")):
+        res = runner.invoke(app, ["bench", "report", str(copy), *args])
+        assert res.exit_code == 0, res.output
+        summary = json.loads((copy / "summary.json").read_text())["tasks"]["counting"]
+        assert summary["target"] == float(args[1])
+        rows = {r["method"]: r for r in md_table((copy / "report.md").read_text(), "## Table to paste")}
+        assert rows["ddpo"]["feedback to target"] == reached
+    res = runner.invoke(app, ["bench", "report", str(copy), "--target-gain", "0.05"])
+    summary = json.loads((copy / "summary.json").read_text())["tasks"]["counting"]
+    assert res.exit_code == 0 and summary["target"] == pytest.approx(summary["base"] + 0.05)
+    assert json.loads((copy / "bench.json").read_text())["target"] is None  # the bench's own bar is unchanged
+    res = runner.invoke(app, ["bench", "report", str(copy), "--target", "0.5", "--target-gain", "0.1"])
+    assert res.exit_code == 2 and "not both" in res.output
+
+
 def test_rerun_skips_finished_cells_and_refuses_other_settings(bench_dir):
     out, _ = bench_dir
     done = out / "cells" / "counting" / "hero" / "seed0" / "cell.json"

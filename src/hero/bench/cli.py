@@ -77,14 +77,21 @@ def bench(
 
 
 @bench_app.command()
-def report(out: Path = typer.Argument(..., help="A bench folder written by hero bench.")) -> None:
-    """Rewrite the report of a bench folder from its cells' logs."""
+def report(
+    out: Path = typer.Argument(..., help="A bench folder written by hero bench."),
+    target: float = typer.Option(None, min=0.0, max=1.0, help="Success rate to reach (default: the bench's)."),
+    target_gain: float = typer.Option(None, min=0.0, max=1.0, help="Or: the base model's success + this."),
+) -> None:
+    """Rewrite the report of a bench folder from its cells' logs (optionally against another target)."""
     from hero.bench.report import write_report
 
     if not (out / "bench.json").is_file():
         typer.echo(f"error: {out} is not a bench folder (no bench.json)", err=True)
         raise typer.Exit(2)
-    path = write_report(out)
+    if target is not None and target_gain is not None:
+        typer.echo("error: give --target or --target-gain, not both", err=True)
+        raise typer.Exit(2)
+    path = write_report(out, target, target_gain)
     typer.echo(json.dumps({"report": str(path), "markdown": str(out / "report.md")}))
 
 

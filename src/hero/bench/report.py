@@ -190,10 +190,12 @@ def latex_table(head: list[str], rows: list[list[str]]) -> str:
         "\n".join(lines) + "\n"
 
 
-def write_report(root: str | Path) -> Path:
-    """Write the report files into the bench folder ``root``; returns the path of ``report.html``."""
+def write_report(root: str | Path, target: float | None = None, target_gain: float | None = None) -> Path:
+    """Write the report files into the bench folder ``root``; returns the path of ``report.html``.
+
+    ``target``/``target_gain``: read the cells against another bar than the bench's (``summarise``)."""
     root = Path(root)
-    summary = summarise(root)
+    summary = summarise(root, target, target_gain)
     blocks = _settings(summary)
     if not summary["tasks"]:
         blocks.append(("p", "No finished cell yet: nothing to show."))

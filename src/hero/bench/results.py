@@ -104,12 +104,18 @@ def _method_summary(spec: BenchSpec, cells: list[CellResult], points: list[int])
     return result
 
 
-def summarise(root: str | Path) -> dict:
-    """The report's numbers as one JSON-ready dict (also written as ``summary.json``)."""
+def summarise(root: str | Path, target: float | None = None, target_gain: float | None = None) -> dict:
+    """The report's numbers as one JSON-ready dict (also written as ``summary.json``).
+
+    ``target``/``target_gain`` replace the bench's own (``bench.json``) for this summary only: the same cells
+    read against another bar.
+    """
     from hero.toyworld.tasks import TASK_PRESETS
 
     root = Path(root)
     spec, cells = load_cells(root)
+    if target is not None or target_gain is not None:
+        spec.target, spec.target_gain = target, spec.target_gain if target_gain is None else target_gain
     points = [0, *sorted(spec.budgets)]
     tasks = {}
     for task in spec.tasks:
