@@ -19,6 +19,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from hero.runs.folder import mean_seconds
+
 KEYS = ("base_plain", "plain", "base_guided", "guided")
 SECONDS = ("seconds_sampling", "seconds_representation", "seconds_update")
 
@@ -40,7 +42,7 @@ def run_seed(seed: int, args: argparse.Namespace, threads: int) -> dict:
         eval_file.write_text(out.strip().splitlines()[-1])
     result = json.loads(eval_file.read_text())
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    result.update({k: statistics.mean(m[k] for m in metrics) for k in SECONDS})
+    result.update({k: mean_seconds(metrics, k) for k in SECONDS})
     result["seed"] = seed
     return result
 

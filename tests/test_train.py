@@ -110,6 +110,7 @@ def test_resume_after_sigkill_loses_no_feedback(tmp_path):
     assert judged, "the run never recorded a round before the kill"
     shown = {r: sorted(p.read_bytes() for p in (out / "rounds" / f"round_{r:03d}" / "images").glob("*.png"))
              for r in judged}
+    pending = {r for r in range(3) if (out / "rounds" / f"round_{r:03d}" / "trajectories.pt").is_file()}
     res = subprocess.run(cmd[:4] + ["--resume", str(out), "--no-progress"], env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     log = FeedbackLog(out / "feedback.sqlite")
@@ -118,5 +119,7 @@ def test_resume_after_sigkill_loses_no_feedback(tmp_path):
         assert sorted(p.read_bytes() for p in (out / "rounds" / f"round_{r:03d}" / "images").glob("*.png")) == shown[r]
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["round"] for m in metrics] == [0, 1, 2]
+    # A round whose images were sampled before the kill was not sampled again: its sampling time is unknown (null).
+    assert [m["round"] for m in metrics if m["seconds_sampling"] is None] == sorted(pending)
     assert torch.load(out / "checkpoints" / "round_002" / "state.pt", weights_only=False)["memory"]["best_latent"] \
         is not None

@@ -13,7 +13,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 from rich.console import Console
 from rich.table import Table
@@ -71,9 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     table.add_row("feedback-guided noise", f"{result['base_guided']:.2f}", f"{result['guided']:.2f}")
     console.print(table)
     grid = before_after_grid(run, cfg)
-    metrics = run.metrics()
-    secs = {k: float(np.mean([m[k] for m in metrics])) for k in
-            ("seconds_sampling", "seconds_representation", "seconds_update")}
+    secs = {k: run.mean_seconds(k) for k in ("seconds_sampling", "seconds_representation", "seconds_update")}
     console.print("seconds per round: " + ", ".join(f"{k.split('_')[1]} {v:.1f}" for k, v in secs.items()))
     console.print(f"before/after grid (top: before, bottom: after; green = good): {grid}")
     console.print(f"LoRA: {run.path / 'lora'}  (pipe.load_lora_weights(...)); evaluate again: hero eval {run.path}")

@@ -140,7 +140,8 @@ def run_round(cfg: TrainConfig, run: RunFolder, pipe, algo, source: FeedbackSour
     record = {"round": r, "images": n, "feedback": n_feedback,
               "good": None if pairwise else sum(feedback.good),
               "good_rate": None if pairwise else sum(feedback.good) / n, "best": feedback.best,
-              **({"pairs": len(feedback.pairs)} if pairwise else {}), "seconds_sampling": t1 - t0,
+              **({"pairs": len(feedback.pairs)} if pairwise else {}),
+              "seconds_sampling": None if sampled else t1 - t0,  # reloaded after a crash: its sampling time is lost
               "seconds_feedback": t2 - t1, **stats}
     if dist.is_main:
         run.append_metrics(record)

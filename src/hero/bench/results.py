@@ -11,7 +11,8 @@ Definitions used by the report:
 - **target**: ``--target`` if given, else the task's base success (mean over its cells) + ``target_gain``;
 - **feedback to target**: the first evaluated budget at which the *seed-mean* success reaches the target
   (no interpolation between budgets), None when no budget reaches it; **× HERO** divides it by HERO's;
-- **seconds per round**: wall-clock means over all rounds of all seeds, split as the run logged them:
+- **seconds per round**: wall-clock means over all rounds of all seeds (the sampling of a round resumed with its
+  images already sampled is unknown and left out), split as the run logged them:
   sampling (rollout with log-probs), learning (reward / representation / value learning), update (the
   policy update), judging (the simulated human).
 """
@@ -26,6 +27,7 @@ import numpy as np
 
 from hero.bench.cell import DONE, EVALS, read_jsonl
 from hero.bench.grid import BenchSpec, Cell, plan
+from hero.runs.folder import mean_seconds
 
 SECONDS = {"sampling": "seconds_sampling", "learning": "seconds_representation", "update": "seconds_update",
            "judging": "seconds_feedback"}
@@ -74,7 +76,7 @@ def _ratio(needed: int | None, hero: int | None) -> float | None:
 
 def _seconds(cells: list[CellResult]) -> dict:
     rounds = [m for c in cells for m in c.metrics]
-    out = {k: float(np.mean([m.get(key) or 0.0 for m in rounds])) if rounds else 0.0 for k, key in SECONDS.items()}
+    out = {k: mean_seconds(rounds, key) for k, key in SECONDS.items()}
     out["total"] = sum(out.values())
     evals = [e for c in cells for b, e in c.evals.items() if b > 0 and "seconds" in e]
     alone = [e["seconds"] for e in evals if not e.get("with_base")] or [e["seconds"] for e in evals]

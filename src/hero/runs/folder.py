@@ -87,6 +87,10 @@ class RunFolder:
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(clean) + "\n")
 
+    def mean_seconds(self, key: str) -> float:
+        """Mean of a seconds_* metric over the rounds; see ``mean_seconds``."""
+        return mean_seconds(self.metrics(), key)
+
     def metrics(self) -> list[dict]:
         if not self.metrics_path.is_file():
             return []
@@ -97,3 +101,10 @@ class RunFolder:
         rounds = sorted(int(p.name.split("_")[1]) for p in (self.path / "checkpoints").glob("round_*"))
         for r in rounds[:-keep_last] if keep_last > 0 else []:
             shutil.rmtree(self.checkpoint_dir(r), ignore_errors=True)
+
+
+def mean_seconds(records: list[dict], key: str) -> float:
+    """Mean of ``key`` over the records that timed it (0 if none): a round resumed after a crash with its images
+    already sampled logs ``seconds_sampling`` as null, and counting it as 0 would flatter the sampler."""
+    values = [r[key] for r in records if r.get(key) is not None]
+    return float(np.mean(values)) if values else 0.0
