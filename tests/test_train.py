@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from hero.cli import app
@@ -58,6 +59,31 @@ def test_eval_reports_base_plain_and_guided(hero_run):
     for key in ("base_plain", "plain", "guided", "base_guided"):
         assert 0.0 <= result[key] <= 1.0
     assert result["n"] == 8 and result["rounds"] == 2
+
+
+@pytest.mark.parametrize("crash_after", ["sampling", "judging"])
+def test_a_run_resumed_after_a_crash_mid_round_ends_where_the_uninterrupted_one_does(hero_run, tmp_path, monkeypatch,
+                                                                                     crash_after):
+    import hero.train as loop
+
+    def crash(r: int, stage: str) -> None:
+        if (r, stage) == (1, crash_after):
+            raise KeyboardInterrupt(f"crash after {stage} round 1")
+
+    save_round, judge = loop.RunFolder.save_round, loop.judge
+    monkeypatch.setattr(loop.RunFolder, "save_round", lambda self, r, traj: (save_round(self, r, traj),
+                                                                             crash(r, "sampling")))
+    monkeypatch.setattr(loop, "judge", lambda *a: (judge(*a), crash(a[4], "judging"))[0])
+    cfg = load_config(None, FAST, prompt="two red squares", budget=16, images_per_round=8, out=str(tmp_path / "r"))
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, show_progress=False)
+    monkeypatch.undo()
+    run = train(cfg, resume=True, show_progress=False)
+    # The round's images and judgements are reloaded, its learning redone from round 0's checkpoint with the
+    # round's own generators: the same LoRA to the bit, and the same marks, as the run that never crashed.
+    assert [m["good"] for m in run.metrics()] == [m["good"] for m in hero_run.metrics()]
+    mine, theirs = (load_file(r.path / "lora" / "pytorch_lora_weights.safetensors") for r in (run, hero_run))
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
 
 
 def test_loop_runs_on_a_tiny_sd_pipeline_with_vae(tmp_path, tiny_sd_pipeline):
