@@ -22,7 +22,7 @@ from hero.config import load_config
 from hero.evaluate import evaluate
 from hero.lora import load_lora
 from hero.models import load_pipeline
-from hero.runs.folder import RunFolder
+from hero.runs.folder import RunFolder, mean_seconds
 from hero.sampling import sample_images
 from hero.toyworld import Judge, parse_task
 from hero.toyworld.scenes import verdict_grid
@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     table.add_row("feedback-guided noise", f"{result['base_guided']:.2f}", f"{result['guided']:.2f}")
     console.print(table)
     grid = before_after_grid(run, cfg)
-    secs = {k: run.mean_seconds(k) for k in ("seconds_sampling", "seconds_representation", "seconds_update")}
+    metrics = run.metrics()
+    secs = {k: mean_seconds(metrics, k) for k in ("seconds_sampling", "seconds_representation", "seconds_update")}
     console.print("seconds per round: " + ", ".join(f"{k.split('_')[1]} {v:.1f}" for k, v in secs.items()))
     console.print(f"before/after grid (top: before, bottom: after; green = good): {grid}")
     console.print(f"LoRA: {run.path / 'lora'}  (pipe.load_lora_weights(...)); evaluate again: hero eval {run.path}")

@@ -87,10 +87,6 @@ class RunFolder:
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(clean) + "\n")
 
-    def mean_seconds(self, key: str) -> float:
-        """Mean of a seconds_* metric over the rounds; see ``mean_seconds``."""
-        return mean_seconds(self.metrics(), key)
-
     def metrics(self) -> list[dict]:
         if not self.metrics_path.is_file():
             return []
