@@ -87,6 +87,40 @@ def _sample_grid(pipe: PixelStableDiffusionPipeline, path: Path) -> None:
     pipe.unet.train()
 
 
+def _denoising_loss(unet, noise_sched, x0: torch.Tensor, cond: torch.Tensor, min_snr_gamma: float) -> torch.Tensor:
+    """v-prediction loss at uniformly drawn timesteps, min-SNR weighted."""
+    noise = torch.randn_like(x0)
+    t = torch.randint(0, noise_sched.config.num_train_timesteps, (x0.shape[0],))
+    xt = noise_sched.add_noise(x0, noise, t)
+    target = noise_sched.get_velocity(x0, noise, t)
+    pred = unet(xt, t, cond).sample
+    alphas = noise_sched.alphas_cumprod
+    snr = alphas[t] / (1 - alphas[t])
+    weight = torch.clamp(snr, max=min_snr_gamma) / (snr + 1)  # min-SNR-gamma, divided by (snr + 1) for v-targets
+    return (weight * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()
+
+
+def _save_state(path: Path, unet, opt, sched, ema, rng: np.random.Generator, step: int) -> None:
+    """Everything a resumed pretraining needs to continue bit-for-bit; written atomically."""
+    state = {"unet": unet.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+             "ema": ema.state_dict(), "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+             "step": step}
+    torch.save(state, path.with_suffix(".pt.tmp"))
+    path.with_suffix(".pt.tmp").replace(path)
+
+
+def _load_state(path: Path, unet, opt, sched, ema, rng: np.random.Generator) -> int:
+    """Restore what ``_save_state`` wrote; return the step to continue from."""
+    state = torch.load(path, weights_only=False)
+    unet.load_state_dict(state["unet"])
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    ema.load_state_dict(state["ema"])
+    rng.bit_generator.state = state["rng"]
+    torch.set_rng_state(state["torch_rng"])
+    return state["step"]
+
+
 def pretrain(cfg: PretrainConfig) -> Path:
     """Train tiny-shapes from scratch (or resume from ``out/last.pt``); return the output folder."""
     torch.set_num_threads(cfg.threads)
@@ -99,7 +133,6 @@ def pretrain(cfg: PretrainConfig) -> Path:
     pipe = PixelStableDiffusionPipeline(None, text_encoder, tokenizer, unet, sampling_scheduler())
     pipe.set_progress_bar_config(disable=True)
     noise_sched = training_scheduler()
-    alphas = noise_sched.alphas_cumprod
     embed = CaptionEmbeddings(pipe)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup))
@@ -107,28 +140,13 @@ def pretrain(cfg: PretrainConfig) -> Path:
     rng = np.random.default_rng(cfg.seed)
     step = 0
     if (out / "last.pt").is_file():  # resume: weights, optimiser, EMA and both RNGs
-        state = torch.load(out / "last.pt", weights_only=False)
-        unet.load_state_dict(state["unet"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        ema.load_state_dict(state["ema"])
-        rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"])
-        step = state["step"]
+        step = _load_state(out / "last.pt", unet, opt, sched, ema, rng)
     unet.train()
     log = (out / "log.jsonl").open("a")
     t0, losses = time.time(), []
     while step < cfg.steps:
         x0, captions = batch(rng, cfg.batch_size, cfg.caption_dropout)
-        cond = embed(captions)
-        noise = torch.randn_like(x0)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (x0.shape[0],))
-        xt = noise_sched.add_noise(x0, noise, t)
-        target = noise_sched.get_velocity(x0, noise, t)
-        pred = unet(xt, t, cond).sample
-        snr = alphas[t] / (1 - alphas[t])
-        weight = torch.clamp(snr, max=cfg.min_snr_gamma) / (snr + 1)  # min-SNR weighting for v-prediction
-        loss = (weight * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()
+        loss = _denoising_loss(unet, noise_sched, x0, embed(captions), cfg.min_snr_gamma)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -145,11 +163,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
             losses = []
         if step % cfg.save_every == 0 or step == cfg.steps:
             save_model(pipe, ema, out / f"checkpoint-{step}", step, cfg.sample_grid)
-            state = {"unet": unet.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                     "ema": ema.state_dict(), "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                     "step": step}
-            torch.save(state, out / "last.pt.tmp")
-            (out / "last.pt.tmp").replace(out / "last.pt")
+            _save_state(out / "last.pt", unet, opt, sched, ema, rng, step)
     return out / f"checkpoint-{cfg.steps}"
 
 
