@@ -182,7 +182,13 @@ def test_a_cell_takes_the_base_model_result_from_a_sibling(bench_dir, tmp_path):
     # The ddpo cell evaluated again with hero's base result on disk: taken over, not sampled again.
     for name in ("evals.jsonl", "cell.json"):
         (ddpo / name).unlink()
+    peaks = read_jsonl(ddpo / "peak_rss.jsonl")  # the grid's process: after training, and at the end
+    assert len(peaks) == 2 and peaks[-1]["peak_rss_mb"] == json.loads((out / "cells/counting/ddpo/seed0/cell.json")
+                                                                      .read_text())["peak_rss_mb"]
+    with (ddpo / "peak_rss.jsonl").open("a") as f:  # an earlier process (an earlier session) that peaked higher
+        f.write(json.dumps({"pid": 1, "peak_rss_mb": 1e6}) + "\n")
     run_cell(ddpo)
+    assert json.loads((ddpo / "cell.json").read_text())["peak_rss_mb"] == 1e6  # the cell's peak over processes
     evals = read_jsonl(ddpo / "evals.jsonl")
     assert [e["budget"] for e in evals] == [0, 8, 16]
     assert evals[0]["shared_from"] == "hero/seed0" and evals[0]["plain"] == hero_base["plain"]

@@ -11,7 +11,10 @@ and starts this with ``OMP_NUM_THREADS`` set to its share of the cores. The cell
    and a finished cell is never recomputed.
 
 Wall-clock seconds per round (sampling / learning / update) are in the run's ``metrics.jsonl``; ``cell.json``
-adds the process's peak resident memory (``ru_maxrss``), the peak CUDA memory on a GPU, and the seconds spent.
+adds the peak resident memory, the peak CUDA memory on a GPU, and the seconds spent. A cell resumed across
+sessions is worked on by several processes: each appends its own peak (``ru_maxrss``) to ``peak_rss.jsonl``
+after training and at the end, and ``cell.json`` takes the largest (a process killed mid-round leaves none; the
+one that resumes its rounds does the same work).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from pathlib import Path
 
 from hero.runs.atomic import atomic_write_text
 
-SPEC, EVALS, DONE, LOG = "cell_spec.json", "evals.jsonl", "cell.json", "cell.log"
+SPEC, EVALS, DONE, LOG, PEAKS = "cell_spec.json", "evals.jsonl", "cell.json", "cell.log", "peak_rss.jsonl"
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -54,6 +57,12 @@ def peak_rss_mb() -> float:
     """Peak resident memory of this process in MiB (Linux reports KiB, macOS bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def record_peak_rss(cell_dir: Path) -> float:
+    """Append this process's peak resident memory to the cell's log of them; return the largest logged, MiB."""
+    append_jsonl(cell_dir / PEAKS, {"pid": os.getpid(), "peak_rss_mb": round(peak_rss_mb(), 1)})
+    return max(r["peak_rss_mb"] for r in read_jsonl(cell_dir / PEAKS))
 
 
 def _train(cfg) -> bool:
@@ -138,11 +147,12 @@ def run_cell(cell_dir: str | Path) -> dict:
     t0 = time.perf_counter()
     trained = _train(cfg)
     t1 = time.perf_counter()
+    record_peak_rss(cell_dir)
     seconds_eval = _evaluate(cell_dir, spec, run_dir)
     _prune(run_dir, set(spec["budgets"].values()))
     info = {"task": spec["task"], "method": spec["method"], "seed": spec["seed"], "status": "done",
             "trained_this_session": trained, "seconds_train": t1 - t0, "seconds_eval": seconds_eval,
-            "peak_rss_mb": round(peak_rss_mb(), 1), "threads": torch.get_num_threads(), "device": cfg.device,
+            "peak_rss_mb": record_peak_rss(cell_dir), "threads": torch.get_num_threads(), "device": cfg.device,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if torch.cuda.is_available() and cfg.device.startswith("cuda"):
         info["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
