@@ -109,7 +109,8 @@ def _seconds_blocks(summary: dict) -> list[tuple]:
             ("p", "Wall-clock means over all rounds and seeds, as each run logged them: sampling (rollout with "
                   "log-probs), learning (reward / representation / value learning), update (the policy update), "
                   "judging (the simulated human). Eval: seconds per evaluation (plain, and guided where the method "
-                  "has it). Peak memory: the cell process's peak resident set, MiB."),
+                  "has it). Peak MiB: the largest peak resident set of the processes that worked on a cell, "
+                  "over the method's cells."),
             ("table", ["task", "method", "rounds", *PARTS, "total", "eval", "peak MiB"], rows)]
 
 
