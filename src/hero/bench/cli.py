@@ -31,7 +31,7 @@ def bench(
                                            "available)."),
     tasks: str = typer.Option(None, help="Comma-separated task names: counting, binding, anomaly, personalization, "
                                          "safety (default: counting)."),
-    seeds: str = typer.Option(None, help="Comma-separated seeds (default 0,1,2)."),
+    seeds: str = typer.Option(None, help="Comma-separated seeds (default 0,1; 0,1,2 for a 3-seed spread)."),
     budgets: str = typer.Option(None, help="Comma-separated feedback budgets, multiples of --images-per-round "
                                            "(default 64,128,256)."),
     images_per_round: int = typer.Option(None, min=1, help="Images per round (default 32)."),
