@@ -19,6 +19,7 @@ from diffusers.training_utils import EMAModel
 
 from hero.models.pixel_pipeline import PixelStableDiffusionPipeline
 from hero.models.tiny_shapes import build_unet, load_text_encoder, sampling_scheduler, training_scheduler
+from hero.runs.atomic import atomic_torch_save
 from hero.toyworld.scenes import image_grid, training_example
 
 
@@ -105,8 +106,7 @@ def _save_state(path: Path, unet, opt, sched, ema, rng: np.random.Generator, ste
     state = {"unet": unet.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
              "ema": ema.state_dict(), "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
              "step": step}
-    torch.save(state, path.with_suffix(".pt.tmp"))
-    path.with_suffix(".pt.tmp").replace(path)
+    atomic_torch_save(state, path)
 
 
 def _load_state(path: Path, unet, opt, sched, ema, rng: np.random.Generator) -> int:

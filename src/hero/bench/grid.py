@@ -11,9 +11,9 @@ Choices (and why):
 - **Defaults**, sized for under an hour on 2 CPU cores: the counting task, seeds 0 and 1, budgets 64/128/256,
   32 images per round, 64 evaluation images, preset ``demo`` (the tuned one for tiny-shapes): 53 min measured
   on 2 idle cores (README "Benchmarks"). Each seed adds ≈ 48 cell-minutes, so ``--seeds 0,1,2`` takes the grid
-  past the hour (≈ 75 min); the paper's per-task budget, 512, is one
-  ``--budgets 64,128,256,512`` away (≈ 1.7× the time). ``--quick``: HERO and DDPO, one seed, budgets 16/32/48,
-  16 images per round, 10 sampler steps, 32 evaluation images: a few minutes.
+  past the hour (≈ 75 min); the paper's per-task budget, 512, is one ``--budgets 64,128,256,512`` away (≈ 1.7×
+  the time). ``--quick``: HERO and DDPO, one seed, budgets 16/32/48, 16 images per round, 10 sampler steps,
+  32 evaluation images: a few minutes.
 """
 
 from __future__ import annotations
