@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -9,6 +10,7 @@ from starlette.testclient import TestClient
 from webutil import PROMPT, WaitingRound, best_spec, dump_log, submit_concurrently
 
 from hero.runs.feedback_log import FeedbackLog
+from hero.web.guard import json_depth
 from hero.web.server import MAX_BODY, create_app
 from hero.web.session import RoundSpec
 
@@ -173,3 +175,99 @@ def test_concurrent_submissions_record_the_round_once(session, waiting):
     statuses = submit_concurrently(lambda: session.submit({"round": 0, "good": [4], "best": 4}), 8)
     assert statuses == [200] + [409] * 7
     assert FeedbackLog(session.run.feedback_db).rounds() == [0]
+
+
+@pytest.mark.parametrize("case, headers, status", [
+    ("own origin", {"Origin": BASE}, 200),
+    ("own origin, Sec-Fetch-Site", {"Origin": BASE, "Sec-Fetch-Site": "same-origin"}, 200),
+    ("no Origin (not a browser)", {}, 200),
+    ("another port", {"Origin": "http://127.0.0.1:1"}, 403),
+    ("another scheme", {"Origin": "https://127.0.0.1:8765"}, 403),
+    ("another host name for the same address", {"Origin": "http://localhost:8765"}, 403),
+    ("the default port", {"Origin": "http://127.0.0.1"}, 403),
+    ("an opaque origin", {"Origin": "null"}, 403),
+    ("a path in Origin", {"Origin": BASE + "/"}, 403),
+    ("a bad port in Origin", {"Origin": "http://127.0.0.1:99999"}, 403),
+    ("same site, other origin", {"Sec-Fetch-Site": "same-site"}, 403),
+    ("cross-site", {"Origin": BASE, "Sec-Fetch-Site": "cross-site"}, 403),
+])
+def test_a_post_must_come_from_the_page_origin(session, waiting, case, headers, status):
+    before = dump_log(session.run.feedback_db)
+    res = post(client(session), {"round": 0, "good": [1], "best": 1}, headers)
+    assert res.status_code == status, (case, res.text)
+    assert (dump_log(session.run.feedback_db) == before) == (status != 200), case
+
+
+def test_the_origin_is_compared_with_the_host_the_request_came_to(session, waiting):
+    c = client(session, base="http://localhost:8765")
+    assert post(c, {"round": 0, "good": [1], "best": 1}, {"Origin": BASE}).status_code == 403
+    assert post(c, {"round": 0, "good": [1], "best": 1}, {"Origin": "http://localhost:8765"}).status_code == 200
+    c = client(session, base="http://[::1]:8765")
+    # Past the origin check (not 403): 409 only because round 0 was just recorded through localhost.
+    assert post(c, {"round": 0, "good": [1], "best": 1}, {"Origin": "http://[::1]:8765"}).status_code == 409
+
+
+@pytest.mark.parametrize("case, body, status", [
+    ("round past SQLite's integers", b'{"round": 9223372036854775808, "good": [0], "best": 0}', 400),
+    ("good id past 2**31", b'{"round": 0, "good": [2147483648], "best": 0}', 400),
+    ("best far below zero", b'{"round": 0, "good": [0], "best": -9223372036854775809}', 400),
+    ("an over-long integer", b'{"round": 0, "good": [0], "best": ' + b"9" * 5000 + b"}", 400),
+    ("a float", b'{"round": 0.0, "good": [0], "best": 0}', 400),
+    ("NaN", b'{"round": 0, "good": [0], "best": NaN}', 400),
+    ("Infinity", b'{"round": 0, "good": [0], "best": -Infinity}', 400),
+    ("a duplicate key", b'{"round": 0, "good": [0], "best": 0, "best": 1}', 400),
+    ("nested 1,000 deep", b"[" * 1000 + b"]" * 1000, 400),
+    ("nested 9 deep in good", b'{"round": 0, "good": [[[[[[[[0]]]]]]]], "best": 0}', 400),
+    ("brackets inside a string do not count", b'{"round": 0, "good": [0], "best": "[[[[[[[[[[[["}', 400),
+    ("empty", b"", 400),
+])
+def test_malformed_json_is_400_and_changes_nothing(session, waiting, case, body, status):
+    before = dump_log(session.run.feedback_db)
+    res = client(session).post("/api/submit", content=body, headers={"Content-Type": "application/json"})
+    assert res.status_code == status and res.json()["error"], (case, res.text)
+    assert dump_log(session.run.feedback_db) == before and waiting.result is None
+
+
+def test_json_depth_skips_strings():
+    assert json_depth(b'{"a": [[1], "]]]]"], "b": "\\"[[["}') == 3 and json_depth(b"7") == 0
+
+
+@pytest.mark.parametrize("headers, status", [
+    ({"Host": "127.0.0.1:abc"}, 400),
+    ({"Host": "127.0.0.1:99999"}, 400),
+    ({"Host": "::1"}, 400),
+    ({"Content-Length": "\u00b2"}, 400),  # str.isdigit() says yes, int() says no: it used to be a 500
+    ({"Content-Length": "-1"}, 400),
+    ({"Content-Length": str(MAX_BODY + 1)}, 413),
+])
+def test_bad_headers_are_4xx(session, waiting, headers, status):
+    before = dump_log(session.run.feedback_db)
+    scope_headers = [(b"content-type", b"application/json"), (b"cookie", f"hero_token={TOKEN}".encode())]
+    scope_headers += [(k.lower().encode(), v.encode("latin-1")) for k, v in headers.items()]
+    if "Host" not in headers:
+        scope_headers.append((b"host", b"127.0.0.1:8765"))
+    assert asgi_status(create_app(session, TOKEN, {"127.0.0.1"}), "POST", "/api/submit", scope_headers) == status
+    assert dump_log(session.run.feedback_db) == before
+
+
+def asgi_status(app, method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes = b"{}") -> int:
+    """The status ``app`` answers to a raw ASGI request (headers exactly as given, unlike an HTTP client's)."""
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "query_string": b"",
+             "headers": headers, "scheme": "http", "server": ("127.0.0.1", 8765), "client": ("127.0.0.1", 1),
+             "http_version": "1.1", "root_path": "", "asgi": {"version": "3.0"}}
+    asyncio.run(app(scope, receive, send))
+    return sent[0]["status"]
+
+
+@pytest.mark.parametrize("path", ["/api/image/0/" + "9" * 4301, "/api/best/" + "9" * 4301, "/api/image/0/1234567890",
+                                  "/api/image/+1/0", "/api/image/0/0x1", "/api/image/ 0/0", "/api/best/-0"])
+def test_numbers_in_a_path_are_short_ascii_digits(session, waiting, path):
+    assert client(session).get(path).status_code == 404

@@ -1,5 +1,8 @@
 """End to end in headless Chromium: a person runs two HERO rounds on the built-in model through the real page.
 
+Also, against the real server in this process (rounds of random images, no model): the number keys on a
+16-image round, the learning state's measured time, and a second tab's refusal, numbered as the page numbers.
+
 Needs Debian's ``chromium`` (``make test`` installs it) and Playwright's Python client (the test extra); the
 browser is the system one (``executable_path``), never a downloaded one.
 """
@@ -8,6 +11,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import shutil
 import signal
 import socket
@@ -17,9 +21,11 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from hero.runs.feedback_log import FeedbackLog
+from hero.web import WebFeedback
 
 pytestmark = pytest.mark.slow
 
@@ -28,6 +34,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
         "--disable-sync", "--no-first-run"]
 FAST = ["sampler.steps=4", "hero.encoder_epochs=3", "pg.timesteps_per_traj=2"]
 SCREENSHOT = os.environ.get("HERO_WEB_SCREENSHOT")  # a path: also save the first round's screenshot there
+SHOTS = os.environ.get("HERO_WEB_SHOTS")  # a folder: also save the pending-digit and learning states there
 
 
 @pytest.fixture(scope="module")
@@ -188,3 +195,155 @@ def test_killed_server_resumes_where_the_person_was(tmp_path, page):
     assert log.rounds() == [0, 1] and log.n_feedback() == 16
     assert log.get_round(0).best == 3 and log.get_round(1).best is None
     assert [i for i, g in enumerate(log.get_round(1).good) if g] == [7]
+
+
+class Loop:
+    """WebFeedback in this process, with a stand-in for the training loop: ``rounds`` rounds of ``n`` random
+    images; between rounds it "learns" until the test sets ``next_round``."""
+
+    def __init__(self, run_dir: Path, n: int, rounds: int) -> None:
+        self.web = WebFeedback(run_dir, rounds_total=rounds, budget=n * rounds, port=0)
+        self.url = self.web.start()
+        self.n, self.rounds = n, rounds
+        self.next_round = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        rng = np.random.default_rng(0)
+        best = None
+        for r in range(self.rounds):
+            images = rng.integers(0, 256, (self.n, 16, 16, 3), dtype=np.uint8)
+            try:
+                fb = self.web.judge_round(r, "two red squares", images, best)
+            except RuntimeError:  # the server was closed mid-round: a test failed, it says why
+                return
+            best = images[fb.best] if fb.best is not None else best
+            self.next_round.wait()
+            self.next_round.clear()
+        self.web.session.finish()
+
+    def close(self) -> None:
+        self.next_round.set()
+        self.thread.join(10)
+        self.web.close(done=False)
+
+
+@pytest.fixture
+def loop16(tmp_path):
+    loop = Loop(tmp_path / "run", n=16, rounds=1)
+    yield loop
+    loop.close()
+
+
+def record_pending(page) -> None:
+    """Collect every text the pending-digit box shows (``window.pendingSeen``): the box lives 0.8 s, so the
+    test reads the record afterwards instead of racing it."""
+    page.evaluate("""() => {
+        window.pendingSeen = [];
+        const box = document.getElementById("pending");
+        new MutationObserver(() => { if (!box.hidden) window.pendingSeen.push(box.textContent.replace(/\\s+/g, " ")); })
+            .observe(box, { attributes: true, childList: true, subtree: true, characterData: true });
+    }""")
+
+
+def pending_seen(page) -> list[str]:
+    return page.evaluate("() => window.pendingSeen.splice(0)")
+
+
+def test_number_keys_on_a_16_image_round(loop16, page):
+    page.goto(loop16.url)
+    page.locator("#judge").wait_for(state="visible")
+    tile(page, 15).wait_for(state="visible")
+    help_line = page.locator(".keys.marks-only").inner_text()  # states the rule for this n
+    assert "number (1 waits 0.8 s for a 2nd digit: 1 2 → 12): good" in help_line
+    if SHOTS:
+        page.keyboard.press("1")
+        shot(page, "pending-digit.png")
+        page.keyboard.press("Escape")
+    record_pending(page)
+
+    page.keyboard.press("1")  # "1" may begin 10..16: it waits, on screen
+    page.keyboard.press("2")  # within the wait: image 12
+    assert good_and_best(page) == ({11}, set())
+    assert any("image 1, or type a second digit for 10–16" in t for t in pending_seen(page))
+    assert page.locator("#pending").is_hidden()
+
+    page.keyboard.press("3")  # no image 30..39: at once, no wait
+    assert good_and_best(page) == ({11, 2}, set()) and pending_seen(page) == []
+
+    page.keyboard.press("1")
+    page.keyboard.press("7")  # there is no image 17: "1" stands alone, then 7 (which cannot wait) at once
+    assert good_and_best(page) == ({11, 2, 0, 6}, set())
+
+    page.keyboard.press("1")  # alone: after the wait it toggles image 1 (off again)
+    page.wait_for_function("() => !document.querySelector('#grid .tile[data-i=\"0\"]').classList.contains('good')")
+    assert page.locator("#pending").is_hidden() and good_and_best(page) == ({11, 2, 6}, set())
+
+    page.keyboard.press("Shift+Digit1")
+    page.keyboard.press("2")  # Shift on the first digit: image 12 is the best
+    assert good_and_best(page) == ({11, 2, 6}, {11})
+    assert any("1best: image 1, or type a second digit for 10–16" in t for t in pending_seen(page))
+
+    page.keyboard.press("1")
+    page.keyboard.press("Escape")  # drops the waiting digit
+    page.wait_for_timeout(1000)
+    assert good_and_best(page) == ({11, 2, 6}, {11}) and "dropped" in page.locator("#message").inner_text()
+
+    page.keyboard.press("0")
+    assert "no image 0" in page.locator("#message").inner_text()
+
+    page.keyboard.press("1")
+    page.keyboard.press("Enter")  # the waiting "1" is applied first, then the round is submitted
+    page.locator("#busy").wait_for(state="visible")
+    stored = FeedbackLog(loop16.web.session.run.feedback_db).get_round(0)
+    assert [i for i, g in enumerate(stored.good) if g] == [0, 2, 6, 11] and stored.best == 11
+
+
+@pytest.fixture
+def loop8(tmp_path):
+    loop = Loop(tmp_path / "run", n=8, rounds=2)
+    yield loop
+    loop.close()
+
+
+def test_learning_shows_the_measured_time_and_a_second_tab_numbers_rounds_from_1(loop8, page):
+    page.goto(loop8.url)
+    wait_round(page, 1)
+    other = page.context.new_page()  # a second tab on the same round
+    other.goto(loop8.url)
+    wait_round(other, 1)
+    other.route("**/api/state", lambda route: route.abort())  # it has not noticed the first tab's submission yet
+
+    tile(page, 0).click(modifiers=["Shift"])
+    page.keyboard.press("Enter")
+    page.locator("#busy-time", has_text="No estimate yet").wait_for()  # the first learning phase: said plainly
+    assert "no measured time to go by" in page.locator("#busy-time").inner_text()
+    shot(page, "learning-first.png")
+
+    tile(other, 1).click(modifiers=["Shift"])
+    other.keyboard.press("Enter")
+    refusal = other.locator("#message", has_text="already submitted")
+    refusal.wait_for()
+    assert refusal.inner_text() == "Round 1 was already submitted; it is not counted twice."
+    assert other.locator("#progress").inner_text().startswith("Round 1 of 2")
+    other.close()
+
+    time.sleep(1.5)  # the model learns for 1.5 s
+    loop8.next_round.set()
+    wait_round(page, 2)
+    page.keyboard.press("k")
+    page.keyboard.press("3")
+    page.keyboard.press("Enter")
+    page.locator("#busy-time", has_text="Last round").wait_for()
+    timing = page.locator("#busy-time").inner_text()
+    assert re.match(r"Last round, the next images were ready \d s after the submission", timing), timing
+    shot(page, "learning-timed.png")
+    page.locator("#busy-time", has_text="this one is taking longer").wait_for()  # once past the last round's time
+    loop8.next_round.set()
+    page.locator("#done").wait_for(state="visible")
+
+
+def shot(page, name: str) -> None:
+    if SHOTS:
+        page.screenshot(path=str(Path(SHOTS) / name))

@@ -135,3 +135,18 @@ def test_web_feedback_judge_pairs_returns_the_logged_pairs(tmp_path):
     finally:
         web.close(done=False)
 
+
+
+@pytest.mark.parametrize("case, body", [
+    ("round past SQLite's integers", b'{"round": 9223372036854775808, "winners": [], "ties": []}'),
+    ("a winner past 2**31", b'{"round": 0, "winners": [[2147483648, 0]], "ties": []}'),
+    ("a tie far below zero", b'{"round": 0, "winners": [], "ties": [[0, -9223372036854775809]]}'),
+    ("a float id", b'{"round": 0, "winners": [[1.0, 0]], "ties": []}'),
+    ("a duplicate key", b'{"round": 0, "winners": [], "ties": [], "ties": []}'),
+    ("nested too deep", b'{"round": 0, "winners": [[[[[[[[[1]]]]]]]]], "ties": []}'),
+])
+def test_out_of_range_and_malformed_pair_bodies_are_400(session, waiting, case, body):
+    before = dump_log(session.run.feedback_db)
+    res = client(session).post("/api/submit-pairs", content=body, headers={"Content-Type": "application/json"})
+    assert res.status_code == 400 and res.json()["error"], (case, res.text)
+    assert dump_log(session.run.feedback_db) == before and waiting.result is None

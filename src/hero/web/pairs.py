@@ -10,10 +10,10 @@ pairs left unanswered would be counted as feedback the person never gave. "No pr
 so answering every pair never forces a choice the person did not make (a tie teaches D3PO nothing and is not
 stored as a pair).
 
-Malformed bodies (wrong fields, non-integer ids, booleans as ids) are 400; a pair that is not one of the
-round's (unknown or out-of-range ids, an image against itself), a pair answered twice and a pair left
-unanswered are 422. The checks here are pure; the session applies them under its lock before anything is
-written.
+Malformed bodies (wrong fields, non-integer ids, booleans as ids, integers beyond ±``MAX_JSON_INT``) are 400;
+a pair that is not one of the round's (unknown or out-of-range ids, an image against itself), a pair answered
+twice and a pair left unanswered are 422. The checks here are pure; the session applies them under its lock
+before anything is written.
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["SubmitError", "check_pairs", "is_json_int", "parse_pairs_submission"]
+__all__ = ["MAX_JSON_INT", "SubmitError", "check_pairs", "is_json_int", "parse_pairs_submission"]
 
+# Rounds and image ids are small; a bound here keeps 2**63 and beyond away from SQLite (OverflowError) and lists.
+MAX_JSON_INT = 2**31 - 1
 _FIELDS = {"round", "winners", "ties"}
 Pair = tuple[int, int]
 
@@ -36,13 +38,14 @@ class SubmitError(Exception):
 
 
 def is_json_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)  # JSON true is not image 1
+    """Whether ``x`` is an integer the API accepts: within ±MAX_JSON_INT, and not a boolean (true is not image 1)."""
+    return isinstance(x, int) and not isinstance(x, bool) and -MAX_JSON_INT <= x <= MAX_JSON_INT
 
 
 def _pair_list(value: Any, name: str) -> list[Pair]:
     if not isinstance(value, list) or not all(
             isinstance(p, list) and len(p) == 2 and all(is_json_int(i) for i in p) for p in value):
-        raise SubmitError(400, f"{name} must be a list of [image, image] pairs of integers")
+        raise SubmitError(400, f"{name} must be a list of [image, image] pairs of integers (|id| ≤ {MAX_JSON_INT})")
     return [(p[0], p[1]) for p in value]
 
 
@@ -56,7 +59,7 @@ def parse_pairs_submission(payload: Any) -> tuple[int, list[Pair], list[Pair]]:
                               f"(missing: {missing}, unknown: {extra})")
     rnd = payload["round"]
     if not is_json_int(rnd):
-        raise SubmitError(400, f"round must be an integer, got {rnd!r}")
+        raise SubmitError(400, f"round must be an integer (|round| ≤ {MAX_JSON_INT}), got {str(rnd)[:40]}")
     return rnd, _pair_list(payload["winners"], "winners"), _pair_list(payload["ties"], "ties")
 
 

@@ -11,15 +11,18 @@ Endpoints (all behind the guard, ``hero.web.guard``):
 
 Protection: the server binds 127.0.0.1 unless configured otherwise; a Host header outside the allow-list gets
 400 (DNS rebinding); every request needs the token, as the cookie set from the printed URL (401 otherwise);
-a POST must be JSON from the page's own origin (403 otherwise), at most 64 kB (413); images are looked up by
-(round, index) integers, so nothing from a request ever becomes a filesystem path.
+a POST must be JSON from the page's own origin, scheme, host and port (403 otherwise), at most 64 kB (413),
+read within 5 s (408); a request head must arrive within 5 s of connecting (408, closed); the details are
+in ``hero.web.guard``. Images are looked up by (round, index): path segments of 1 to 9 ASCII digits (404
+otherwise, so no over-long number ever reaches ``int``), checked against the waiting round, so nothing from a
+request ever becomes a filesystem path. Every malformed request is a 4xx that changes nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
+import re
 import socket
 import threading
 import time
@@ -34,7 +37,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from hero.feedback.base import RoundFeedback
-from hero.web.guard import MAX_BODY, Guard, load_token
+from hero.web.guard import MAX_BODY, Guard, RequestError, SlowClientProtocol, load_token, read_json
 from hero.web.guard import error_response as _error
 from hero.web.session import RoundSpec, Session, SubmitError
 
@@ -44,6 +47,12 @@ STATIC = Path(__file__).parent / "static"
 # Served by name lookup, never by a path from the request.
 _STATIC_FILES = {"app.js": "text/javascript", "pairs.js": "text/javascript", "style.css": "text/css"}
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+_PATH_ID = re.compile(r"[0-9]{1,9}")  # round and image numbers in a URL: small, so int() never sees 4,301 digits
+
+
+def path_id(value: str) -> int | None:
+    """The integer of a URL segment of 1 to 9 ASCII digits, or None (the caller answers 404)."""
+    return int(value) if _PATH_ID.fullmatch(value) else None
 
 
 def create_app(session: Session, token: str, allowed_hosts: Iterable[str], cookie: str = "hero_token") -> Starlette:
@@ -62,25 +71,22 @@ def create_app(session: Session, token: str, allowed_hosts: Iterable[str], cooki
         return JSONResponse({**session.state(), "run_id": run_id})
 
     async def image(request: Request) -> Response:
-        path = session.image_path(request.path_params["round"], request.path_params["index"])
+        rnd, index = path_id(request.path_params["round"]), path_id(request.path_params["index"])
+        path = None if rnd is None or index is None else session.image_path(rnd, index)
         if path is None:
             return _error(404, "no such image in the round waiting for feedback")
         return Response(path.read_bytes(), media_type="image/png")
 
     async def best(request: Request) -> Response:
-        data = session.best_png(request.path_params["round"])
+        rnd = path_id(request.path_params["round"])
+        data = None if rnd is None else session.best_png(rnd)
         return _error(404, "no current best for this round") if data is None else Response(data, media_type="image/png")
 
     async def answer(request: Request, handle) -> Response:
-        body = bytearray()
-        async for chunk in request.stream():  # also caps bodies sent without a Content-Length
-            body += chunk
-            if len(body) > MAX_BODY:
-                return _error(413, f"request body too large (limit {MAX_BODY} bytes)")
         try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            return _error(400, "the body is not valid JSON")
+            payload = await read_json(request.receive)
+        except RequestError as e:  # a body cut short or too big leaves bytes unread: close rather than parse them
+            return _error(e.status, e.message, close=e.status in (408, 413))
         try:
             return JSONResponse(handle(payload))
         except SubmitError as e:
@@ -94,7 +100,7 @@ def create_app(session: Session, token: str, allowed_hosts: Iterable[str], cooki
 
     run_id = hashlib.sha256(token.encode()).hexdigest()[:16]  # names the page's saved draft; reveals nothing
     routes = [Route("/", index), Route("/static/{name}", static), Route("/api/state", state),
-              Route("/api/image/{round:int}/{index:int}", image), Route("/api/best/{round:int}", best),
+              Route("/api/image/{round}/{index}", image), Route("/api/best/{round}", best),
               Route("/api/submit", submit, methods=["POST"]),
               Route("/api/submit-pairs", submit_pairs, methods=["POST"])]
     app = Starlette(routes=routes)
@@ -152,11 +158,13 @@ class WebFeedback:
             sock.close()
             raise OSError(f"cannot listen on {self.host}:{self.port} ({e.strerror}); "
                           "choose another port with --set web.port=N (0: any free port)") from None
-        sock.listen(64)
+        sock.listen(512)  # room for a burst of connections, so the page's own connect is never put off
         self.port = sock.getsockname()[1]
         app = create_app(self.session, self.token, self._allowed, cookie=f"hero_token_{self.port}")
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", limit_concurrency=128,
-                                timeout_keep_alive=5, h11_max_incomplete_event_size=16 * 1024)
+        # No limit_concurrency: it counts connections stuck before their head, so 128 of them locked the page out
+        # (503); SlowClientProtocol bounds those instead (a head deadline, the oldest waiting one closed).
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", http=SlowClientProtocol,
+                                ws="none", timeout_keep_alive=5, h11_max_incomplete_event_size=16 * 1024)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True,
                                         name="hero-web")

@@ -6,7 +6,11 @@ Rules a submission must follow (checked here, on the server, and again in the pa
   a second submission is refused, never double-counted);
 * ``good`` lists distinct image indices of this round (else 422: unknown image id);
 * exactly one best: an image index that is among the good ones (the best is always good), or ``null`` for
-  "keep the current best", which only exists after a round has chosen one (so round 0 must point at an image).
+  "keep the current best", which only exists after a round has chosen one (so the first round must point at an
+  image).
+
+Messages are for the person, who sees rounds and images numbered from 1 (the JSON's round 0 is "round 1", image
+id 0 is "image 1"); a message that names an id says both.
 
 What is *not* enforced, on purpose: "at least one good and one not good". HERO's anchor is the best image, so
 the first round's required best already gives it one good image; after that a round with no good image (the
@@ -24,6 +28,7 @@ rejected leaves the log untouched.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,12 +66,17 @@ def parse_submission(payload: Any) -> tuple[int, list[int], int | None]:
         raise SubmitError(400, f"expected exactly the fields round, good, best (missing: {missing}, unknown: {extra})")
     rnd, good, best = payload["round"], payload["good"], payload["best"]
     if not is_json_int(rnd):
-        raise SubmitError(400, f"round must be an integer, got {rnd!r}")
+        raise SubmitError(400, f"round must be an integer (|round| < 2**31), got {str(rnd)[:40]}")
     if not isinstance(good, list) or not all(is_json_int(i) for i in good):
-        raise SubmitError(400, "good must be a list of image indices (integers)")
+        raise SubmitError(400, "good must be a list of image indices (integers, |id| < 2**31)")
     if best is not None and not is_json_int(best):
-        raise SubmitError(400, f"best must be an image index (integer) or null, got {best!r}")
+        raise SubmitError(400, f"best must be an image index (integer, |id| < 2**31) or null, got {str(best)[:40]}")
     return rnd, good, best
+
+
+def _already_submitted(rnd: int) -> str:
+    """The 409 text for a round already in the log (e.g. from a second tab), numbered as the page numbers it."""
+    return f"round {rnd + 1} was already submitted; it is not counted twice"
 
 
 class Session:
@@ -84,6 +94,11 @@ class Session:
         self._answer: RoundFeedback | None = None
         self.phase: Phase = "learning"
         self.message = "The round appears here by itself as soon as its images are ready."
+        # Timing of the learning phase (a submission committed -> the next round up), so the page can say how long
+        # the wait was last time. A resumed run starts without a measurement: the page says so.
+        self._learning_since = time.monotonic()  # when the current learning phase began
+        self._committed_at: float | None = None  # when the last submission was committed (None: not timed)
+        self.last_learning_s: float | None = None  # the measured seconds of the last learning phase
         self.done_seen = threading.Event()  # a page has been told "done" (so the server may stop)
 
     # -- the loop's side -------------------------------------------------------------------------------------
@@ -92,6 +107,9 @@ class Session:
                           poll: float = 0.5) -> RoundFeedback:
         """Show ``spec`` and block until it is submitted (and committed); ``alive()`` False aborts."""
         with self._cond:
+            if self._committed_at is not None:
+                self.last_learning_s = round(time.monotonic() - self._committed_at, 1)
+                self._committed_at = None
             self._spec, self._answer, self.phase = spec, None, "judging"
             self.message = ""
             self._cond.notify_all()
@@ -111,9 +129,11 @@ class Session:
     # -- the server's side ------------------------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
-        """The page's view: phase, round, prompt, image ids, progress."""
+        """The page's view: phase, round, prompt, image ids, progress, and the learning phase's timing."""
         with self._cond:
             spec, phase, message = self._spec, self.phase, self.message
+            learning_s = round(time.monotonic() - self._learning_since, 1) if phase == "learning" else None
+            last_learning_s = self.last_learning_s
         n_feedback = self.log.n_feedback()
         rounds_done = len(self.log.rounds())
         number = (spec.round + 1) if spec else max(1, min(rounds_done, self.rounds_total))
@@ -127,6 +147,7 @@ class Session:
             "current_best": bool(spec and spec.best_png is not None),
             "kind": "pairs" if spec and spec.pairs is not None else "good_best",
             "pairs": [list(p) for p in spec.pairs] if spec and spec.pairs is not None else [],
+            "learning_s": learning_s, "last_learning_s": last_learning_s,
         }
         if phase == "done":
             self.done_seen.set()
@@ -171,16 +192,17 @@ class Session:
         """The waiting round if ``rnd`` is it, unanswered and of the submission's kind; else SubmitError 409."""
         spec = self._spec
         if self.log.get_round(rnd) is not None:
-            raise SubmitError(409, f"round {rnd} was already submitted; it is not counted twice")
+            raise SubmitError(409, _already_submitted(rnd))
         if self.phase != "judging" or spec is None:
             raise SubmitError(409, "no round is waiting for feedback right now"
                                    + (" (the model is learning)" if self.phase == "learning" else ""))
         if rnd != spec.round:
-            raise SubmitError(409, f"round {rnd} is not the round waiting for feedback (round {spec.round} is)")
+            raise SubmitError(409, f"round {rnd + 1} is not the round waiting for feedback "
+                                   f"(round {spec.round + 1} is)")
         if (spec.pairs is not None) != pairwise:
-            raise SubmitError(409, f"round {rnd} asks " + ("which image of each pair is better "
-                                                           "(POST /api/submit-pairs)" if spec.pairs is not None
-                                                           else "for good/best marks (POST /api/submit)"))
+            raise SubmitError(409, f"round {rnd + 1} asks " + ("which image of each pair is better "
+                                                               "(POST /api/submit-pairs)" if spec.pairs is not None
+                                                               else "for good/best marks (POST /api/submit)"))
         return spec
 
     def _commit(self, rnd: int, record: Callable[[], None], answer: RoundFeedback) -> None:
@@ -188,11 +210,12 @@ class Session:
         try:
             record()
         except DuplicateRound:  # e.g. recorded by `hero label` in another process meanwhile
-            raise SubmitError(409, f"round {rnd} was already submitted; it is not counted twice") from None
-        except InvalidFeedback as e:
-            raise SubmitError(422, str(e)) from None
+            raise SubmitError(409, _already_submitted(rnd)) from None
+        except InvalidFeedback as e:  # the log numbers rounds from 0; the person reads them from 1
+            raise SubmitError(422, f"round {rnd + 1}: {str(e).removeprefix(f'round {rnd}: ')}") from None
         self._answer = answer
         self._spec, self.phase = None, "learning"
+        self._committed_at = self._learning_since = time.monotonic()
         self.message = (f"Round {rnd + 1} is saved. The model is learning from it; the next round appears "
                         "here by itself." if self.mode == "train" else f"Round {rnd + 1} is saved.")
         self._cond.notify_all()
@@ -202,16 +225,18 @@ class Session:
         n = spec.n_images
         unknown = [i for i in good_ids if not 0 <= i < n]
         if unknown:
-            raise SubmitError(422, f"unknown image id(s) {unknown[:5]}: this round has images 0..{n - 1}")
+            raise SubmitError(422, f"unknown image id(s) {unknown[:5]}: this round has ids 0..{n - 1} "
+                                   f"(images 1..{n} on the page)")
         if len(set(good_ids)) != len(good_ids):
             raise SubmitError(422, "an image is listed twice in good")
         if best is None:
             if spec.best_png is None:
                 raise SubmitError(422, "choose one best image: there is no current best to keep in this round")
         elif not 0 <= best < n:
-            raise SubmitError(422, f"unknown image id {best} for best: this round has images 0..{n - 1}")
+            raise SubmitError(422, f"unknown image id {best} for best: this round has ids 0..{n - 1} "
+                                   f"(images 1..{n} on the page)")
         elif best not in good_ids:
-            raise SubmitError(422, f"the best image ({best}) must also be marked good")
+            raise SubmitError(422, f"the best image (id {best}: image {best + 1} on the page) must also be marked good")
         good = [False] * n
         for i in good_ids:
             good[i] = True

@@ -6,6 +6,7 @@
 
 const $ = (id) => document.getElementById(id);
 const KEEP = "keep"; // best = the current best (sent as null)
+const NUM_WAIT = 800; // ms a digit that can begin a longer image number waits for the next digit (docs/web.md)
 
 const ui = {
   state: null,        // last /api/state
@@ -15,7 +16,7 @@ const ui = {
   best: null,         // null (none yet), KEEP, or an index
   history: [],        // undo stack of {good, best}
   focus: 0,           // focused cell: 0..n-1, or -1 for the current-best tile
-  numBuf: "", numShift: false, numTimer: null,
+  numBuf: "", numShift: false, numTimer: null, // digits typed but not applied yet (see typeDigit)
   armed: null,        // a warning shown once; the second Enter submits anyway
   sending: false,
   pollTimer: null,
@@ -60,8 +61,30 @@ function apply(s) {
     $("busy-title").textContent = s.mode === "label" ? "Loading the next round…" :
       s.feedback > 0 ? "The model is learning…" : "Getting the first images ready…";
     $("busy-message").textContent = s.message || "The next round appears here by itself.";
+    $("busy-time").textContent = s.phase === "learning" ? waitText(s) : "";
     if (s.phase === "done") $("done-message").textContent = s.message || "All rounds are judged. Thank you!";
   }
+}
+
+// How long a person can expect to wait, from the server's clock: the last learning phase as measured (a submission
+// committed -> the next round up) and the seconds of this one so far. Without a measurement, say so.
+function waitText(s) {
+  if (s.learning_s === null || s.learning_s === undefined) return "";
+  const sofar = `${duration(s.learning_s)} so far`;
+  if (s.mode === "label" || s.feedback === 0) return `${sofar}.`; // loading, or the first images: nothing to learn
+  if (s.last_learning_s === null || s.last_learning_s === undefined) {
+    return `No estimate yet: this is the first round the model learns from since hero started, so there is no ` +
+           `measured time to go by (${sofar}).`;
+  }
+  const last = `Last round, the next images were ready ${duration(s.last_learning_s)} after the submission`;
+  const left = s.last_learning_s - s.learning_s;
+  return left >= 1 ? `${last}: about ${duration(left)} to go (${sofar}).`
+                   : `${last}; this one is taking longer (${sofar}).`;
+}
+
+function duration(seconds) {
+  const t = Math.max(0, Math.round(seconds)), m = Math.floor(t / 60), sec = t % 60;
+  return m === 0 ? `${sec} s` : sec === 0 ? `${m} min` : `${m} min ${sec} s`;
 }
 
 function show(phase) {
@@ -90,6 +113,7 @@ function dropOldDrafts(s) {
 
 function startRound(s) {
   dropOldDrafts(s); // rounds before this one are submitted: their drafts are no longer needed
+  cancelNumber();
   ui.round = s.round; ui.runId = s.run_id; ui.history = []; ui.armed = null; ui.focus = 0;
   ui.good = new Set(); ui.best = null;
   if (s.kind === "pairs") return Pairs.start(s);
@@ -99,6 +123,7 @@ function startRound(s) {
   } catch (_) { /* no draft */ }
   if (ui.best === KEEP && !s.current_best) ui.best = null;
   buildGrid(s);
+  $("num-rule").textContent = numberRule(s.n_images);
   say(ui.good.size ? "Your marks for this round were restored." : "");
   render();
   fit();
@@ -126,7 +151,10 @@ function cell(i, src, label, alt) {
   const badge = document.createElement("span");
   badge.className = "badge";
   el.append(img, num, badge);
-  el.addEventListener("click", (e) => { setFocus(i); i < 0 || e.shiftKey ? chooseBest(i) : toggleGood(i); });
+  el.addEventListener("click", (e) => {
+    applyNumber(); // a digit still waiting is applied first: actions happen in the order they were made
+    setFocus(i); i < 0 || e.shiftKey ? chooseBest(i) : toggleGood(i);
+  });
   return el;
 }
 
@@ -150,6 +178,7 @@ function chooseBest(i) {
 
 function undo() {
   if (ui.state && ui.state.kind === "pairs") return Pairs.undo();
+  applyNumber(); // a waiting digit counts as typed: undo takes it back
   const last = ui.history.pop();
   if (!last) return say("Nothing to undo.");
   ui.good = last.good; ui.best = last.best; ui.armed = null;
@@ -163,8 +192,10 @@ function changed() {
 }
 
 function render() {
+  const pending = ui.numBuf === "" ? null : Number(ui.numBuf) - 1;
   for (const el of $("grid").children) {
     const i = Number(el.dataset.i);
+    el.classList.toggle("pending", i === pending);
     const isBest = i < 0 ? ui.best === KEEP : ui.best === i;
     const isGood = i >= 0 && ui.good.has(i);
     el.classList.toggle("good", isGood);
@@ -209,6 +240,7 @@ function problems() {
 async function submit() {
   if (!ui.state || ui.state.phase !== "judging" || ui.sending) return;
   if (ui.state.kind === "pairs") return Pairs.submit();
+  applyNumber(); // "1" then Enter at once: image 1 is marked, then the round goes
   const p = problems();
   if (p.block) return say(p.block, "error");
   const key = `${ui.round}:${[...ui.good].sort().join(",")}:${ui.best}`;
@@ -226,10 +258,14 @@ async function postRound(path, body, what) {
     if (res.ok) {
       localStorage.removeItem(draftKey());
       say(`Round ${ui.round + 1} saved.`, "ok");
+      // Until the next poll answers, the learning card must not show the previous round's texts.
+      $("busy-message").textContent = `Round ${ui.round + 1} is saved.`;
+      $("busy-time").textContent = "";
       ui.round = null;
       show("learning");
     } else {
-      say((res.body && res.body.error) || `The server refused the submission (${res.status}).`, "error");
+      const error = (res.body && res.body.error) || `the server refused the submission (${res.status})`;
+      say(error.charAt(0).toUpperCase() + error.slice(1) + (error.endsWith(".") ? "" : "."), "error");
     }
   } catch (_) {
     say(`Could not reach the server; your ${what} are kept. Try Enter again in a moment.`, "error");
@@ -241,23 +277,60 @@ async function postRound(path, body, what) {
 
 // ---------------------------------------------------------------- keyboard
 
-function commitNumber() {
-  const v = parseInt(ui.numBuf, 10), shift = ui.numShift;
+// Number keys. The rule (also in the page's help line and docs/web.md): a digit selects its image at once unless
+// a longer image number begins with it (with n images: 10 × the digits typed so far ≤ n). Then it waits NUM_WAIT
+// ms, shown on screen, for the next digit; a next digit within the wait joins it when that image exists (16
+// images: "1" then "2" is image 12), and otherwise the digits typed so far stand alone and the new digit starts
+// anew ("1" then "7" is images 1 and 7). Esc drops a waiting digit; any other key or a click applies it first.
+function typeDigit(d, shift) {
+  const n = ui.state.n_images;
+  if (ui.numBuf !== "" && Number(ui.numBuf + d) > n) applyNumber();
+  if (ui.numBuf === "" && d === "0") return say("Image numbers start at 1: there is no image 0.", "error");
+  ui.numShift = ui.numBuf === "" ? shift : ui.numShift || shift;
+  ui.numBuf += d;
+  clearTimeout(ui.numTimer);
+  if (Number(ui.numBuf) * 10 > n) return applyNumber();
+  ui.numTimer = setTimeout(applyNumber, NUM_WAIT);
+  showPending(n);
+}
+
+// The rule above for this round's n, in the help line: which digits wait, and an example.
+function numberRule(n) {
+  if (n < 10) return "";
+  const top = Math.min(9, Math.floor(n / 10)), wait = top === 1 ? "1 waits" : `1–${top} wait`;
+  const example = Math.min(n, 12);
+  return ` (${wait} ${NUM_WAIT / 1000} s for a 2nd digit: 1 ${example % 10} → ${example})`;
+}
+
+// The waiting digits, on screen: which image they select now, and which numbers a next digit would make.
+function showPending(n) {
+  const v = Number(ui.numBuf), lo = v * 10, hi = Math.min(n, lo + 9);
+  $("pending-digits").textContent = ui.numBuf;
+  const next = ui.numBuf.length === 1 ? "a second" : "another"; // "another": rounds of 100 images or more
+  $("pending-text").textContent = `${ui.numShift ? "best: " : ""}image ${v}, or type ${next} digit for ` +
+                                  (lo === hi ? `image ${lo}` : `${lo}–${hi}`);
+  const bar = $("pending-bar"); // restart the countdown animation
+  bar.style.animation = "none"; void bar.offsetWidth; bar.style.animation = "";
+  bar.style.animationDuration = `${NUM_WAIT}ms`;
+  $("pending").hidden = false;
+  render();
+}
+
+function cancelNumber() {
   ui.numBuf = ""; clearTimeout(ui.numTimer);
+  $("pending").hidden = true;
+}
+
+// Apply the waiting digits (if any) as one image number: toggle good, or best with Shift.
+function applyNumber() {
+  if (ui.numBuf === "") return;
+  const v = Number(ui.numBuf), shift = ui.numShift;
+  cancelNumber();
+  if (!ui.state || ui.state.phase !== "judging" || ui.round === null) return; // the round is gone meanwhile
   const n = ui.state.n_images;
   if (!(v >= 1 && v <= n)) return say(`There is no image ${v} (1–${n}).`, "error");
   setFocus(v - 1, true);
   shift ? chooseBest(v - 1) : toggleGood(v - 1);
-}
-
-function typeDigit(d, shift) {
-  if (ui.numBuf === "") ui.numShift = shift;
-  ui.numBuf += d;
-  clearTimeout(ui.numTimer);
-  const v = parseInt(ui.numBuf, 10);
-  // Commit at once when no longer number starts with these digits; otherwise wait briefly for the next one.
-  if (v * 10 > ui.state.n_images) commitNumber();
-  else { say(`Image ${v}…`); ui.numTimer = setTimeout(commitNumber, 650); }
 }
 
 function columns() {
@@ -289,6 +362,10 @@ function onKey(e) {
   const digit = /^(Digit|Numpad)([0-9])$/.exec(e.code);
   if (digit && !e.ctrlKey) { typeDigit(digit[2], e.shiftKey); return e.preventDefault(); }
   const k = e.key.toLowerCase();
+  if (k === "escape" && ui.numBuf !== "") {
+    cancelNumber(); render(); say("Number dropped.");
+    return e.preventDefault();
+  }
   const actions = {
     enter: submit, " ": () => toggleGood(ui.focus), b: () => chooseBest(ui.focus), u: undo, backspace: undo,
     k: () => ui.state.current_best ? chooseBest(-1) : say("There is no current best yet in this round.", "error"),
@@ -296,9 +373,10 @@ function onKey(e) {
     arrowup: () => moveFocus(0, -1), arrowdown: () => moveFocus(0, 1),
   };
   if (e.ctrlKey && k === "z") { undo(); return e.preventDefault(); }
-  if (e.ctrlKey || !(k in actions)) return;
+  if (e.ctrlKey || !(k in actions)) return; // a modifier alone (Shift before a second digit) keeps the wait
   if (e.target instanceof HTMLButtonElement && (k === "enter" || k === " ") && e.target.id !== "submit") return;
   e.preventDefault();
+  applyNumber(); // a waiting digit is applied before the key's own action, in the order typed
   actions[k]();
 }
 
