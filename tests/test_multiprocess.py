@@ -241,7 +241,8 @@ def test_two_processes_resume_from_a_checkpoint_without_asking_again(runs):
     tmp, _, _ = runs
     run = tmp / "resumed"
     shutil.copytree(tmp / "two", run)
-    (run / "checkpoints" / "latest").write_text("0")  # as if the run had stopped after round 0's checkpoint
+    shutil.rmtree(run / "checkpoints" / "round_001")  # as if the run had stopped after round 0's checkpoint
+    (run / "checkpoints" / "latest").write_text("0")
     _launch(tmp, run, tmp / "resumed_weights", resume=True)  # round 1 is in the log: asking would fail
     for rank in (0, 1):
         resumed, uninterrupted = (_load(tmp / d / f"lora_rank{rank}.pt") for d in ("resumed_weights", "two_weights"))

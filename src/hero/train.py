@@ -4,9 +4,10 @@ Each step leaves a durable mark before the next begins, so a crash at any moment
 `--resume` never shows the person an image twice:
   sampled  → rounds/round_k/trajectories.pt (the images to be judged are fixed from here on)
   judged   → the round is in feedback.sqlite (written before the loop moves on)
-  learned  → checkpoints/round_k/ complete, then checkpoints/latest = k
+  learned  → checkpoints/round_k/ complete (settings.json last), its metrics line, then checkpoints/latest = k
 Randomness is drawn from generators seeded by (seed, round), so a resumed run samples what the
-uninterrupted one would have.
+uninterrupted one would have. A resumed run works on the folder it is given (``cfg.out``), checked first
+(``hero.runs.checks``): unreadable or disagreeing files stop it before anything is written.
 
 Several processes (``accelerate launch --num_processes N -m hero.cli train ...``; ``hero.distributed``): each
 samples its share of a round (the same images as one process would), rank 0 alone asks for the feedback, writes
@@ -16,10 +17,12 @@ the processes meet at a barrier after each round's checkpoint.
 
 from __future__ import annotations
 
-import json
+import logging
+import sqlite3
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -31,10 +34,13 @@ from hero.lora import lora_parameters, save_lora
 from hero.models import load_pipeline
 from hero.models.loading import configure_memory, weight_dtype
 from hero.rollout import Trajectories, loss_scale, rollout, unet_autocast
-from hero.runs.atomic import atomic_write_text
+from hero.runs.checks import ResumePlan, check_resume, settings_record
+from hero.runs.errors import RunFolderError
 from hero.runs.feedback_log import FeedbackLog
 from hero.runs.folder import RunFolder
 from hero.runs.tracking import Tracker
+
+logger = logging.getLogger("hero.train")
 
 
 def round_generator(seed: int, round_index: int, stream: int) -> torch.Generator:
@@ -56,20 +62,31 @@ def round_sizes(cfg: TrainConfig) -> list[int]:
 
 
 def train(cfg: TrainConfig, resume: bool = False, source: FeedbackSource | None = None,
-          show_progress: bool = True) -> RunFolder:
+          show_progress: bool = True, plan: ResumePlan | None = None) -> RunFolder:
     """Run (or resume) an online fine-tuning run into ``cfg.out``; returns the run folder.
 
+    Resuming checks the folder first (``hero.runs.checks``; ``plan``: that check, already made by this process)
+    and writes nothing into it when a file is unreadable or disagrees: a ``RunFolderError`` names the file.
     Under a launcher with several processes every process calls this; ``source`` is used on rank 0 only.
     """
     dist, device = init_distributed(cfg.device)
     run = RunFolder(cfg.out)
+    sizes = round_sizes(cfg)
     if run.config_path.exists() and not resume:
         raise FileExistsError(f"{run.path} already holds a run: pass --resume to continue it, or choose another --out")
+    if resume and plan is None:  # checked here: say what the recoveries do (the CLI, checking first, says it)
+        plan = _checked(run, cfg, sizes, dist)
+        for line in plan.report if dist.is_main else []:
+            logger.warning(line)
     dist.barrier()  # every process has looked before rank 0 writes
     if dist.is_main:
         run.path.mkdir(parents=True, exist_ok=True)
-        if not resume:
+        if resume:
+            plan.apply(run)
+            _save_resumed_config(run, cfg)
+        else:
             save_config(cfg, run.config_path)
+    start = plan.start if resume else 0
     torch.manual_seed(cfg.seed)
     pipe = load_pipeline(cfg.model, device=device, dtype=weight_dtype(cfg.precision),
                          model_config_dir=cfg.model_config_dir)
@@ -80,13 +97,20 @@ def train(cfg: TrainConfig, resume: bool = False, source: FeedbackSource | None 
     if dist.is_main:  # the feedback source (web server, reward model) and the log live on rank 0 only
         source = source or make_feedback_source(cfg.feedback, cfg.prompt, cfg.seed, cfg.task_options(),
                                                 cfg.reward_options())
-        log = FeedbackLog(run.feedback_db)
-    start = dist.broadcast(run.latest_round() + 1 if dist.is_main else None)
+        log = _open_log(run.feedback_db)
     if start > 0:
-        algo.load(run.checkpoint_dir(start - 1))
-        if dist.is_main:
-            _truncate_metrics(run, start - 1)
-    sizes = round_sizes(cfg)
+        _load_checkpoint(algo, run.checkpoint_dir(start - 1))
+    try:
+        _run_rounds(cfg, run, pipe, algo, source, log, start, sizes, dist, show_progress)
+    finally:
+        if log is not None:
+            log.close()  # the last connection folds SQLite's write-ahead log back into feedback.sqlite
+    return run
+
+
+def _run_rounds(cfg: TrainConfig, run: RunFolder, pipe, algo, source, log, start: int, sizes: list[int],
+                dist: Dist, show_progress: bool) -> None:
+    """Rounds ``start``..end, then the final LoRA; the tracker is closed either way."""
     tracker = Tracker(run.path / "logs", cfg)  # on every process: accelerate writes from the main one only
     with activate(dist), unet_autocast(cfg.precision), _progress(show_progress and dist.is_main) as progress:
         if start > 0 and loss_scale() is not None:  # fp16: go on at the scale the last checkpoint reached
@@ -106,7 +130,49 @@ def train(cfg: TrainConfig, resume: bool = False, source: FeedbackSource | None 
             writer.finish()
     else:
         tracker.close()
-    return run
+
+
+def check_run(cfg: TrainConfig) -> ResumePlan:
+    """Check the run folder ``cfg.out`` before resuming it with ``cfg`` (read-only; ``hero.runs.checks``)."""
+    run = RunFolder(cfg.out)
+    if not run.config_path.is_file():
+        raise RunFolderError(run.config_path, "is missing: there is no run to resume here")
+    return check_resume(run, cfg, round_sizes(cfg))
+
+
+def _checked(run: RunFolder, cfg: TrainConfig, sizes: list[int], dist: Dist) -> ResumePlan:
+    """Rank 0 checks the folder and every process gets its plan, or raises its error."""
+    outcome = None
+    if dist.is_main:
+        try:
+            outcome = check_run(cfg)
+        except RunFolderError as e:
+            outcome = e
+    outcome = dist.broadcast(outcome)
+    if isinstance(outcome, RunFolderError):
+        raise outcome
+    return outcome
+
+
+def _save_resumed_config(run: RunFolder, cfg: TrainConfig) -> None:
+    """Write config.yaml when the resumed run changed it: another judge or budget, reward_model/web, or its place."""
+    if TrainConfig.from_yaml(run.config_path) != cfg:
+        save_config(cfg, run.config_path)
+
+
+def _open_log(path: Path) -> FeedbackLog:
+    try:
+        return FeedbackLog(path)
+    except sqlite3.DatabaseError as e:
+        raise RunFolderError(path, f"is not a readable SQLite feedback log ({e})") from None
+
+
+def _load_checkpoint(algo, folder: Path) -> None:
+    """Load the checkpoint the run goes on from; a state that does not load is a ``RunFolderError``."""
+    try:
+        algo.load(folder)
+    except Exception as e:  # unpickling and load_state_dict report in many types, all "this file is bad"
+        raise RunFolderError(folder / "state.pt", f"cannot be loaded into this run's model ({e})") from None
 
 
 def run_round(cfg: TrainConfig, run: RunFolder, pipe, algo, source: FeedbackSource | None, log: FeedbackLog | None,
@@ -122,6 +188,9 @@ def run_round(cfg: TrainConfig, run: RunFolder, pipe, algo, source: FeedbackSour
     if traj is None:
         noise = algo.start_noise(r, n, round_generator(cfg.seed, r, 0))
         traj = sample_round(pipe, [cfg.prompt] * n, noise, round_generator(cfg.seed, r, 1), rollout_kwargs(cfg), dist)
+        differs = dist.broadcast(_replay_differs(run, log, r, traj.images) if dist.is_main else None)
+        if differs is not None:
+            raise differs
         if dist.is_main:
             run.save_round(r, traj)
     t1 = time.perf_counter()
@@ -134,6 +203,7 @@ def run_round(cfg: TrainConfig, run: RunFolder, pipe, algo, source: FeedbackSour
         algo.save(folder)
         if loss_scale() is not None:
             loss_scale().save(folder)
+        run.write_checkpoint_settings(r, settings_record(cfg))  # last: the checkpoint is complete
     pairwise = feedback.pairs is not None  # a pairwise round has no good marks: report its pairs instead
     # Feedback = images judged: the log's, plus any an algorithm asks of the source itself (HERD's relabels).
     n_feedback = None if log is None else log.n_feedback() + int(stats.get("extra_feedback_total", 0))
@@ -151,6 +221,19 @@ def run_round(cfg: TrainConfig, run: RunFolder, pipe, algo, source: FeedbackSour
             run.prune_checkpoints(cfg.keep_checkpoints)
     dist.barrier()  # the round's checkpoint is complete before any process starts the next round
     return record
+
+
+def _replay_differs(run: RunFolder, log: FeedbackLog, r: int, images) -> RunFolderError | None:
+    """A round judged before but sampled again (its trajectories gone): an error unless the images are the ones
+    judged, to the bit, as on disk; the logged judgement applies only to those."""
+    if log.get_round(r) is None:
+        return None
+    whole = all(run.image_path(r, i).is_file() for i in range(len(images)))
+    shown = run.round_images(r) if whole else None
+    if shown is not None and shown.shape == images.shape and np.array_equal(shown, images):
+        return None
+    return RunFolderError(run.round_dir(r) / "images", f"round {r} sampled again differs from the images judged "
+                          "(the machine or the software changed?): its judgement cannot be applied to it")
 
 
 def sample_round(pipe, prompts: list[str], start_noise: torch.Tensor | None, generator: torch.Generator,
@@ -191,12 +274,6 @@ def judge(cfg: TrainConfig, algo, source: FeedbackSource, log: FeedbackLog, r: i
     if log.get_round(r) is None:  # the web source writes the round itself, before it answers the browser
         log.record_round(r, cfg.prompt, feedback.good, feedback.best, feedback.source, feedback.scores)
     return feedback
-
-
-def _truncate_metrics(run: RunFolder, last_round: int) -> None:
-    """Drop metric lines of rounds after the last checkpoint (written just before a crash)."""
-    kept = [m for m in run.metrics() if m["round"] <= last_round]
-    atomic_write_text(run.metrics_path, "".join(json.dumps(m) + "\n" for m in kept))
 
 
 def _progress(enabled: bool) -> Progress:

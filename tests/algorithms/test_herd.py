@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -129,6 +130,7 @@ def test_short_run_writes_a_loadable_lora_and_resumes(tmp_path, never_ask):
     assert_lora_loads(run)
     # Resumed after round 0's checkpoint: round 1 trains on the replay loaded from it, to the same LoRA.
     final = load_file(run.path / "lora" / "pytorch_lora_weights.safetensors")
+    shutil.rmtree(run.checkpoint_dir(1))  # as if the run had stopped after round 0's checkpoint
     run.mark_checkpoint(0)
     train(cfg, resume=True, source=never_ask, show_progress=False)
     again = load_file(run.path / "lora" / "pytorch_lora_weights.safetensors")
