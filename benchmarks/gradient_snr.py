@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/gradient_snr.py --n 64 --seed 0 [--steps 20 --eta 1.0 --rank 8] [--save F.pt]
     .venv/bin/python benchmarks/gradient_snr.py --pool F0.pt F1.pt ...   # rounds of one setting together
+    .venv/bin/python benchmarks/gradient_snr.py --per-step --n 64 --seed 0 [--min-sigma 0.01]   # ρ per step
 
 Samples one round (``--n`` images of "three green triangles", the demo sampler), judges it with the simulated
 human, and computes every trajectory's gradient of its summed per-step log-prob w.r.t. a fresh LoRA (the demo's
@@ -18,6 +19,10 @@ rank and targets). At unchanged weights the PPO ratio is 1, so the round's polic
   in-sample reward mostly encodes) vs with the judge's graded score (an oracle).
 - ``step_vs_round``: one optimiser step's gradient (``--batch`` trajectories × K random steps each, as the
   update samples them) vs the whole round's (all trajectories, all steps), for K = 5 and K = all steps.
+
+``--per-step``: the same per-image ρ for each denoising step s on its own (c_i = A_i (∇log p_{i,s} − mean_i)),
+with σ_s, the mean ‖∇log p_s‖ and the step's share of Σ_s ‖∇log p_s‖², then ρ of the summed gradient over all
+steps and over the steps a policy update trains (σ ≥ ``--min-sigma``, the engine's ``pg.min_sigma``).
 
 The LoRA's B starts at zero, so at initialisation only B has a gradient: this is the direction of the first step.
 """
@@ -37,7 +42,7 @@ import torch.nn.functional as F
 from hero.lora import add_lora
 from hero.models import load_pipeline
 from hero.policy_gradient import standardise_advantages
-from hero.rollout import rollout, step_log_prob
+from hero.rollout import rollout, step_log_prob, step_sigmas
 from hero.toyworld import Judge, parse_task
 
 PROMPT = "three green triangles"
@@ -58,6 +63,33 @@ def per_trajectory_grads(pipe, traj, params) -> torch.Tensor:
         logp.sum().backward()
         out.append(flat_grad(params))
     return torch.stack(out)
+
+
+def per_step_grads(pipe, traj, params) -> torch.Tensor:
+    """(N, T, P): ∇ log p(x_{s+1} | x_s) of each trajectory and step on its own."""
+    n, steps = traj.log_probs.shape
+    out = torch.empty(n, steps, sum(p.numel() for p in params))
+    for i in range(n):
+        for s in range(steps):
+            for p in params:
+                p.grad = None
+            step_log_prob(pipe.unet, pipe.scheduler, traj, [i], s).sum().backward()
+            out[i, s] = flat_grad(params)
+    return out
+
+
+def per_step_table(pipe, traj, params, adv: torch.Tensor, min_sigma: float) -> dict:
+    """ρ, σ, mean ‖∇log p‖ and share of Σ‖∇‖² per step; ρ of the sum over all steps and over σ ≥ min_sigma."""
+    grads = per_step_grads(pipe, traj, params)  # (N, T, P)
+    sigmas = step_sigmas(pipe.scheduler, traj.timesteps, traj.eta)
+    sq = (grads.double() ** 2).sum(-1)  # (N, T)
+    rows = [{"step": s, "sigma": float(sigmas[s]), "grad_norm": float(sq[:, s].sqrt().mean()),
+             "share_of_sq_norm": float(sq[:, s].sum() / sq.sum()),
+             "per_image_snr": per_image_snr(contributions(grads[:, s], adv))} for s in range(grads.shape[1])]
+    keep = sigmas >= min_sigma
+    return {"per_step": rows, "min_sigma": min_sigma, "steps_kept": int(keep.sum()),
+            "per_image_snr_all_steps": per_image_snr(contributions(grads.sum(1), adv)),
+            "per_image_snr_kept_steps": per_image_snr(contributions(grads[:, keep].sum(1), adv))}
 
 
 def minibatch_grad(pipe, traj, params, adv: torch.Tensor, idx: list[int], k: int, rng: random.Random) -> torch.Tensor:
@@ -124,6 +156,8 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="also write the JSON result here")
     ap.add_argument("--save", default=None, help="save the per-trajectory gradients and rewards here (.pt)")
     ap.add_argument("--pool", nargs="+", default=None, metavar="PT", help="only pool these --save files and exit")
+    ap.add_argument("--per-step", action="store_true", help="only the per-step table (N × T backward passes)")
+    ap.add_argument("--min-sigma", type=float, default=0.01, help="the σ floor of --per-step's kept steps")
     args = ap.parse_args()
     if args.pool:
         print(json.dumps(pool(args.pool)))
@@ -138,6 +172,11 @@ def main() -> None:
     verdicts = Judge().judge_batch(traj.images, parse_task(PROMPT))
     rewards = {"label": [float(v.good) for v in verdicts], "score": [v.score for v in verdicts]}
     adv = {k: standardise_advantages(r) for k, r in rewards.items()}
+    if args.per_step:
+        table = {"n": args.n, "seed": args.seed, "rank": args.rank, "steps": args.steps,
+                 **per_step_table(pipe, traj, params, adv["label"], args.min_sigma)}
+        _emit(table, args.out)
+        return
     grads = per_trajectory_grads(pipe, traj, params)  # (N, P)
     full = {k: (a[:, None] * grads).sum(0) for k, a in adv.items()}
 
@@ -163,9 +202,13 @@ def main() -> None:
         sims = [cos(minibatch_grad(pipe, traj, params, adv["label"], rng.sample(range(args.n), args.batch),
                                    k_steps, rng), full["label"]) for _ in range(8)]
         result[f"step_vs_round_label_k{k_steps}"] = float(np.mean(sims))
+    _emit(result, args.out)
+
+
+def _emit(result: dict, out: str | None) -> None:
     line = json.dumps(result)
-    if args.out:
-        with open(args.out, "w") as f:
+    if out:
+        with open(out, "w") as f:
             f.write(line + "\n")
     print(line)
 

@@ -1,4 +1,4 @@
-"""LoRA on the UNet attention projections: placement, identity at init, save/load round trip."""
+"""LoRA on the UNet: placement (attention, wide), identity at init, save/load round trip."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from hero.lora import DEFAULT_TARGETS, add_lora, load_lora, lora_parameters, save_lora
+from hero.lora import DEFAULT_TARGETS, add_lora, load_lora, lora_parameters, resolve_targets, save_lora
 from hero.rollout import rollout
 
 PROMPTS = ["a red circle", "a blue square"]
@@ -29,12 +29,28 @@ def test_add_lora_targets_attention_and_starts_as_identity(tiny_pixel_pipeline):
     assert torch.equal(after.latents, base.latents)  # lora_B = 0: the adapter is the identity at init
 
 
+def test_the_wide_preset_reaches_resnets_time_embedding_and_feed_forwards(tiny_pixel_pipeline_factory):
+    pipe = tiny_pixel_pipeline_factory()
+    n_attention = len(add_lora(tiny_pixel_pipeline_factory().unet, rank=2, alpha=2, targets="attention"))
+    params = add_lora(pipe.unet, rank=2, alpha=2, targets="wide")
+    names = {n.split(".lora_")[0] for n, _ in pipe.unet.named_parameters() if "lora_" in n}
+    for part in ("resnets.0.conv1", "resnets.0.conv2", "resnets.0.time_emb_proj", "time_embedding.linear_1",
+                 "proj_in", "proj_out", "ff.net.2", "attn1.to_q"):
+        assert any(part in n for n in names), part
+    assert len(params) > 2 * n_attention
+    assert add_lora(tiny_pixel_pipeline_factory().unet, targets=["to_q"])
+    assert resolve_targets("wide")[:4] == DEFAULT_TARGETS
+    with pytest.raises(ValueError, match="unknown LoRA target preset 'everything'"):
+        resolve_targets("everything")
+
+
+@pytest.mark.parametrize("targets", ["attention", "wide"])
 @pytest.mark.parametrize("factory", ["tiny_pixel_pipeline_factory", "tiny_sd_pipeline_factory"])
-def test_save_and_load_reproduce_the_images(factory, tmp_path, request):
+def test_save_and_load_reproduce_the_images(factory, targets, tmp_path, request):
     build = request.getfixturevalue(factory)
     pipe = build()
     base_images = _images(pipe)
-    add_lora(pipe.unet, rank=4, alpha=8)  # alpha != rank: the scale must survive the round trip
+    add_lora(pipe.unet, rank=4, alpha=8, targets=targets)  # alpha != rank: the scale must survive the round trip
     with torch.no_grad():  # stand-in for training
         for p in lora_parameters(pipe):
             p.add_(0.3 * torch.randn_like(p))

@@ -94,3 +94,50 @@ def test_update_counts_follow_the_config(tiny_pixel_pipeline):
     # 5 samples -> minibatches of 2, 2, 1 -> 3 optimizer steps per epoch; K is capped at T = 3.
     assert stats["grad_steps"] == 2 * 3 and stats["backward_passes"] == 2 * 3 * 3
     assert all(math.isfinite(v) for v in stats.values())
+
+
+def test_near_deterministic_steps_are_never_trained():
+    """tiny-shapes at 20 steps: the last DDIM step has σ ≈ 0.0064 (under one uint8 level); the others ≥ 0.07."""
+    from types import SimpleNamespace
+
+    from hero.models.tiny_shapes import sampling_scheduler
+    from hero.policy_gradient import accumulation_schedule, trainable_steps
+    from hero.rollout import step_sigmas
+
+    scheduler = sampling_scheduler()
+    scheduler.set_timesteps(20)
+    sigmas = step_sigmas(scheduler, scheduler.timesteps, 1.0)
+    assert sigmas[-1] < 2 / 255 < 0.07 < sigmas[:-1].min()
+    traj = SimpleNamespace(timesteps=scheduler.timesteps, eta=1.0)
+    keep = trainable_steps(scheduler, traj, 0.01)
+    assert keep.tolist() == list(range(19))
+    cfg = PolicyGradientConfig(timesteps_per_traj=19, batch_size=4, grad_accum=2, inner_epochs=3)
+    drawn = {int(s) for group in accumulation_schedule(16, keep, cfg, torch.Generator().manual_seed(0))
+             for _, steps, _ in group for s in steps}
+    assert drawn == set(range(19))  # every other step is trained, the last one never
+    everything = {int(s) for group in accumulation_schedule(16, 20, cfg, torch.Generator().manual_seed(0))
+                  for _, steps, _ in group for s in steps}
+    assert 19 in everything  # min_sigma = 0 (the paper's DDPO): all steps, as before
+    # All steps allowed: the same draws as the integer form (a run with min_sigma = 0 is unchanged).
+    a = list(accumulation_schedule(8, 20, cfg, torch.Generator().manual_seed(3)))
+    b = list(accumulation_schedule(8, torch.arange(20), cfg, torch.Generator().manual_seed(3)))
+    assert all(torch.equal(x[1], y[1]) for ga, gb in zip(a, b, strict=True) for x, y in zip(ga, gb, strict=True))
+    with pytest.raises(ValueError, match="pg.min_sigma=2.0 leaves no denoising step"):
+        trainable_steps(scheduler, traj, 2.0)
+
+
+def test_the_last_step_dominates_the_gradient_unless_left_out(tiny_pixel_pipeline):
+    """Why the floor: at a fresh LoRA the ∇ log p of the σ ≈ 0.006 step is far larger than any other step's."""
+    from hero.models.tiny_shapes import sampling_scheduler
+
+    pipe = tiny_pixel_pipeline
+    pipe.scheduler = sampling_scheduler()
+    add_lora(pipe.unet)
+    traj = rollout(pipe, ["a red circle"] * 2, num_steps=20, guidance_scale=1.0, seed=0)
+    norms = []
+    for s in range(20):
+        pipe.unet.zero_grad(set_to_none=True)
+        step_log_prob(pipe.unet, pipe.scheduler, traj, [0, 1], s).mean().backward()
+        norms.append(math.sqrt(sum(float((p.grad ** 2).sum()) for p in pipe.unet.parameters() if p.grad is not None)))
+    assert norms[19] > 3 * max(norms[:19])
+    assert norms[19] ** 2 > 0.8 * sum(n ** 2 for n in norms)  # over 80% of Σ_s ‖∇ log p_s‖²

@@ -147,6 +147,7 @@ def train(
 ) -> None:
     """Fine-tune online from feedback: sample a round, get judgements, learn, repeat until the budget is spent."""
     from hero.config import ConfigError, load_config
+    from hero.runs.errors import RunFolderError, one_line
     from hero.train import train as run_training
 
     if from_annotations is not None:
@@ -161,25 +162,21 @@ def train(
         else:
             cfg = load_config(preset, set_, prompt=prompt, model=model, algo=algo, feedback=feedback, budget=budget,
                               images_per_round=images_per_round, seed=seed, out=None if out is None else str(out))
-    except ConfigError as e:
-        typer.echo(f"error: {e}", err=True)
+    except (ConfigError, RunFolderError) as e:  # RunFolderError: a file of the run is unreadable
+        typer.echo(f"error: {one_line(e, limit=600)}", err=True)
         raise typer.Exit(2) from None
     web, finished = None, False
     try:
         from hero.distributed import is_main_process
 
+        # Every process checks the folder (read-only) before any writes or serves: an error stops them all alike.
+        plan = _check_resume(cfg) if resume is not None else None
         if cfg.feedback == "web" and is_main_process():  # under accelerate launch: one server, on rank 0
-            from hero.web import WebFeedback
-
-            if resume is None and (Path(cfg.out) / "config.yaml").is_file():
-                raise FileExistsError(f"{cfg.out} already holds a run: pass --resume to continue it, "
-                                      "or choose another --out")
-            web = WebFeedback.for_config(cfg)
-            typer.echo(f"feedback page: {web.start()}  (open it in a browser; Ctrl-C stops, --resume continues)")
-        run = run_training(cfg, resume=resume is not None, source=web, show_progress=progress)
+            web = _start_web(cfg, resume is not None)
+        run = run_training(cfg, resume=resume is not None, source=web, show_progress=progress, plan=plan)
         finished = True
-    except (FileExistsError, FileNotFoundError, ValueError, OSError) as e:
-        typer.echo(f"error: {e}", err=True)
+    except (FileExistsError, FileNotFoundError, ValueError, OSError) as e:  # RunFolderError is a ValueError
+        typer.echo(f"error: {one_line(e, limit=600)}", err=True)
         raise typer.Exit(2) from None
     finally:
         if web is not None:
@@ -188,13 +185,36 @@ def train(
         typer.echo(f"run finished: {run.path}  (LoRA: {run.path / 'lora'}; evaluate with `hero eval {run.path}`)")
 
 
-_CHANGEABLE_ON_RESUME = ("reward_model.", "web.")
+def _check_resume(cfg):
+    """Check the run folder before it resumes (read-only) and say what its recoveries will do."""
+    from hero.distributed import is_main_process
+    from hero.train import check_run
+
+    plan = check_run(cfg)
+    for line in plan.report if is_main_process() else []:
+        typer.echo(line, err=True)
+    return plan
+
+
+def _start_web(cfg, resume: bool):
+    """Start the feedback page for the run and print its URL."""
+    from hero.web import WebFeedback
+
+    if not resume and (Path(cfg.out) / "config.yaml").is_file():
+        raise FileExistsError(f"{cfg.out} already holds a run: pass --resume to continue it, or choose another --out")
+    web = WebFeedback.for_config(cfg)
+    typer.echo(f"feedback page: {web.start()}  (open it in a browser; Ctrl-C stops, --resume continues)")
+    return web
 
 
 def _resumed_config(run_dir: Path, feedback: str | None, budget: int | None, overrides: list[str], fixed: dict):
-    """The run's saved config, with what may change when it continues: the feedback source, a larger budget and
-    ``--set reward_model.*|web.*`` (pre-train with AI feedback, then go on with a person). Saved back to the run."""
-    from hero.config import ConfigError, TrainConfig, load_config, save_config
+    """The run's saved config, located at ``run_dir`` (wherever the folder was copied or moved: its stored ``out``
+    is ignored), with what may change when it continues: the feedback source, a larger budget and
+    ``--set reward_model.*|web.*`` (pre-train with AI feedback, then go on with a person). ``hero.train`` saves it
+    back to the run once the folder has passed its checks."""
+    from hero.config import ConfigError, TrainConfig, load_config
+    from hero.runs.checks import RESUME_HINT, RESUME_SET_PREFIXES
+    from hero.runs.errors import RunFolderError
     from hero.runs.folder import RunFolder
     from hero.train import round_sizes
 
@@ -202,24 +222,22 @@ def _resumed_config(run_dir: Path, feedback: str | None, budget: int | None, ove
         raise ConfigError(f"--resume {run_dir}: no run there (no config.yaml)")
     given = [name for name, value in fixed.items() if value is not None]
     if given:
-        raise ConfigError(f"{', '.join(given)} cannot change on --resume (the run fixes them); a resumed run takes "
-                          "--feedback, --budget and --set reward_model.*/web.*")
-    bad = [o for o in overrides if not o.strip().startswith(_CHANGEABLE_ON_RESUME)]
+        raise ConfigError(f"{', '.join(given)} cannot change on --resume (the run fixes them); {RESUME_HINT}")
+    bad = [o for o in overrides if not o.strip().startswith(RESUME_SET_PREFIXES)]
     if bad:
         raise ConfigError(f"--set {bad[0]!r} cannot change on --resume (only reward_model.* and web.* can)")
-    old = TrainConfig.from_yaml(run_dir / "config.yaml")
+    try:
+        old = TrainConfig.from_yaml(run_dir / "config.yaml")
+    except ConfigError as e:
+        raise RunFolderError(run_dir / "config.yaml", str(e)) from None
+    here = {**old.model_dump(mode="json"), "out": str(run_dir)}
     if feedback is None and budget is None and not overrides:
-        return old
-    new = load_config(None, overrides, **{**old.model_dump(mode="json"), "feedback": feedback or old.feedback,
-                                          "budget": budget or old.budget})
-    done = RunFolder(run_dir).latest_round() + 1
+        return TrainConfig.model_validate(here)
+    new = load_config(None, overrides, **{**here, "feedback": feedback or old.feedback, "budget": budget or old.budget})
+    done = RunFolder(run_dir).latest_round() + 1  # an unreadable marker: a RunFolderError naming it
     if round_sizes(new)[:done] != round_sizes(old)[:done]:  # the rounds already judged must stay what they were
         raise ConfigError(f"bad value for 'budget': {new.budget} (the run has judged {sum(round_sizes(old)[:done])} "
                           f"images in {done} rounds; a new budget must keep those rounds whole)")
-    from hero.distributed import is_main_process
-
-    if is_main_process():
-        save_config(new, run_dir / "config.yaml")
     return new
 
 
@@ -250,16 +268,22 @@ def eval_(
 ) -> None:
     """Success rates of the base model and the run's LoRA, under plain and guided noise (last line: JSON)."""
     from hero.evaluate import evaluate
+    from hero.runs.errors import RunFolderError
 
     try:
         result = evaluate(run_dir, n=n, seed=seed)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, RunFolderError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     if not json_:
         for k in ("base_plain", "plain", "base_guided", "guided"):
             if k in result:
-                typer.echo(f"{k:>12}: {result[k]:.3f}")
+                nan = float("nan")
+                div, mem = result["diversity"].get(k, {}), result["memorisation"].get(k, {})
+                typer.echo(f"{k:>12}: {result[k]:.3f} ± {result['stderr'].get(k, nan):.3f}   diversity "
+                           f"{div.get('pairwise', nan):.3f} (duplicates {div.get('duplicate_rate', nan):.2f})   "
+                           f"nearest judged-good {mem.get('nn_distance', nan):.3f} "
+                           f"(copies {mem.get('copy_rate', nan):.2f})")
     typer.echo(json.dumps(result))
 
 

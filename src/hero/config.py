@@ -19,7 +19,8 @@ from pydantic_core import PydanticCustomError
 from hero.runs.atomic import atomic_write_text
 
 __all__ = ["ConfigError", "D3POSettings", "DDPOSettings", "DPOKSettings", "HerdSettings", "SeikoSettings",
-           "HeroSettings", "LoraSettings", "PolicyGradientSettings", "PRESETS_DIR", "SamplerConfig",
+           "HeroSettings", "KtoSettings", "LikelihoodSettings", "LoraSettings", "PolicyGradientSettings",
+           "PRESETS_DIR", "SamplerConfig",
            "TaskSettings", "TrainConfig", "WebSettings", "list_presets", "load_config", "parse_feedback", "save_config",
            "RewardModelSettings", "MemorySettings", "SINGLE_FILE_SUFFIXES"]
 
@@ -55,11 +56,22 @@ class SamplerConfig(_Section):
 
 
 class LoraSettings(_Section):
-    """LoRA adapter on the UNet attention projections."""
+    """LoRA adapter on the UNet: its rank, scale, learning rate and which layers it reaches."""
 
     rank: int = Field(8, ge=1)
     alpha: float = Field(8.0, gt=0)
     lr: float = Field(3e-4, gt=0)
+    # "attention" (the papers' adapter: to_q/k/v/out), "wide" (also resnets, time embedding, proj_in/out,
+    # feed-forwards; hero.lora.TARGET_PRESETS), an explicit list of module-name suffixes, or "auto": the
+    # method's own (wide for raft and kto, attention for the policy-gradient methods; algorithms.base.AUTO_TARGETS).
+    targets: Literal["auto", "attention", "wide"] | list[str] = "auto"
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list) and (not v or not all(isinstance(t, str) and t.strip() for t in v)):
+            raise ValueError("must be auto, attention, wide or a non-empty list of module names")
+        return v
 
 
 class PolicyGradientSettings(_Section):
@@ -73,6 +85,10 @@ class PolicyGradientSettings(_Section):
     grad_accum: int = Field(4, ge=1)
     inner_epochs: int = Field(1, ge=1)
     per_prompt_advantages: bool = False
+    # Denoising steps with σ below this are never trained: their noise cannot change the image, yet their
+    # ∇ log p ∝ 1/σ swamps the gradient (docs/learning.md, "The last denoising step"). 0.01 leaves out tiny-shapes' last
+    # step (σ = 0.0064, under one uint8 level) and keeps its other 19 (σ ≥ 0.076); 0 trains every step.
+    min_sigma: float = Field(0.01, ge=0.0)
 
 
 class HeroSettings(_Section):
@@ -117,6 +133,29 @@ class DPOKSettings(_Section):
     value_lr: float = Field(1e-3, gt=0)  # a small net refitted each round on few samples: a brisk rate
     value_epochs: int = Field(8, ge=0)  # passes over the round's (x_t, t, r) before the policy update
     value_batch_size: int = Field(64, ge=1)
+
+
+class LikelihoodSettings(_Section):
+    """RAFT and Diffusion-KTO: the denoising loss on the judged images (``hero.likelihood``), per round."""
+
+    lr: float = Field(2e-3, gt=0)  # their own rate (lora.lr is the policy-gradient methods')
+    steps_per_round: int = Field(300, ge=0)  # optimiser steps after each judged round
+    batch_size: int = Field(16, ge=1)  # judged images per step, drawn with replacement
+    base_weight: float = Field(0.5, ge=0)  # λ on the distance to the base model's prediction (0: no pull)
+    cond_dropout: float = Field(0.0, ge=0.0, le=1.0)  # share of a batch trained on the empty prompt
+    min_snr_gamma: float | None = Field(5.0, gt=0)  # loss weighting (None: plain MSE)
+    max_grad_norm: float = Field(1.0, gt=0)
+
+
+class KtoSettings(_Section):
+    """Diffusion-KTO: the KTO utility of β·(implicit reward) for good and not-good images."""
+
+    # Scales ℓ_ref − ℓ_θ (a per-element MSE, ~3e-3 on the built-in model) into the sigmoid, which saturates once
+    # |β·Δ| ≳ 4: β bounds how far an image is pushed. β = 500 let the not-good term raise the model's error ~3×
+    # and destroyed the model within one round (docs/learning.md); 5000 is Diffusion-DPO's β for SD 1.5.
+    beta: float = Field(5000.0, gt=0)
+    good_weight: float = Field(1.0, gt=0)  # λ_D of KTO: weight of the good images' term
+    bad_weight: float = Field(1.0, gt=0)  # λ_U: weight of the not-good images' term
 
 
 class HerdSettings(_Section):
@@ -218,7 +257,7 @@ class TrainConfig(_Section):
     # components' config.json, tokenizer/, scheduler/; its weights are not needed), since nothing is downloaded
     model_config_dir: str | None = None
     prompt: str = Field(min_length=1)
-    algo: Literal["hero", "ddpo", "d3po", "dpok", "seiko", "herd"] = "hero"
+    algo: Literal["hero", "ddpo", "d3po", "dpok", "seiko", "herd", "raft", "kto"] = "hero"
     feedback: str = "sim"
     budget: int = Field(512, gt=0)  # feedback budget: images judged in total
     images_per_round: int = Field(64, gt=0)
@@ -239,6 +278,8 @@ class TrainConfig(_Section):
     dpok: DPOKSettings = Field(default_factory=DPOKSettings)
     herd: HerdSettings = Field(default_factory=HerdSettings)
     seiko: SeikoSettings = Field(default_factory=SeikoSettings)
+    likelihood: LikelihoodSettings = Field(default_factory=LikelihoodSettings)
+    kto: KtoSettings = Field(default_factory=KtoSettings)
     task: TaskSettings = Field(default_factory=TaskSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     reward_model: RewardModelSettings = Field(default_factory=RewardModelSettings)

@@ -5,11 +5,15 @@
 - guided: the fine-tuned model from the run's feedback-guided noise (best/good z_T, perturbed), as HERO
   samples during training; reviewers asked for both, since guided noise alone flatters the method;
 - base_guided: the base model from the same guided noise (how much of "guided" is the noise alone).
-All sample with the run's sampler and fresh evaluation seeds, and are judged by the toy-world judge.
+All sample with the run's sampler and fresh evaluation seeds, and are judged by the toy-world judge. Beside each
+rate: its binomial standard error (``stderr``), the samples' ``diversity`` and their ``memorisation`` of the
+images judged good during the run (``hero.diversity``), so that a method that collapses onto a few of them
+shows it.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +21,10 @@ import torch
 
 from hero.algorithms import make_algorithm
 from hero.config import TrainConfig
+from hero.diversity import diversity, memorisation
 from hero.models import load_pipeline
 from hero.rollout import rollout
+from hero.runs.feedback_log import FeedbackLog
 from hero.runs.folder import RunFolder
 from hero.toyworld import Judge, parse_task
 from hero.train import rollout_kwargs
@@ -26,8 +32,8 @@ from hero.train import rollout_kwargs
 EVAL_SEED = 987_654  # distinct from every training round's seed
 
 
-def _success(pipe, cfg: TrainConfig, n: int, noise: torch.Tensor | None, seed: int) -> float:
-    task = parse_task(cfg.prompt, **cfg.task_options())
+def _samples(pipe, cfg: TrainConfig, n: int, noise: torch.Tensor | None, seed: int) -> np.ndarray:
+    """n images of the run's prompt with the run's sampler, from evaluation seed ``seed`` (and ``noise``)."""
     g = torch.Generator("cpu").manual_seed(seed)
     images = []
     for lo in range(0, n, cfg.sampler.batch_size * 8):
@@ -35,8 +41,43 @@ def _success(pipe, cfg: TrainConfig, n: int, noise: torch.Tensor | None, seed: i
         traj = rollout(pipe, [cfg.prompt] * k, generator=g, start_noise=None if noise is None else noise[lo: lo + k],
                        **rollout_kwargs(cfg))
         images.append(traj.images)
-    verdicts = Judge().judge_batch(np.concatenate(images), task)
-    return sum(v.good for v in verdicts) / n
+    return np.concatenate(images)
+
+
+def _success(cfg: TrainConfig, images: np.ndarray) -> float:
+    task = parse_task(cfg.prompt, **cfg.task_options())
+    return sum(v.good for v in Judge().judge_batch(images, task)) / len(images)
+
+
+def judged_good_images(run: RunFolder, last_round: int) -> np.ndarray:
+    """The images judged good (or best) in rounds 0..last_round: what a likelihood method trained on."""
+    log = FeedbackLog(run.feedback_db) if run.feedback_db.is_file() else None
+    picked = []
+    for r in range(last_round + 1):
+        fb = None if log is None else log.get_round(r)
+        if fb is None or not fb.good or not (run.round_dir(r) / "images").is_dir():
+            continue  # a pairwise round has no good marks
+        images = run.round_images(r)
+        keep = [i for i, g in enumerate(fb.good) if g or i == fb.best]
+        picked.append(images[keep])
+    return np.concatenate(picked) if picked else np.zeros((0, 1, 1, 3), dtype=np.uint8)
+
+
+class _Report:
+    """Collects, per condition, the success rate with its standard error, diversity and memorisation."""
+
+    def __init__(self, cfg: TrainConfig, result: dict, training: np.ndarray):
+        self.cfg, self.result, self.training = cfg, result, training
+        for key in ("stderr", "diversity", "memorisation"):
+            result.setdefault(key, {})
+
+    def add(self, key: str, images: np.ndarray) -> None:
+        p = _success(self.cfg, images)
+        self.result[key] = p
+        self.result["stderr"][key] = math.sqrt(p * (1 - p) / len(images))  # binomial standard error
+        self.result["diversity"][key] = diversity(images)
+        if len(self.training):
+            self.result["memorisation"][key] = memorisation(images, self.training)
 
 
 def evaluate(run_dir: str | Path, n: int = 256, seed: int = EVAL_SEED, include_base: bool = True,
@@ -60,21 +101,22 @@ def evaluate(run_dir: str | Path, n: int = 256, seed: int = EVAL_SEED, include_b
     result: dict = {"run": str(run.path), "prompt": cfg.prompt, "algo": cfg.algo, "rounds": last + 1, "n": n}
     algo = make_algorithm(cfg, pipe)  # adds the LoRA (identity at init: the base model)
     guided = getattr(algo, "guided_noise", None)
+    report = _Report(cfg, result, judged_good_images(run, last))
+    result["training_images"] = len(report.training)
     with torch.no_grad():
         if include_base and base_plain is not None:
             result["base_plain"] = base_plain
         elif include_base:
             pipe.unet.disable_adapters()
-            result["base_plain"] = _success(pipe, cfg, n, None, seed)
+            report.add("base_plain", _samples(pipe, cfg, n, None, seed))
             pipe.unet.enable_adapters()
         algo.load(run.checkpoint_dir(last))
-        result["plain"] = _success(pipe, cfg, n, None, seed)
+        report.add("plain", _samples(pipe, cfg, n, None, seed))
         if guided is not None:
             noise = guided(n, torch.Generator("cpu").manual_seed(seed + 1))
-            result["guided"] = _success(pipe, cfg, n, noise, seed)
+            report.add("guided", _samples(pipe, cfg, n, noise, seed))
             if include_base:
                 pipe.unet.disable_adapters()
-                result["base_guided"] = _success(pipe, cfg, n, noise, seed)
+                report.add("base_guided", _samples(pipe, cfg, n, noise, seed))
                 pipe.unet.enable_adapters()
     return result
-

@@ -1,4 +1,11 @@
-"""LoRA on the UNet attention projections (peft), saved and loaded in the diffusers LoRA format."""
+"""LoRA on the UNet (peft), saved and loaded in the diffusers LoRA format.
+
+Which layers the adapter reaches is a setting (``lora.targets``): a preset name from ``TARGET_PRESETS`` or an
+explicit list of module-name suffixes (peft's ``target_modules``). "attention" is the adapter of the HERO and
+DDPO papers; "wide" also reaches the resnets (at every resolution, not only where there is attention), the
+time-embedding projections, proj_in/proj_out and the feed-forwards: on the built-in model the attention sits
+only at 8×8, and an adapter there cannot change much of a 32×32 image (docs/learning.md, "LoRA coverage").
+"""
 
 from __future__ import annotations
 
@@ -7,13 +14,32 @@ from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionPipeline
-from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
-__all__ = ["DEFAULT_TARGETS", "add_lora", "load_lora", "lora_parameters", "save_lora"]
+__all__ = ["DEFAULT_TARGETS", "TARGET_PRESETS", "add_lora", "load_lora", "lora_parameters", "resolve_targets",
+           "save_lora"]
 
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+TARGET_PRESETS: dict[str, tuple[str, ...]] = {
+    "attention": DEFAULT_TARGETS,
+    # Suffixes of diffusers UNet2DConditionModel module names: resnets (conv1, conv2, their time projection and
+    # shortcut), the transformer blocks' projections and feed-forwards, and the timestep embedding's MLP.
+    "wide": DEFAULT_TARGETS + ("conv1", "conv2", "time_emb_proj", "conv_shortcut", "proj_in", "proj_out",
+                               "ff.net.0.proj", "ff.net.2", "time_embedding.linear_1", "time_embedding.linear_2"),
+}
+
+
+def resolve_targets(targets: str | Sequence[str]) -> tuple[str, ...]:
+    """A preset name ("attention", "wide") or an explicit list of module-name suffixes → the suffixes."""
+    if isinstance(targets, str):
+        if targets not in TARGET_PRESETS:
+            raise ValueError(f"unknown LoRA target preset {targets!r}: use one of {', '.join(TARGET_PRESETS)} "
+                             "or a list of module names")
+        return TARGET_PRESETS[targets]
+    if not targets:
+        raise ValueError("the LoRA needs at least one target module")
+    return tuple(targets)
 
 
 def _unet(pipe_or_unet):
@@ -26,10 +52,18 @@ def lora_parameters(pipe_or_unet) -> list[torch.nn.Parameter]:
     return [p for name, p in _unet(pipe_or_unet).named_parameters() if "lora_" in name]
 
 
-def add_lora(unet, rank: int = 4, alpha: float = 4, targets: Sequence[str] = DEFAULT_TARGETS,
+def add_lora(unet, rank: int = 4, alpha: float = 4, targets: str | Sequence[str] = DEFAULT_TARGETS,
              adapter_name: str = "default") -> list[torch.nn.Parameter]:
-    """Freeze the UNet, attach a fresh LoRA adapter (identity at init) and return its trainable parameters."""
+    """Freeze the UNet, attach a fresh LoRA adapter (identity at init) and return its trainable parameters.
+
+    Args:
+        unet: the UNet (or a pipeline holding one).
+        rank, alpha: the adapter's rank r and scale α (the update is α/r·BA).
+        targets: a preset name from ``TARGET_PRESETS`` or module-name suffixes (peft's ``target_modules``).
+        adapter_name: peft's adapter name.
+    """
     unet = _unet(unet)
+    targets = resolve_targets(targets)
     unet.requires_grad_(False)
     # "gaussian" init (A ~ N(0, 1/r), B = 0), as in the diffusers LoRA training scripts: the adapter starts as
     # the identity, so the first rollout after adding it is the base model's.
@@ -49,12 +83,33 @@ def save_lora(pipe_or_unet, directory: str | Path, adapter_name: str | None = No
     unet = _unet(pipe_or_unet)
     adapter_name = adapter_name or unet.active_adapters()[0]
     state = get_peft_model_state_dict(unet, adapter_name=adapter_name)
-    layers = convert_state_dict_to_diffusers(state)
+    # peft's own key names ("unet.….lora_A.weight"), which every diffusers LoRA loader reads. Not
+    # convert_state_dict_to_diffusers: it renames only the attention keys (to ".lora.down"), and a file that mixes
+    # both namings loads with the attention layers silently dropped (a "wide" adapter).
+    layers = state
     # The adapter config travels as metadata: without it diffusers infers lora_alpha = rank on load, which
     # silently rescales any adapter trained with alpha != rank.
-    metadata = unet.peft_config[adapter_name].to_dict()
+    # peft keeps target_modules (and the like) as sets, which iterate in a per-process hash order: sorted, the
+    # same weights give the same file bytes in every process, so a checksum of the file means something.
+    metadata = {k: sorted(v, key=str) if isinstance(v, (set, frozenset)) else v
+                for k, v in unet.peft_config[adapter_name].to_dict().items()}
     directory = Path(directory)
     StableDiffusionPipeline.save_lora_weights(directory, unet_lora_layers=layers, unet_lora_adapter_metadata=metadata)
+    # safetensors writes its metadata map in a random order on every call: rewrite the header with sorted keys
+    # (the tensor bytes and their offsets stay as they are). Padded with spaces to 8 bytes, as safetensors does.
+    import json
+
+    from hero.runs.atomic import atomic_write_bytes
+
+    path = directory / "pytorch_lora_weights.safetensors"
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    if "__metadata__" in header:
+        header = {"__metadata__": dict(sorted(header.pop("__metadata__").items())), **header}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    atomic_write_bytes(path, len(text).to_bytes(8, "little") + text + data[8 + n:])
     return directory
 
 

@@ -11,10 +11,10 @@ import torch
 
 from hero import distributed
 from hero.lora import lora_parameters
-from hero.rollout import Trajectories, loss_scale, step_log_prob
+from hero.rollout import Trajectories, loss_scale, step_log_prob, step_sigmas
 
 __all__ = ["PolicyGradientConfig", "accumulation_schedule", "clip_and_step", "clipped_surrogate_loss",
-           "make_optimizer", "policy_gradient_update", "standardise_advantages"]
+           "make_optimizer", "policy_gradient_update", "standardise_advantages", "trainable_steps"]
 
 
 @dataclass
@@ -34,6 +34,9 @@ class PolicyGradientConfig:
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
     seed: int = 0  # for the shuffles and timestep draws when no generator is passed
+    # Steps whose σ is below this are never trained (``trainable_steps``): their noise is too small to change
+    # the image, so they carry no reward signal, but their ∇ log p ∝ 1/σ would swamp the gradient. 0: train all.
+    min_sigma: float = 0.0
 
 
 def standardise_advantages(rewards: Sequence[float] | np.ndarray | torch.Tensor, prompts: Sequence[str] | None = None,
@@ -80,23 +83,38 @@ def _accumulation_groups(n: int, cfg: PolicyGradientConfig, generator: torch.Gen
     return [minibatches[i: i + cfg.grad_accum] for i in range(0, len(minibatches), cfg.grad_accum)]
 
 
-def accumulation_schedule(n: int, n_steps: int, cfg: PolicyGradientConfig,
+def trainable_steps(scheduler, traj: Trajectories, min_sigma: float) -> torch.Tensor:
+    """Indices (int64) of the rollout's steps with σ ≥ ``min_sigma``: the ones a policy update may train.
+
+    Raises a ValueError naming the setting when no step is left.
+    """
+    sigmas = step_sigmas(scheduler, traj.timesteps, traj.eta)
+    keep = torch.nonzero(sigmas >= min_sigma).flatten()
+    if len(keep) == 0:
+        raise ValueError(f"pg.min_sigma={min_sigma} leaves no denoising step to train (the largest σ is "
+                         f"{float(sigmas.max()):.4g}): lower it")
+    return keep
+
+
+def accumulation_schedule(n: int, n_steps: int | torch.Tensor, cfg: PolicyGradientConfig,
                           generator: torch.Generator) -> Iterator[list[tuple[torch.Tensor, torch.Tensor, float]]]:
     """The DDPO training schedule shared by every policy update here.
 
-    Per inner epoch each sample trains on its own K distinct steps (a random permutation's first K); samples are
-    shuffled into minibatches and ``grad_accum`` minibatches make one optimiser step. Yields, per optimiser step,
-    (minibatch indices, their step indices, loss weight) for each minibatch × K, the weight making the
-    accumulated gradient the mean over the group's samples and K steps.
+    ``n_steps``: the number of denoising steps T (all trainable), or the indices of the trainable ones
+    (``trainable_steps``). Per inner epoch each sample trains on its own K distinct trainable steps (a random
+    permutation's first K); samples are shuffled into minibatches and ``grad_accum`` minibatches make one
+    optimiser step. Yields, per optimiser step, (minibatch indices, their step indices, loss weight) for each
+    minibatch × K, the weight making the accumulated gradient the mean over the group's samples and K steps.
 
     Data-parallel (``hero.distributed``, several processes): the draws are the same on every process, and each
     process gets every N-th (minibatch, step) of a group with its weight × N (possibly none: it still calls
     ``clip_and_step``, which averages the gradients over the processes, so the step is the one-process step).
     """
-    k = min(cfg.timesteps_per_traj, n_steps)
+    allowed = torch.arange(n_steps) if isinstance(n_steps, int) else torch.as_tensor(n_steps, dtype=torch.long)
+    k = min(cfg.timesteps_per_traj, len(allowed))
     dist = distributed.current()
     for _ in range(cfg.inner_epochs):
-        steps = torch.stack([torch.randperm(n_steps, generator=generator)[:k] for _ in range(n)])
+        steps = torch.stack([allowed[torch.randperm(len(allowed), generator=generator)[:k]] for _ in range(n)])
         for group in _accumulation_groups(n, cfg, generator):
             n_group = sum(len(mb) for mb in group)
             yield dist.share([(mb, steps[mb, j], len(mb) / (n_group * k)) for mb in group for j in range(k)])
@@ -137,7 +155,8 @@ def policy_gradient_update(pipe, trajectories: Trajectories, rewards: Sequence[f
     device = pipe.unet.device
     stats: dict[str, list[float]] = {"loss": [], "approx_kl": [], "clipfrac": [], "grad_norm": []}
     optimizer.zero_grad(set_to_none=True)
-    for group in accumulation_schedule(*traj.log_probs.shape, cfg, generator):
+    steps = trainable_steps(pipe.scheduler, traj, cfg.min_sigma)
+    for group in accumulation_schedule(len(traj), steps, cfg, generator):
         for mb, s, weight in group:
             logp = step_log_prob(pipe.unet, pipe.scheduler, traj, mb, s)
             logp_old = traj.log_probs[mb, s].to(device)

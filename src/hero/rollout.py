@@ -27,7 +27,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from hero.runs.atomic import atomic_write_text
 
 __all__ = ["LossScale", "Trajectories", "decode_latents", "loss_scale", "rollout", "step_log_prob", "step_posterior",
-           "to_uint8", "unet_autocast"]
+           "step_sigmas", "to_uint8", "unet_autocast", "unet_output"]
 
 _HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -122,6 +122,13 @@ def _unet_call(unet, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) ->
     with torch.autocast(x.device.type, dtype=half):
         out = unet(x.to(unet.dtype), t, encoder_hidden_states=context.to(unet.dtype)).sample.float()
     return out if scaler is None else _scale_grad(out, scaler.scale)
+
+
+def unet_output(unet, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """One unguided UNet prediction (fp32) at per-sample timesteps t (B,), under the precision in force
+    (``unet_autocast``): for the likelihood updates (``hero.likelihood``), which train on single predictions."""
+    out = _unet_call(unet, x, t, context)
+    return out[:, : x.shape[1]] if out.shape[1] == 2 * x.shape[1] else out  # learned variance: keep the mean
 
 
 @dataclass
@@ -271,9 +278,24 @@ def _posterior(scheduler, out: torch.Tensor, x: torch.Tensor, abar_t: torch.Tens
     if scheduler.config.get("clip_sample", False):  # like DDIMScheduler.step: clip x̂₀, keep ε̂
         r = scheduler.config.clip_sample_range
         x0 = x0.clamp(-r, r)
-    sigma = eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)).clamp(min=0).sqrt()
+    sigma = _sigma(abar_t, abar_prev, eta)
     mu = abar_prev.sqrt() * x0 + (1 - abar_prev - sigma**2).clamp(min=0).sqrt() * eps
     return mu, sigma
+
+
+def _sigma(abar_t: torch.Tensor, abar_prev: torch.Tensor, eta: float) -> torch.Tensor:
+    """DDIM's σ_t = η·√((1 − ᾱ_prev)/(1 − ᾱ_t)·(1 − ᾱ_t/ᾱ_prev))."""
+    return eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)).clamp(min=0).sqrt()
+
+
+def step_sigmas(scheduler, timesteps: torch.Tensor, eta: float) -> torch.Tensor:
+    """σ (T,) fp32 of each transition of a rollout with these timesteps and η: the sampler's own arithmetic.
+
+    The policy-gradient updates use it to leave out near-deterministic steps (``PolicyGradientConfig.min_sigma``):
+    on tiny-shapes the last DDIM step has σ = 0.0064, under one uint8 level, so its noise cannot change what a
+    judge sees, yet its ∇ log p is ~30× the other steps' and would dominate the gradient.
+    """
+    return _sigma(*_alphas(scheduler, timesteps), eta)
 
 
 def _log_prob(x_prev: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,10 @@ ALGORITHMS = {
              "(Uehara et al., \"Feedback Efficient Online Fine-Tuning of Diffusion Models\", ICML 2024)",
     "herd": "HERD: DDPO + hindsight replay of failures relabelled with what they show, log-probs recomputed "
             "(HERD: Hindsight Experience Replay for Diffusion models; HER: Andrychowicz et al., NeurIPS 2017)",
+    "raft": "RAFT: the denoising loss on every image judged good so far, pulled towards the base model "
+            "(Dong et al., 'RAFT: Reward rAnked FineTuning', TMLR 2023)",
+    "kto": "Diffusion-KTO: per-image good/not-good labels, a KTO utility of the implicit reward against the base "
+           "model (Li et al., 'Aligning Diffusion Models by Optimizing Human Utility', NeurIPS 2024)",
 }
 
 
@@ -43,4 +47,12 @@ def make_algorithm(cfg, pipe):
         from hero.algorithms.herd import HerdTrainer
 
         return HerdTrainer(cfg, pipe)
+    if cfg.algo == "raft":
+        from hero.algorithms.raft import RaftTrainer
+
+        return RaftTrainer(cfg, pipe)
+    if cfg.algo == "kto":
+        from hero.algorithms.kto import KtoTrainer
+
+        return KtoTrainer(cfg, pipe)
     raise ValueError(f"algo {cfg.algo!r} is not available yet; available: {', '.join(ALGORITHMS)}")

@@ -10,6 +10,7 @@ import torch
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
 from hero.feedback.base import RoundFeedback
+from hero.likelihood import LikelihoodConfig
 from hero.lora import add_lora, save_lora
 from hero.policy_gradient import PolicyGradientConfig, make_optimizer
 from hero.rollout import Trajectories
@@ -43,16 +44,39 @@ def pg_config(cfg) -> PolicyGradientConfig:
     return PolicyGradientConfig(lr=cfg.lora.lr, clip_range=pg.clip_range, adv_clip=pg.adv_clip,
                                 max_grad_norm=pg.max_grad_norm, timesteps_per_traj=pg.timesteps_per_traj,
                                 batch_size=pg.batch_size, grad_accum=pg.grad_accum, inner_epochs=pg.inner_epochs,
-                                per_prompt_advantages=pg.per_prompt_advantages, seed=cfg.seed)
+                                per_prompt_advantages=pg.per_prompt_advantages, min_sigma=pg.min_sigma,
+                                seed=cfg.seed)
+
+
+# The LoRA's layers when ``lora.targets`` is "auto": the likelihood methods train every timestep of a judged image
+# and need the adapter at every resolution (docs/learning.md, "LoRA coverage"); the policy-gradient methods keep the
+# papers' attention-only adapter.
+AUTO_TARGETS = {"raft": "wide", "kto": "wide"}
+
+
+def lora_targets(cfg) -> str | list[str]:
+    """The LoRA target preset or module list of a TrainConfig ("auto": the method's own, ``AUTO_TARGETS``)."""
+    targets = cfg.lora.targets
+    return AUTO_TARGETS.get(cfg.algo, "attention") if targets == "auto" else targets
+
+
+def likelihood_config(cfg, with_base: bool) -> LikelihoodConfig:
+    """The likelihood update's settings from a TrainConfig's ``likelihood`` section."""
+    s = cfg.likelihood
+    return LikelihoodConfig(steps=s.steps_per_round, batch_size=s.batch_size, min_snr_gamma=s.min_snr_gamma,
+                            cond_dropout=s.cond_dropout, max_grad_norm=s.max_grad_norm, with_base=with_base)
 
 
 class LoraPolicy:
     """The trainable part every algorithm shares: a LoRA on the UNet and its AdamW optimiser."""
 
-    def __init__(self, cfg, pipe):
+    def __init__(self, cfg, pipe, lr: float | None = None):
+        """``lr``: the optimiser's rate when not ``lora.lr`` (the likelihood methods have their own)."""
         self.pipe = pipe
         self.pg = pg_config(cfg)
-        add_lora(pipe.unet, rank=cfg.lora.rank, alpha=cfg.lora.alpha)
+        if lr is not None:
+            self.pg.lr = lr
+        add_lora(pipe.unet, rank=cfg.lora.rank, alpha=cfg.lora.alpha, targets=lora_targets(cfg))
         self.optimizer = make_optimizer(pipe.unet, self.pg)
 
     def state_dict(self) -> dict:

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from hero.algorithms.base import LoraPolicy
 from hero.feedback.base import RoundFeedback
-from hero.policy_gradient import PolicyGradientConfig, accumulation_schedule, clip_and_step
+from hero.policy_gradient import PolicyGradientConfig, accumulation_schedule, clip_and_step, trainable_steps
 from hero.rollout import Trajectories, step_log_prob
 
 
@@ -85,7 +85,8 @@ def d3po_update(pipe, traj: Trajectories, pairs: list[tuple[int, int]], optimize
     p = torch.tensor(pairs, dtype=torch.long)
     device = pipe.unet.device
     optimizer.zero_grad(set_to_none=True)
-    for group in accumulation_schedule(len(p), traj.log_probs.shape[1], cfg, generator):
+    steps = trainable_steps(pipe.scheduler, traj, cfg.min_sigma)  # per-step DPO: the same σ floor as DDPO's
+    for group in accumulation_schedule(len(p), steps, cfg, generator):
         for mb, s, weight in group:
             # Winner and loser at the same step index, in one batched forward pass.
             idx, ss = torch.cat([p[mb, 0], p[mb, 1]]), torch.cat([s, s])

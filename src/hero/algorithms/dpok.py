@@ -31,7 +31,13 @@ from torch import nn
 from hero.algorithms.base import LoraPolicy
 from hero.algorithms.ddpo import ddpo_rewards
 from hero.feedback.base import RoundFeedback
-from hero.policy_gradient import PolicyGradientConfig, accumulation_schedule, clip_and_step, clipped_surrogate_loss
+from hero.policy_gradient import (
+    PolicyGradientConfig,
+    accumulation_schedule,
+    clip_and_step,
+    clipped_surrogate_loss,
+    trainable_steps,
+)
 from hero.rollout import Trajectories, _alphas, _log_prob, _model_output, _posterior
 
 
@@ -137,7 +143,7 @@ def dpok_update(pipe, traj: Trajectories, advantages: torch.Tensor, optimizer: t
     device = pipe.unet.device
     stats: dict[str, list[float]] = {"loss": [], "kl": [], "approx_kl": [], "clipfrac": [], "grad_norm": []}
     optimizer.zero_grad(set_to_none=True)
-    for group in accumulation_schedule(*traj.log_probs.shape, cfg, generator):
+    for group in accumulation_schedule(len(traj), trainable_steps(pipe.scheduler, traj, cfg.min_sigma), cfg, generator):
         for mb, s, weight in group:
             logp, kl = step_terms(pipe.unet, pipe.scheduler, traj, mb, s)
             logp_old = traj.log_probs[mb, s].to(device)

@@ -1,0 +1,209 @@
+"""Likelihood updates on the judged images themselves: the denoising loss, with a pull towards the base model.
+
+A diffusion model's training loss is (a weighted form of) its negative ELBO, so lowering it on an image raises
+that image's likelihood (Ho et al., NeurIPS 2020). The methods built on it here (``hero.algorithms.raft``,
+``hero.algorithms.kto``) need only the judged images' final latents x₀ and their prompt embeddings, not the
+trajectories, so every step of the noise schedule is trained, and no step's σ matters.
+
+For a judged image x₀ with conditioning c, a timestep t ~ U{0, …, T−1} and ε ~ N(0, I):
+
+    x_t = √ᾱ_t·x₀ + √(1 − ᾱ_t)·ε,
+    ℓ_θ(x₀, t, ε) = w(t)·mean ‖f_θ(x_t, t, c) − y‖²,
+
+with y the target of the model's own parameterisation (ε; v = √ᾱ·ε − √(1−ᾱ)·x₀; or x₀) and w(t) min-SNR-γ
+weighting (Hang et al., ICCV 2023), the built-in model's pretraining loss. The pull towards the base model is
+ℓ_base = w(t)·mean ‖f_θ(x_t, t, c) − f_ref(x_t, t, c)‖² on the same x_t: for two Gaussian reverse steps with
+the same σ the KL between them is proportional to this squared difference of predictions, as in DPOK's KL
+regulariser (Fan et al., NeurIPS 2023).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from hero.features import pretrained_unet
+from hero.policy_gradient import clip_and_step
+from hero.rollout import Trajectories, unet_output
+
+__all__ = ["DenoisingErrors", "ImagePool", "LikelihoodConfig", "denoising_errors", "likelihood_update",
+           "min_snr_weight", "noised", "prediction_target"]
+
+
+def noised(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x_t = √ᾱ_t·x₀ + √(1 − ᾱ_t)·ε for per-sample timesteps t (B,)."""
+    a = _abar(scheduler, t, x0)
+    return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+
+def prediction_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the UNet should output at x_t: ε, v = √ᾱ·ε − √(1−ᾱ)·x₀, or x₀ (``prediction_type``)."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        a = _abar(scheduler, t, x0)
+        return a.sqrt() * noise - (1 - a).sqrt() * x0
+    if kind == "sample":
+        return x0
+    raise ValueError(f"unsupported prediction_type {kind!r}")
+
+
+def min_snr_weight(scheduler, t: torch.Tensor, gamma: float | None) -> torch.Tensor:
+    """Per-sample loss weight (B,) that turns the parameterisation's MSE into min(SNR, γ)-weighted x₀ error.
+
+    SNR = ᾱ/(1 − ᾱ). ε-prediction: min(SNR, γ)/SNR; v-prediction: min(SNR, γ)/(SNR + 1); x₀: min(SNR, γ).
+    ``gamma=None``: 1 (the plain MSE).
+    """
+    if gamma is None:
+        return torch.ones(len(t))
+    a = scheduler.alphas_cumprod.float().cpu()[t.long().cpu()]
+    snr = a / (1 - a)
+    clipped = snr.clamp(max=gamma)
+    kind = scheduler.config.prediction_type
+    return {"epsilon": clipped / snr, "v_prediction": clipped / (snr + 1), "sample": clipped}[kind]
+
+
+@dataclass
+class DenoisingErrors:
+    """Per-sample (B,) terms on one batch of noised judged images; ``model`` carries gradients."""
+
+    model: torch.Tensor  # ℓ_θ: the weighted denoising error of the model being trained
+    base: torch.Tensor | None = None  # ℓ_ref: the same error of the base model (no gradient)
+    to_base: torch.Tensor | None = None  # w(t)·mean ‖f_θ − f_ref‖²: the pull towards the base model
+
+
+def denoising_errors(unet, scheduler, x0: torch.Tensor, cond: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                     gamma: float | None, with_base: bool) -> DenoisingErrors:
+    """ℓ_θ per sample, and with ``with_base`` the base model's ℓ_ref and the distance to its prediction.
+
+    Args:
+        unet: the UNet with its (trainable) adapter; the base model is the same UNet with the adapter off.
+        scheduler: the pipeline's scheduler (its ``alphas_cumprod`` and ``prediction_type``).
+        x0, cond, noise, t: judged latents (B, ...), their conditioning (B, L, D), ε and timesteps (B,).
+        gamma: min-SNR γ of the loss weighting (None: plain MSE).
+        with_base: also run the base model (one more forward pass, without gradients).
+    """
+    x_t = noised(scheduler, x0, noise, t)
+    t = t.to(x0.device)
+    weight = min_snr_weight(scheduler, t, gamma).to(x0.device)
+    target = prediction_target(scheduler, x0, noise, t)
+    dims = tuple(range(1, x0.ndim))
+    errors = DenoisingErrors(model=torch.zeros(0))
+    if with_base:
+        with torch.no_grad(), pretrained_unet(unet):
+            ref = unet_output(unet, x_t, t, cond)
+        errors.base = weight * ((ref - target) ** 2).mean(dim=dims)
+    out = unet_output(unet, x_t, t, cond)
+    errors.model = weight * ((out - target) ** 2).mean(dim=dims)
+    if with_base:
+        errors.to_base = weight * ((out - ref) ** 2).mean(dim=dims)
+    return errors
+
+
+@dataclass
+class LikelihoodConfig:
+    """Settings of a likelihood update (one per round), shared by RAFT and Diffusion-KTO."""
+
+    steps: int = 300  # optimiser steps per round
+    batch_size: int = 16
+    min_snr_gamma: float | None = 5.0
+    cond_dropout: float = 0.0
+    max_grad_norm: float = 1.0
+    with_base: bool = True  # compute the base model's terms (the pull towards it, KTO's reference)
+
+
+def likelihood_update(pipe, pool: ImagePool, candidates: torch.Tensor, optimizer: torch.optim.Optimizer,
+                      cfg: LikelihoodConfig, loss_fn: Callable[[DenoisingErrors, torch.Tensor], torch.Tensor],
+                      generator: torch.Generator) -> dict[str, float]:
+    """``cfg.steps`` optimiser steps, each on a batch drawn uniformly (with replacement) from ``candidates``.
+
+    Args:
+        pipe: the pipeline whose UNet carries the trainable adapter.
+        pool: the judged images; ``candidates`` (int64) are the pool indices a batch may hold.
+        optimizer: over the adapter's parameters; steps go through ``policy_gradient.clip_and_step`` (grad-norm
+            clip, the fp16 loss scale, the data-parallel average).
+        cfg: steps, batch size, loss weighting, conditioning dropout, whether to run the base model.
+        loss_fn: (the batch's DenoisingErrors, its labels (B,) bool) → a scalar loss.
+        generator: draws the batches, timesteps and noise (a resumed round draws the same).
+    Returns the mean loss, ℓ_θ and distance to the base model over the steps, and the last grad norm.
+    """
+    unet, device = pipe.unet, pipe.unet.device
+    labels = pool.labels()
+    stats: dict[str, list[float]] = {"loss": [], "model_error": [], "to_base": [], "grad_norm": []}
+    n_train = pipe.scheduler.config.num_train_timesteps
+    optimizer.zero_grad(set_to_none=True)
+    for _ in range(cfg.steps if len(candidates) else 0):
+        idx = candidates[torch.randint(len(candidates), (cfg.batch_size,), generator=generator)]
+        x0, cond = pool.batch(idx, cfg.cond_dropout, generator)
+        t = torch.randint(n_train, (len(idx),), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        errors = denoising_errors(unet, pipe.scheduler, x0.to(device), cond.to(device), noise.to(device), t,
+                                  cfg.min_snr_gamma, cfg.with_base)
+        loss = loss_fn(errors, labels[idx].to(device))
+        loss.backward()
+        stats["grad_norm"].append(clip_and_step(optimizer, cfg.max_grad_norm))
+        stats["loss"].append(loss.item())
+        stats["model_error"].append(errors.model.mean().item())
+        if errors.to_base is not None:
+            stats["to_base"].append(errors.to_base.mean().item())
+    out = {k: float(sum(v) / len(v)) if v else float("nan") for k, v in stats.items()}
+    return {**out, "steps": len(stats["loss"])}
+
+
+def _abar(scheduler, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    a = scheduler.alphas_cumprod.float().to(like.device)[t.long().to(like.device)]
+    return a.view(-1, *([1] * (like.ndim - 1)))
+
+
+@dataclass
+class ImagePool:
+    """Every judged image's final latent x₀, label and prompt, gathered over rounds (CPU, fp32).
+
+    Prompt embeddings are stored once per distinct prompt, not per image: a one-prompt run keeps one pair.
+    """
+
+    latents: list[torch.Tensor] = field(default_factory=list)  # per round (n, C, H, W)
+    good: list[torch.Tensor] = field(default_factory=list)  # per round (n,) bool
+    prompts: list[str] = field(default_factory=list)  # per image, in order
+    embeds: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # prompt → (cond, uncond)
+
+    def add_round(self, traj: Trajectories, good: list[bool], best: int | None) -> None:
+        """Store a judged round; the best image counts as good (a person picks it as the one to aim at)."""
+        labels = torch.tensor(good, dtype=torch.bool)
+        if len(labels) != len(traj):
+            raise ValueError(f"{len(labels)} marks for {len(traj)} images")
+        if best is not None:
+            labels[best] = True
+        self.latents.append(traj.final_latents.detach().float().cpu())
+        self.good.append(labels)
+        for i, p in enumerate(traj.prompts):
+            self.prompts.append(p)
+            if p not in self.embeds:
+                self.embeds[p] = (traj.prompt_embeds[i].detach().cpu(), traj.negative_prompt_embeds[i].detach().cpu())
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def labels(self) -> torch.Tensor:
+        """(N,) bool over every image so far: True = judged good (or best)."""
+        return torch.cat(self.good) if self.good else torch.zeros(0, dtype=torch.bool)
+
+    def batch(self, idx: torch.Tensor, cond_dropout: float,
+              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x₀, conditioning) of the images ``idx``; each conditioning is the empty prompt's with probability
+        ``cond_dropout`` (so the unconditional branch that guidance subtracts learns the images too)."""
+        x0 = torch.cat(self.latents)[idx]
+        drop = torch.rand(len(idx), generator=generator) < cond_dropout
+        cond = torch.stack([self.embeds[self.prompts[i]][int(d)] for i, d in zip(idx.tolist(), drop.tolist(),
+                                                                                 strict=True)])
+        return x0, cond
+
+    def state_dict(self) -> dict:
+        return {"latents": self.latents, "good": self.good, "prompts": self.prompts, "embeds": self.embeds}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)

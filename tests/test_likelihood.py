@@ -1,0 +1,112 @@
+"""The likelihood update's pieces against hand-computed values, and an update that lowers the loss it trains."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from hero.likelihood import (
+    DenoisingErrors,
+    ImagePool,
+    LikelihoodConfig,
+    denoising_errors,
+    likelihood_update,
+    min_snr_weight,
+    noised,
+    prediction_target,
+)
+from hero.lora import add_lora
+from hero.policy_gradient import PolicyGradientConfig, make_optimizer
+from hero.rollout import rollout
+
+
+def _scheduler(kind: str) -> SimpleNamespace:
+    """ᾱ = 0.64 at t = 0 and 0.9 at t = 1."""
+    return SimpleNamespace(alphas_cumprod=torch.tensor([0.64, 0.9]),
+                           config=SimpleNamespace(prediction_type=kind, num_train_timesteps=2))
+
+
+def test_noising_and_targets_by_hand():
+    x0, eps, t = torch.ones(1, 1, 1, 1), torch.full((1, 1, 1, 1), 2.0), torch.tensor([0])
+    # x_t = 0.8·1 + 0.6·2
+    assert noised(_scheduler("epsilon"), x0, eps, t).item() == pytest.approx(2.0)
+    assert prediction_target(_scheduler("epsilon"), x0, eps, t).item() == pytest.approx(2.0)
+    # v = 0.8·2 − 0.6·1
+    assert prediction_target(_scheduler("v_prediction"), x0, eps, t).item() == pytest.approx(1.0)
+    assert prediction_target(_scheduler("sample"), x0, eps, t).item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="prediction_type"):
+        prediction_target(_scheduler("flow"), x0, eps, t)
+
+
+def test_min_snr_weights_by_hand():
+    t = torch.tensor([0, 1])  # SNR = 0.64/0.36 = 16/9 and 0.9/0.1 = 9
+    snr = torch.tensor([16 / 9, 9.0])
+    assert torch.allclose(min_snr_weight(_scheduler("epsilon"), t, 5.0), torch.tensor([1.0, 5 / 9]))
+    assert torch.allclose(min_snr_weight(_scheduler("v_prediction"), t, 5.0), torch.tensor([snr[0] / (snr[0] + 1),
+                                                                                           0.5]))
+    assert torch.allclose(min_snr_weight(_scheduler("sample"), t, 5.0), torch.tensor([16 / 9, 5.0]))
+    assert torch.equal(min_snr_weight(_scheduler("epsilon"), t, None), torch.ones(2))
+
+
+def test_denoising_errors_by_hand():
+    """A 'UNet' that outputs a constant: ℓ_θ, ℓ_ref and the distance follow from the target alone."""
+    class Constant(torch.nn.Module):
+        dtype = torch.float32
+
+        def __init__(self):
+            super().__init__()
+            self.value = torch.nn.Parameter(torch.tensor(3.0))
+
+        def forward(self, x, t, encoder_hidden_states):
+            return SimpleNamespace(sample=self.value * torch.ones_like(x))
+
+    unet = Constant()
+    x0, eps, t = torch.ones(1, 1, 1, 1), torch.full((1, 1, 1, 1), 2.0), torch.tensor([0])
+    e = denoising_errors(unet, _scheduler("epsilon"), x0, torch.zeros(1, 1, 1), eps, t, None, with_base=False)
+    assert e.model.item() == pytest.approx(1.0) and e.base is None  # (3 − 2)²
+    e.model.sum().backward()
+    assert unet.value.grad.item() == pytest.approx(2.0)  # d(v − 2)²/dv at v = 3
+
+
+def test_the_pool_keeps_one_embedding_per_prompt_and_counts_the_best_as_good(tiny_pixel_pipeline):
+    traj = rollout(tiny_pixel_pipeline, ["a red circle"] * 3 + ["a blue square"], guidance_scale=2.0, num_steps=2,
+                   seed=0)
+    pool = ImagePool()
+    pool.add_round(traj, [False, True, False, False], best=3)
+    assert pool.labels().tolist() == [False, True, False, True]
+    assert set(pool.embeds) == {"a red circle", "a blue square"} and len(pool) == 4
+    x0, cond = pool.batch(torch.tensor([3, 1]), 0.0, torch.Generator().manual_seed(0))
+    assert torch.equal(x0[0], traj.final_latents[3]) and torch.equal(cond[0], traj.prompt_embeds[3])
+    _, dropped = pool.batch(torch.tensor([3]), 1.0, torch.Generator().manual_seed(0))
+    assert torch.equal(dropped[0], traj.negative_prompt_embeds[3])  # dropout 1: the empty prompt's embedding
+    with pytest.raises(ValueError, match="marks"):
+        pool.add_round(traj, [True], best=None)
+
+
+def test_an_update_lowers_the_denoising_error_on_the_images_it_trains(tiny_pixel_pipeline):
+    pipe = tiny_pixel_pipeline
+    add_lora(pipe.unet, rank=4, alpha=4, targets="wide")
+    opt = make_optimizer(pipe.unet, PolicyGradientConfig(lr=1e-2))
+    traj = rollout(pipe, ["a red circle"] * 4, guidance_scale=2.0, num_steps=2, seed=0)
+    pool = ImagePool()
+    pool.add_round(traj, [True] * 4, best=0)
+    g = torch.Generator().manual_seed(1)
+    x0, cond = pool.batch(torch.arange(4), 0.0, g)
+    noise, t = torch.randn(x0.shape, generator=g), torch.tensor([100, 300, 500, 700])
+
+    def error() -> float:
+        with torch.no_grad():
+            return float(denoising_errors(pipe.unet, pipe.scheduler, x0, cond, noise, t, 5.0, False).model.mean())
+
+    before = error()
+    stats = likelihood_update(pipe, pool, torch.arange(4), opt, LikelihoodConfig(steps=60, batch_size=4),
+                              lambda e, labels: e.model.mean(), torch.Generator().manual_seed(2))
+    assert stats["steps"] == 60 and stats["to_base"] > 0
+    assert error() < 0.9 * before
+    # No candidates (no good image yet): no step, nothing changes.
+    assert likelihood_update(pipe, pool, torch.arange(0), opt, LikelihoodConfig(steps=5), lambda e, lab: e.model.mean(),
+                             torch.Generator())["steps"] == 0
+
+
+def test_denoising_errors_type():
+    assert DenoisingErrors(model=torch.zeros(1)).to_base is None
