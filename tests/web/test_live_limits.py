@@ -8,10 +8,9 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from webutil import PROMPT, WaitingRound, dump_log, make_run
+from webutil import dump_log, waiting_server
 
 from hero.web.server import WebFeedback
-from hero.web.session import RoundSpec
 
 HUGE = 9223372036854775808  # 2**63: one past SQLite's INTEGER, which used to be a 500 (OverflowError)
 
@@ -19,12 +18,8 @@ HUGE = 9223372036854775808  # 2**63: one past SQLite's INTEGER, which used to be
 @pytest.fixture
 def live(tmp_path) -> Iterator[WebFeedback]:
     """A started server with round 0 (8 images, no current best) waiting."""
-    make_run(tmp_path / "run", rounds=1)
-    web = WebFeedback(tmp_path / "run", rounds_total=1, budget=8, port=0)
-    web.start()
-    WaitingRound(web.session, RoundSpec(0, PROMPT, 8))
-    yield web
-    web.close(done=False)
+    with waiting_server(tmp_path / "run") as web:
+        yield web
 
 
 def page(web: WebFeedback, origin: str | None = "own") -> httpx.Client:

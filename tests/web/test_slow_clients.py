@@ -12,12 +12,11 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from webutil import PROMPT, WaitingRound, dump_log, make_run
+from webutil import dump_log, waiting_server
 
 from hero.web import guard
 from hero.web.guard import MAX_WAITING, SlowClientProtocol
 from hero.web.server import WebFeedback
-from hero.web.session import RoundSpec
 
 HEAD_S = 3.0  # the head deadline in these tests
 BODY_S = 3.0  # the body deadline in these tests
@@ -32,12 +31,8 @@ def live(tmp_path, monkeypatch) -> Iterator[WebFeedback]:
     monkeypatch.setattr(SlowClientProtocol, "header_timeout", HEAD_S)
     monkeypatch.setattr(SlowClientProtocol, "evict_after", EVICT_S)
     monkeypatch.setattr(guard, "BODY_TIMEOUT", BODY_S)
-    make_run(tmp_path / "run", rounds=1)
-    web = WebFeedback(tmp_path / "run", rounds_total=1, budget=8, port=0)
-    web.start()
-    WaitingRound(web.session, RoundSpec(0, PROMPT, 8))
-    yield web
-    web.close(done=False)
+    with waiting_server(tmp_path / "run") as web:
+        yield web
 
 
 def page(web: WebFeedback) -> httpx.Client:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from hero.runs.folder import RunFolder
-from hero.web.server import png_bytes
+from hero.web.server import WebFeedback, png_bytes
 from hero.web.session import RoundSpec, Session, SubmitError
 
 PROMPT = "two red squares"
@@ -80,3 +82,16 @@ def submit_concurrently(submit, n: int) -> list[int]:
     for t in threads:
         t.join()
     return sorted(results)
+
+
+@contextmanager
+def waiting_server(run_dir: Path) -> Iterator[WebFeedback]:
+    """A started server (port 0) on a fresh run folder, with its round 0 (8 images, no current best) waiting."""
+    make_run(run_dir, rounds=1)
+    web = WebFeedback(run_dir, rounds_total=1, budget=8, port=0)
+    web.start()
+    WaitingRound(web.session, RoundSpec(0, PROMPT, 8))
+    try:
+        yield web
+    finally:
+        web.close(done=False)
