@@ -148,7 +148,11 @@ class LikelihoodSettings(_Section):
 
 
 class KtoSettings(_Section):
-    """Diffusion-KTO: the KTO utility of β·(implicit reward) for good and not-good images."""
+    """Diffusion-KTO: the KTO utility of β·(implicit reward) for good and not-good images.
+
+    Experimental: with the shared likelihood settings (300 steps of lr 2e-3 per round) it leaves the base model
+    within one round at β = 500 and 5000 (docs/learning.md, "Diffusion-KTO diverges").
+    """
 
     # Scales ℓ_ref − ℓ_θ (a per-element MSE, ~3e-3 on the built-in model) into the sigmoid, which saturates once
     # |β·Δ| ≳ 4: β bounds how far an image is pushed. β = 500 let the not-good term raise the model's error ~3×

@@ -16,8 +16,9 @@ ALGORITHMS = {
             "(HERD: Hindsight Experience Replay for Diffusion models; HER: Andrychowicz et al., NeurIPS 2017)",
     "raft": "RAFT: the denoising loss on every image judged good so far, pulled towards the base model "
             "(Dong et al., 'RAFT: Reward rAnked FineTuning', TMLR 2023)",
-    "kto": "Diffusion-KTO: per-image good/not-good labels, a KTO utility of the implicit reward against the base "
-           "model (Li et al., 'Aligning Diffusion Models by Optimizing Human Utility', NeurIPS 2024)",
+    "kto": "Diffusion-KTO (experimental: diverges at its defaults, docs/learning.md): per-image good/not-good "
+           "labels, a KTO utility of the implicit reward against the base model (Li et al., 'Aligning Diffusion "
+           "Models by Optimizing Human Utility', NeurIPS 2024)",
 }
 
 
