@@ -15,7 +15,7 @@ is exactly the stored rollout log-prob (``Trajectories.log_probs``): no second U
 and the ratio starts at exactly 1 in every round. The alternative, the UNet with the adapter disabled, would
 be the *pretrained* model: a fixed anchor, but one extra forward pass per step, and once the LoRA has moved
 over a few rounds the ratios to it sit outside [1 − c, 1 + c] on many steps, where the clamp gives no gradient
-and learning stalls. The round-start reference is the one DESIGN.md asks for.
+and learning stalls. The round-start reference is the one the project brief asks for (docs/d3po.md).
 
 Feedback: each image judged is one feedback (a pair = 2). The web page asks for pairs (its pairwise mode,
 ``hero.web.pairs``); a source without ``judge_pairs`` answers with good/best marks, and the pairs are derived

