@@ -60,6 +60,8 @@ def judged_good_images(run: RunFolder, last_round: int) -> np.ndarray:
         images = run.round_images(r)
         keep = [i for i, g in enumerate(fb.good) if g or i == fb.best]
         picked.append(images[keep])
+    if log is not None:
+        log.close()
     return np.concatenate(picked) if picked else np.zeros((0, 1, 1, 3), dtype=np.uint8)
 
 
