@@ -59,6 +59,22 @@ def test_eval_reports_base_plain_and_guided(hero_run):
     for key in ("base_plain", "plain", "guided", "base_guided"):
         assert 0.0 <= result[key] <= 1.0
     assert result["n"] == 8 and result["rounds"] == 2
+    for key in ("base_plain", "plain"):  # why images failed, consistent with the success rate
+        assert sum(result["objects"][key].values()) == pytest.approx(1.0)
+        assert all(0 < share <= 1 - result[key] + 1e-9 for share in result["failures"][key].values())
+
+
+def test_cli_eval_of_an_earlier_round_and_of_one_not_on_disk(hero_run):
+    from typer.testing import CliRunner
+
+    from hero.cli import app
+
+    res = CliRunner().invoke(app, ["eval", str(hero_run.path), "--n", "4", "--round", "0", "--json"])
+    assert res.exit_code == 0, res.output
+    line = res.output.strip().splitlines()[-1]  # the JSON line (a progress bar's \r may precede it)
+    assert json.loads(line[line.index("{"):])["rounds"] == 1
+    res = CliRunner().invoke(app, ["eval", str(hero_run.path), "--n", "4", "--round", "7"])
+    assert res.exit_code == 2 and "no checkpoint of round 7" in res.output and "Traceback" not in res.output
 
 
 @pytest.mark.parametrize("crash_after", ["sampling", "judging"])

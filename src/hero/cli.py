@@ -265,13 +265,15 @@ def eval_(
     n: int = typer.Option(256, min=1, help="Images per condition."),
     json_: bool = typer.Option(False, "--json", help="Print only the JSON line."),
     seed: int = typer.Option(987_654, help="Evaluation seed (distinct from training seeds)."),
+    round_: int = typer.Option(None, "--round", min=0, help="Evaluate the checkpoint after this round (numbered "
+                                                            "from 0, as in metrics.jsonl) instead of the last one."),
 ) -> None:
     """Success rates of the base model and the run's LoRA, under plain and guided noise (last line: JSON)."""
     from hero.evaluate import evaluate
     from hero.runs.errors import RunFolderError
 
     try:
-        result = evaluate(run_dir, n=n, seed=seed)
+        result = evaluate(run_dir, n=n, seed=seed, round_index=round_)
     except (FileNotFoundError, RunFolderError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
@@ -284,6 +286,8 @@ def eval_(
                            f"{div.get('pairwise', nan):.3f} (duplicates {div.get('duplicate_rate', nan):.2f})   "
                            f"nearest judged-good {mem.get('nn_distance', nan):.3f} "
                            f"(copies {mem.get('copy_rate', nan):.2f})")
+                fails = ", ".join(f"{c} {share:.2f}" for c, share in result["failures"].get(k, {}).items())
+                typer.echo(f"{'':>14}rejected for: {fails or 'nothing'}")
     typer.echo(json.dumps(result))
 
 

@@ -108,6 +108,16 @@ class HeroSettings(_Section):
     # Where the reward's cosine to the best is taken: "embedding" E(f) (the paper) or "projection" g(E(f)), the
     # space the triplet loss shapes (docs/hero.md: its held-out AUC is higher on the built-in model).
     reward_space: Literal["embedding", "projection"] = "embedding"
+    # How the LoRA learns from the rewards: "policy_gradient" (the paper's DDPO update) or "likelihood" (the
+    # denoising loss of ``hero.likelihood`` on the judged-good images and the accepted unjudged samples, with the
+    # ``likelihood`` section's settings; docs/learning.md, "HERO with a likelihood update").
+    update: Literal["policy_gradient", "likelihood"] = "policy_gradient"
+    noise: Literal["guided", "plain"] = "guided"  # starting noise of the rounds: feedback-guided, or N(0, I)
+    # Unjudged samples per round scored by the learned reward (no feedback cost). With the ``likelihood`` update,
+    # those whose reward clears a threshold calibrated on the round's judgements join the training set; with the
+    # ``policy_gradient`` one, all of them join the round's batch with their rewards.
+    unjudged: int = Field(0, ge=0)
+    unjudged_precision: float = Field(0.9, gt=0.0, le=1.0)  # the share good above the threshold, on held-out marks
 
 
 class DDPOSettings(_Section):

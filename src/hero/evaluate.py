@@ -8,7 +8,8 @@
 All sample with the run's sampler and fresh evaluation seeds, and are judged by the toy-world judge. Beside each
 rate: its binomial standard error (``stderr``), the samples' ``diversity`` and their ``memorisation`` of the
 images judged good during the run (``hero.diversity``), so that a method that collapses onto a few of them
-shows it.
+shows it. And why images were rejected (``failures``: the share failing each judge component, e.g. ``count``)
+with the distribution of the objects the judge counted (``objects``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from hero.algorithms import make_algorithm
+from hero.algorithms.base import rollout_kwargs
 from hero.config import TrainConfig
 from hero.diversity import diversity, memorisation
 from hero.models import load_pipeline
@@ -27,7 +29,6 @@ from hero.rollout import rollout
 from hero.runs.feedback_log import FeedbackLog
 from hero.runs.folder import RunFolder
 from hero.toyworld import Judge, parse_task
-from hero.train import rollout_kwargs
 
 EVAL_SEED = 987_654  # distinct from every training round's seed
 
@@ -44,9 +45,12 @@ def _samples(pipe, cfg: TrainConfig, n: int, noise: torch.Tensor | None, seed: i
     return np.concatenate(images)
 
 
-def _success(cfg: TrainConfig, images: np.ndarray) -> float:
-    task = parse_task(cfg.prompt, **cfg.task_options())
-    return sum(v.good for v in Judge().judge_batch(images, task)) / len(images)
+# The judge's components an image can fail (``hero.toyworld.judge.Verdict``), reported per condition.
+COMPONENTS = ("colour", "shape", "count", "background", "binding", "well_formed", "preference", "safe")
+
+
+def _verdicts(cfg: TrainConfig, images: np.ndarray) -> list:
+    return Judge().judge_batch(images, parse_task(cfg.prompt, **cfg.task_options()))
 
 
 def judged_good_images(run: RunFolder, last_round: int) -> np.ndarray:
@@ -70,12 +74,18 @@ class _Report:
 
     def __init__(self, cfg: TrainConfig, result: dict, training: np.ndarray):
         self.cfg, self.result, self.training = cfg, result, training
-        for key in ("stderr", "diversity", "memorisation"):
+        for key in ("stderr", "diversity", "memorisation", "failures", "objects"):
             result.setdefault(key, {})
 
     def add(self, key: str, images: np.ndarray) -> None:
-        p = _success(self.cfg, images)
+        verdicts = _verdicts(self.cfg, images)
+        p = sum(v.good for v in verdicts) / len(images)
         self.result[key] = p
+        # Why images were rejected: the share failing each component, and the objects the judge counted.
+        self.result["failures"][key] = {c: sum(not getattr(v, c) for v in verdicts) / len(images)
+                                        for c in COMPONENTS if any(not getattr(v, c) for v in verdicts)}
+        counts = np.bincount([v.n_objects for v in verdicts])
+        self.result["objects"][key] = {int(k): float(c / len(images)) for k, c in enumerate(counts) if c}
         self.result["stderr"][key] = math.sqrt(p * (1 - p) / len(images))  # binomial standard error
         self.result["diversity"][key] = diversity(images)
         if len(self.training):

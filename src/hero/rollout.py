@@ -26,8 +26,9 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from hero.runs.atomic import atomic_write_text
 
-__all__ = ["LossScale", "Trajectories", "decode_latents", "loss_scale", "rollout", "step_log_prob", "step_posterior",
-           "step_sigmas", "to_uint8", "unet_autocast", "unet_output"]
+__all__ = ["LossScale", "Trajectories", "ddim_posterior", "decode_latents", "gaussian_log_prob", "guided_output",
+           "loss_scale", "rollout", "step_alphas", "step_log_prob", "step_posterior", "step_sigmas", "to_uint8",
+           "unet_autocast", "unet_output"]
 
 _HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -222,7 +223,7 @@ def to_uint8(pixels: torch.Tensor) -> np.ndarray:
     return scaled.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def _alphas(scheduler, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def step_alphas(scheduler, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """ᾱ_t and ᾱ_prev (T,) fp32; prev is the next timestep in the list, final_alpha_cumprod after the last."""
     abar = scheduler.alphas_cumprod.float().cpu()
     t = timesteps.long().cpu()
@@ -234,13 +235,13 @@ def _alphas(scheduler, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 def _check_stochastic(scheduler, timesteps: torch.Tensor, eta: float) -> None:
     """Refuse η > 0 schedules with a deterministic step (σ = 0): its log-prob would be NaN."""
-    abar_t, abar_prev = _alphas(scheduler, timesteps)
+    abar_t, abar_prev = step_alphas(scheduler, timesteps)
     if eta > 0 and not bool(((1 - abar_prev) * (1 - abar_t / abar_prev) > 0).all()):
         raise ValueError("a DDIM step has sigma = 0 (set_alpha_to_one=True makes the last step deterministic): "
                          "use DDIMScheduler(..., set_alpha_to_one=False) for trajectories with log-probs")
 
 
-def _model_output(unet, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+def guided_output(unet, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
                   guidance_scale: float) -> torch.Tensor:
     """Guided UNet output (fp32) for per-sample timesteps ``t`` (B,)."""
     if guidance_scale > 1.0:
@@ -255,7 +256,7 @@ def _model_output(unet, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, un
     return out
 
 
-def _posterior(scheduler, out: torch.Tensor, x: torch.Tensor, abar_t: torch.Tensor, abar_prev: torch.Tensor,
+def ddim_posterior(scheduler, out: torch.Tensor, x: torch.Tensor, abar_t: torch.Tensor, abar_prev: torch.Tensor,
                eta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """DDIM posterior (μ, σ) of x_{t-1} given x_t; ᾱ's are per-sample (B,). All fp32."""
     shape = (-1,) + (1,) * (x.ndim - 1)
@@ -295,10 +296,10 @@ def step_sigmas(scheduler, timesteps: torch.Tensor, eta: float) -> torch.Tensor:
     on tiny-shapes the last DDIM step has σ = 0.0064, under one uint8 level, so its noise cannot change what a
     judge sees, yet its ∇ log p is ~30× the other steps' and would dominate the gradient.
     """
-    return _sigma(*_alphas(scheduler, timesteps), eta)
+    return _sigma(*step_alphas(scheduler, timesteps), eta)
 
 
-def _log_prob(x_prev: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+def gaussian_log_prob(x_prev: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """log N(x_prev; μ, σ²) averaged over the non-batch dimensions (B,)."""
     lp = -((x_prev - mu) ** 2) / (2 * sigma**2) - torch.log(sigma) - 0.5 * math.log(2 * math.pi)
     return lp.mean(dim=tuple(range(1, x_prev.ndim)))
@@ -312,24 +313,24 @@ def step_posterior(unet, scheduler, x: torch.Tensor, timesteps: torch.Tensor, st
     ``dtype`` (e.g. the UNet under other weights). For samplers written outside this module (SEIKO's
     differentiable rollout).
     """
-    abar_t, abar_prev = _alphas(scheduler, timesteps)
+    abar_t, abar_prev = step_alphas(scheduler, timesteps)
     n = len(x)
-    out = _model_output(unet, x, timesteps[step_index].to(x.device).expand(n), cond, uncond, guidance_scale)
-    return _posterior(scheduler, out, x, abar_t[step_index].expand(n), abar_prev[step_index].expand(n), eta)
+    out = guided_output(unet, x, timesteps[step_index].to(x.device).expand(n), cond, uncond, guidance_scale)
+    return ddim_posterior(scheduler, out, x, abar_t[step_index].expand(n), abar_prev[step_index].expand(n), eta)
 
 
 def _sample_chunk(pipe, x: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, timesteps: torch.Tensor,
                   guidance_scale: float, eta: float, noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the DDIM loop on one batch; returns latents (B, T+1, ...) and log-probs (B, T)."""
-    abar_t, abar_prev = _alphas(pipe.scheduler, timesteps)
+    abar_t, abar_prev = step_alphas(pipe.scheduler, timesteps)
     latents, log_probs = [x], []
     for i, t in enumerate(timesteps):
         t_batch = t.expand(len(x))
-        out = _model_output(pipe.unet, x, t_batch, cond, uncond, guidance_scale)
-        mu, sigma = _posterior(pipe.scheduler, out, x, abar_t[i].expand(len(x)), abar_prev[i].expand(len(x)), eta)
+        out = guided_output(pipe.unet, x, t_batch, cond, uncond, guidance_scale)
+        mu, sigma = ddim_posterior(pipe.scheduler, out, x, abar_t[i].expand(len(x)), abar_prev[i].expand(len(x)), eta)
         if eta > 0:
             x = mu + sigma * noise[:, i]
-            log_probs.append(_log_prob(x, mu, sigma))
+            log_probs.append(gaussian_log_prob(x, mu, sigma))
         else:  # deterministic DDIM: the transition has no density
             x = mu
             log_probs.append(torch.full((len(x),), float("nan"), device=x.device))
@@ -409,11 +410,11 @@ def step_log_prob(pipe_or_unet, scheduler, traj: Trajectories, indices: Sequence
     device = unet.device
     idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1).cpu()
     steps = torch.as_tensor(step_index, dtype=torch.long).cpu().expand(len(idx))
-    abar_t, abar_prev = _alphas(scheduler, traj.timesteps)
+    abar_t, abar_prev = step_alphas(scheduler, traj.timesteps)
     x = traj.latents[idx, steps].to(device)
     x_prev = traj.latents[idx, steps + 1].to(device)
     t = traj.timesteps.cpu()[steps].to(device)
     cond, uncond = traj.prompt_embeds[idx].to(device), traj.negative_prompt_embeds[idx].to(device)
-    out = _model_output(unet, x, t, cond, uncond, guidance_scale)
-    mu, sigma = _posterior(scheduler, out, x, abar_t[steps], abar_prev[steps], eta)
-    return _log_prob(x_prev, mu, sigma)
+    out = guided_output(unet, x, t, cond, uncond, guidance_scale)
+    mu, sigma = ddim_posterior(scheduler, out, x, abar_t[steps], abar_prev[steps], eta)
+    return gaussian_log_prob(x_prev, mu, sigma)

@@ -27,6 +27,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hero.algorithms import make_algorithm
+from hero.algorithms.base import rollout_kwargs
 from hero.config import TrainConfig, save_config
 from hero.distributed import SINGLE, Dist, activate, init_distributed
 from hero.feedback.base import FeedbackSource, RoundFeedback, make_feedback_source
@@ -46,13 +47,6 @@ logger = logging.getLogger("hero.train")
 def round_generator(seed: int, round_index: int, stream: int) -> torch.Generator:
     """A generator for one purpose (stream) in one round: resumable without saving RNG state."""
     return torch.Generator("cpu").manual_seed(seed * 1_000_003 + round_index * 101 + stream)
-
-
-def rollout_kwargs(cfg: TrainConfig) -> dict:
-    """The run's sampler settings as keyword arguments of ``rollout``."""
-    s = cfg.sampler
-    return dict(guidance_scale=s.guidance_scale, num_steps=s.steps, eta=s.eta, batch_size=s.batch_size,
-                height=s.resolution, width=s.resolution)
 
 
 def round_sizes(cfg: TrainConfig) -> list[int]:

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from run_checks import assert_lora_loads, assert_resume_reproduces_lora
 
 from hero.algorithms.hero import (
     FeedbackMemory,
@@ -10,6 +11,7 @@ from hero.algorithms.hero import (
     cosine_distance,
     guided_noise,
     hero_rewards,
+    precision_threshold,
     train_encoder,
     triplet_loss,
 )
@@ -139,3 +141,36 @@ def test_encoder_inputs_and_rewards_for_both_encoder_inputs(tiny_pixel_pipeline,
         assert trainer.feature_stats is stats
     r = hero_rewards(trainer.encoder, x1, x1[0])
     assert r.shape == (6,) and torch.isclose(r[0], torch.tensor(1.0)) and ((r >= 0) & (r <= 1 + 1e-6)).all()
+
+
+def test_precision_threshold_by_hand():
+    scores = torch.tensor([0.5, 0.9, 0.7, 0.8, 0.6])  # sorted: 0.9 0.8 0.7 0.6 0.5
+    good = torch.tensor([False, True, False, True, True])  # good at 0.9, 0.8, 0.6: top-k precision 1 1 2/3 3/4 3/5
+    assert precision_threshold(scores, good, 1.0) == pytest.approx(0.8)
+    assert precision_threshold(scores, good, 0.75) == pytest.approx(0.6)
+    assert precision_threshold(scores, good, 0.6) == pytest.approx(0.5)
+    assert math.isinf(precision_threshold(scores, torch.zeros(5, dtype=torch.bool), 0.1))  # nothing good: none
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("update", ["likelihood", "policy_gradient"])
+def test_hero_with_unjudged_samples_costs_no_feedback_loads_and_resumes(tmp_path, never_ask, update):
+    from hero.config import load_config
+    from hero.runs.feedback_log import FeedbackLog
+    from hero.train import train
+
+    fast = ["sampler.steps=4", "pg.timesteps_per_traj=2", "hero.embed_dim=16", "hero.encoder_epochs=2",
+            "likelihood.steps_per_round=2", "likelihood.batch_size=4", f"hero.update={update}", "hero.unjudged=6",
+            "hero.noise=plain"]
+    cfg = load_config(None, fast, prompt="two red squares", budget=16, images_per_round=8, out=str(tmp_path / "run"))
+    run = train(cfg, show_progress=False)
+    assert FeedbackLog(run.feedback_db).n_feedback() == 16  # the unjudged samples are not feedback
+    first, second = run.metrics()
+    if update == "likelihood":  # round 0 has no reward to accept by; round 1 accepts some of its 6 samples
+        assert "unjudged_accepted" not in first and 0 <= second["unjudged_accepted"] <= 6
+        assert second["pool_size"] == 16 + second["unjudged_accepted"] and second["lik_steps"] == 2
+    else:
+        assert first["unjudged_samples"] == second["unjudged_samples"] == 6  # all join the policy gradient
+        assert second["pg_backward_passes"] > 0
+    assert_lora_loads(run)
+    assert_resume_reproduces_lora(run, cfg, never_ask)

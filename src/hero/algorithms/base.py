@@ -57,7 +57,18 @@ AUTO_TARGETS = {"raft": "wide", "kto": "wide"}
 def lora_targets(cfg) -> str | list[str]:
     """The LoRA target preset or module list of a TrainConfig ("auto": the method's own, ``AUTO_TARGETS``)."""
     targets = cfg.lora.targets
-    return AUTO_TARGETS.get(cfg.algo, "attention") if targets == "auto" else targets
+    if targets != "auto":
+        return targets
+    if cfg.algo == "hero" and cfg.hero.update == "likelihood":
+        return "wide"  # HERO with the likelihood update trains as RAFT does
+    return AUTO_TARGETS.get(cfg.algo, "attention")
+
+
+def rollout_kwargs(cfg) -> dict:
+    """A TrainConfig's sampler settings as keyword arguments of ``hero.rollout.rollout``."""
+    s = cfg.sampler
+    return dict(guidance_scale=s.guidance_scale, num_steps=s.steps, eta=s.eta, batch_size=s.batch_size,
+                height=s.resolution, width=s.resolution)
 
 
 def likelihood_config(cfg, with_base: bool) -> LikelihoodConfig:

@@ -38,7 +38,7 @@ from hero.policy_gradient import (
     clipped_surrogate_loss,
     trainable_steps,
 )
-from hero.rollout import Trajectories, _alphas, _log_prob, _model_output, _posterior
+from hero.rollout import Trajectories, ddim_posterior, gaussian_log_prob, guided_output, step_alphas
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -114,21 +114,21 @@ def step_terms(unet, scheduler, traj: Trajectories, idx: torch.Tensor,
     weights reproduce the stored log-probs exactly; one forward pass serves both terms.
     """
     device = unet.device
-    abar_t, abar_prev = _alphas(scheduler, traj.timesteps)
+    abar_t, abar_prev = step_alphas(scheduler, traj.timesteps)
     x, x_prev = traj.latents[idx, steps].to(device), traj.latents[idx, steps + 1].to(device)
     t = traj.timesteps.cpu()[steps].to(device)
     cond, uncond = traj.prompt_embeds[idx].to(device), traj.negative_prompt_embeds[idx].to(device)
     with torch.no_grad():  # the pretrained reference first: toggling the adapter changes requires_grad flags
         unet.disable_adapters()
         try:
-            eps_ref = noise_from_output(scheduler, _model_output(unet, x, t, cond, uncond, traj.guidance_scale),
+            eps_ref = noise_from_output(scheduler, guided_output(unet, x, t, cond, uncond, traj.guidance_scale),
                                         x, abar_t[steps])
         finally:
             unet.enable_adapters()
-    out = _model_output(unet, x, t, cond, uncond, traj.guidance_scale)
-    mu, sigma = _posterior(scheduler, out, x, abar_t[steps], abar_prev[steps], traj.eta)
+    out = guided_output(unet, x, t, cond, uncond, traj.guidance_scale)
+    mu, sigma = ddim_posterior(scheduler, out, x, abar_t[steps], abar_prev[steps], traj.eta)
     kl = ((noise_from_output(scheduler, out, x, abar_t[steps]) - eps_ref) ** 2).mean(dim=tuple(range(1, x.ndim)))
-    return _log_prob(x_prev, mu, sigma), kl
+    return gaussian_log_prob(x_prev, mu, sigma), kl
 
 
 def dpok_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor, kl: torch.Tensor,

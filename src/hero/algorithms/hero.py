@@ -9,6 +9,13 @@ Per round (the paper, Hiranaka et al., ICLR 2025; docs/hero.md):
 4. reward r_i = (1 + cos(E f_i, E f_best))/2 over final denoised latents f;
 5. the DDPO update of the LoRA weights with those rewards.
 
+Beyond the paper (``hero.update``, ``hero.noise``, ``hero.unjudged``; docs/learning.md): the update may instead be
+the likelihood update of RAFT (``hero.likelihood``) on the judged-good images, the starting noise may be plain,
+and each round may sample unjudged images that the learned reward scores at no feedback cost. With the likelihood
+update, an unjudged image joins the training set when its reward clears the threshold at which the round's own
+judgements, scored by the encoder *before* it learns from them (so they are held out), were at least
+``hero.unjudged_precision`` good (``precision_threshold``).
+
 What E sees (``hero.encoder_input``): the paper's CNN over the final latent f ("latent"), or, our default, an
 MLP over frozen features φ(f) of the pretrained UNet's mid block ("features", ``hero.features``). On the
 built-in model a CNN over 32×32 pixels cannot learn to count from ~100 labels (held-out AUC of its reward,
@@ -32,11 +39,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hero.algorithms.base import LoraPolicy
+from hero.algorithms.base import LoraPolicy, likelihood_config, rollout_kwargs
+from hero.algorithms.raft import raft_loss
 from hero.features import FrozenFeatures
 from hero.feedback.base import RoundFeedback
+from hero.likelihood import DenoisingErrors, ImagePool, likelihood_update
 from hero.policy_gradient import policy_gradient_update
-from hero.rollout import Trajectories
+from hero.rollout import Trajectories, rollout
 
 
 class TripletEncoder(nn.Module):
@@ -103,6 +112,20 @@ def guided_noise(n: int, best_noise: torch.Tensor, good_noises: torch.Tensor, be
                       good_noises[picks] if n - n_best else best_noise[None][:0]])
     xi = torch.randn(cond.shape, generator=generator)
     return math.sqrt(1.0 - eps**2) * cond + eps * xi
+
+
+def precision_threshold(scores: torch.Tensor, good: torch.Tensor, precision: float) -> float:
+    """The lowest score t such that at least ``precision`` of the judged images scoring ≥ t are good (inf: none).
+
+    Args:
+        scores: (N,) rewards of judged images, from a reward that has not learned from them.
+        good: (N,) bool, their marks.
+        precision: the share of good images required above the threshold.
+    """
+    order = torch.argsort(scores, descending=True, stable=True)
+    hits = good[order].float().cumsum(0) / torch.arange(1, len(order) + 1)
+    ok = torch.nonzero(hits >= precision - 1e-9).flatten()
+    return float(scores[order][ok[-1]]) if len(ok) else math.inf
 
 
 @dataclass
@@ -178,7 +201,11 @@ class HeroTrainer:
 
     def __init__(self, cfg, pipe):
         self.cfg, self.settings = cfg, cfg.hero
-        self.policy = LoraPolicy(cfg, pipe)
+        likelihood = self.settings.update == "likelihood"
+        self.policy = LoraPolicy(cfg, pipe, lr=cfg.likelihood.lr if likelihood else None)
+        # The likelihood update's training set: judged images (good = judged good or best) + accepted unjudged ones.
+        self.pool = ImagePool() if likelihood else None
+        self.update = likelihood_config(cfg, with_base=cfg.likelihood.base_weight > 0) if likelihood else None
         if self.settings.encoder_input == "features":
             self.features = FrozenFeatures(pipe)
             self.encoder = FeatureTripletEncoder(self.features.dim, embed_dim=self.settings.embed_dim)
@@ -192,8 +219,8 @@ class HeroTrainer:
         self.best_image: np.ndarray | None = None
 
     def start_noise(self, round_index: int, n: int, generator: torch.Generator) -> torch.Tensor | None:
-        if self.memory.best_noise is None:
-            return None  # round 0: plain N(0, I)
+        if self.memory.best_noise is None or self.settings.noise == "plain":
+            return None  # round 0 (or hero.noise = plain): N(0, I)
         return self.guided_noise(n, generator)
 
     def guided_noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -208,8 +235,14 @@ class HeroTrainer:
 
     def learn(self, round_index: int, traj: Trajectories, feedback: RoundFeedback,
               generator: torch.Generator) -> dict[str, float]:
+        # Unjudged samples; the likelihood update has no reward to accept them by before round 1.
+        t_sampling = time.perf_counter()
+        wanted = self.settings.unjudged and (self.pool is None or self.memory.best_latent is not None)
+        extra = self.sample_unjudged(round_index, generator) if wanted else None
         t0 = time.perf_counter()
         inputs = self.encoder_inputs(traj.final_latents)
+        extra_inputs = None if extra is None else self.encoder_inputs(extra.final_latents)
+        accepted, calib = self.accept_unjudged(inputs, feedback.good, extra_inputs)  # before E learns this round
         self.memory.add_round(inputs, traj.start_noise, feedback.good, feedback.best)
         if feedback.best is not None:
             self.best_image = traj.images[feedback.best]
@@ -218,14 +251,55 @@ class HeroTrainer:
                             last_round_only=self.settings.train_on == "round", generator=generator)
         rewards = hero_rewards(self.encoder, inputs, self.memory.best_latent, self.settings.reward_space)
         t1 = time.perf_counter()
-        stats = policy_gradient_update(self.policy.pipe, traj, rewards, self.policy.optimizer, self.policy.pg,
-                                       generator)
+        if self.pool is not None:
+            self.pool.add_round(traj, feedback.good, feedback.best)
+            if accepted is not None and accepted.any():
+                self.pool.add_round(extra.subset(torch.nonzero(accepted).flatten()), [True] * int(accepted.sum()),
+                                    None)
+            stats = likelihood_update(self.policy.pipe, self.pool, torch.nonzero(self.pool.labels()).flatten(),
+                                      self.policy.optimizer, self.update, self.likelihood_loss, generator)
+            prefix, calib = "lik", {**calib, "pool_good": int(self.pool.labels().sum()), "pool_size": len(self.pool)}
+        else:
+            batch, batch_rewards = traj, rewards
+            if extra is not None:  # every unjudged sample, with its learned reward, joins the policy gradient
+                extra_rewards = hero_rewards(self.encoder, extra_inputs, self.memory.best_latent,
+                                             self.settings.reward_space)
+                batch, batch_rewards = Trajectories.concat([traj, extra]), torch.cat([rewards, extra_rewards])
+                calib = {"unjudged_samples": len(extra)}
+            stats = policy_gradient_update(self.policy.pipe, batch, batch_rewards, self.policy.optimizer,
+                                           self.policy.pg, generator)
+            prefix = "pg"
         t2 = time.perf_counter()
         good = torch.tensor(feedback.good)
-        return {**enc, **{f"pg_{k}": v for k, v in stats.items()},
+        return {**enc, **calib, **{f"{prefix}_{k}": v for k, v in stats.items()},
                 "reward_good": float(rewards[good].mean()) if good.any() else float("nan"),
                 "reward_not_good": float(rewards[~good].mean()) if (~good).any() else float("nan"),
+                "seconds_unjudged_sampling": t0 - t_sampling,
                 "seconds_representation": t1 - t0, "seconds_update": t2 - t1}
+
+    def sample_unjudged(self, round_index: int, generator: torch.Generator) -> Trajectories:
+        """``hero.unjudged`` images nobody will judge, from the round's kind of starting noise."""
+        n = self.settings.unjudged
+        return rollout(self.policy.pipe, [self.cfg.prompt] * n, generator=generator,
+                       start_noise=self.start_noise(round_index, n, generator), **rollout_kwargs(self.cfg))
+
+    def accept_unjudged(self, inputs: torch.Tensor, good: list[bool], extra_inputs: torch.Tensor | None
+                        ) -> tuple[torch.Tensor | None, dict[str, float]]:
+        """Which unjudged samples join the likelihood update's training set, and the calibration's figures.
+
+        Both the round's judged images and the unjudged ones are scored by the encoder as it was before this round
+        (round 0 has none: nothing is accepted), so the threshold is set on judgements it has not learned from.
+        """
+        if extra_inputs is None or self.pool is None or self.memory.best_latent is None:
+            return None, {}
+        space = self.settings.reward_space
+        judged = hero_rewards(self.encoder, inputs, self.memory.best_latent, space)
+        threshold = precision_threshold(judged, torch.tensor(good), self.settings.unjudged_precision)
+        accepted = hero_rewards(self.encoder, extra_inputs, self.memory.best_latent, space) >= threshold
+        return accepted, {"unjudged_threshold": threshold, "unjudged_accepted": int(accepted.sum())}
+
+    def likelihood_loss(self, errors: DenoisingErrors, labels: torch.Tensor) -> torch.Tensor:
+        return raft_loss(errors, labels, self.cfg.likelihood.base_weight)
 
     def encoder_inputs(self, final_latents: torch.Tensor) -> torch.Tensor:
         """What E sees: the final latents themselves, or their standardised frozen features φ."""
@@ -240,7 +314,8 @@ class HeroTrainer:
     def save(self, folder: Path) -> None:
         self.policy.save(folder, {"encoder": self.encoder.state_dict(), "encoder_opt": self.encoder_opt.state_dict(),
                                   "memory": self.memory.state_dict(), "best_image": self.best_image,
-                                  "feature_stats": self.feature_stats})
+                                  "feature_stats": self.feature_stats,
+                                  "pool": None if self.pool is None else self.pool.state_dict()})
 
     def load(self, folder: Path) -> None:
         state = self.policy.load(folder)
@@ -249,3 +324,5 @@ class HeroTrainer:
         self.memory.load_state_dict(state["memory"])
         self.best_image = state["best_image"]
         self.feature_stats = state.get("feature_stats")
+        if self.pool is not None:
+            self.pool.load_state_dict(state["pool"])
