@@ -27,7 +27,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hero.algorithms import make_algorithm
-from hero.algorithms.base import rollout_kwargs
+from hero.algorithms.base import rollout_kwargs, round_generator
 from hero.config import TrainConfig, save_config
 from hero.distributed import SINGLE, Dist, activate, init_distributed
 from hero.feedback.base import FeedbackSource, RoundFeedback, make_feedback_source
@@ -42,11 +42,6 @@ from hero.runs.folder import RunFolder
 from hero.runs.tracking import Tracker
 
 logger = logging.getLogger("hero.train")
-
-
-def round_generator(seed: int, round_index: int, stream: int) -> torch.Generator:
-    """A generator for one purpose (stream) in one round: resumable without saving RNG state."""
-    return torch.Generator("cpu").manual_seed(seed * 1_000_003 + round_index * 101 + stream)
 
 
 def round_sizes(cfg: TrainConfig) -> list[int]:

@@ -170,36 +170,36 @@ def test_evaluate_a_given_round(bench_dir):
 
 
 def test_a_cell_takes_the_base_model_result_from_a_sibling(bench_dir, tmp_path):
-    from hero.bench.cell import read_jsonl, run_cell
+    from hero.bench.cell import read_records, run_cell
 
     out, _ = bench_dir
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     cells = copy / "cells" / "counting"
     hero_evals, ddpo = cells / "hero" / "seed0" / "evals.jsonl", cells / "ddpo" / "seed0"
-    hero_base = read_jsonl(hero_evals)[0]
+    hero_base = read_records(hero_evals)[0]
     assert hero_base["budget"] == 0 and "shared_from" not in hero_base
     # The ddpo cell evaluated again with hero's base result on disk: taken over, not sampled again.
     for name in ("evals.jsonl", "cell.json"):
         (ddpo / name).unlink()
-    peaks = read_jsonl(ddpo / "peak_rss.jsonl")  # the grid's process: after training, and at the end
+    peaks = read_records(ddpo / "peak_rss.jsonl")  # the grid's process: after training, and at the end
     assert len(peaks) == 2 and peaks[-1]["peak_rss_mb"] == json.loads((out / "cells/counting/ddpo/seed0/cell.json")
                                                                       .read_text())["peak_rss_mb"]
     with (ddpo / "peak_rss.jsonl").open("a") as f:  # an earlier process (an earlier session) that peaked higher
         f.write(json.dumps({"pid": 1, "peak_rss_mb": 1e6}) + "\n")
     run_cell(ddpo)
     assert json.loads((ddpo / "cell.json").read_text())["peak_rss_mb"] == 1e6  # the cell's peak over processes
-    evals = read_jsonl(ddpo / "evals.jsonl")
+    evals = read_records(ddpo / "evals.jsonl")
     assert [e["budget"] for e in evals] == [0, 8, 16]
     assert evals[0]["shared_from"] == "hero/seed0" and evals[0]["plain"] == hero_base["plain"]
     assert evals[1]["with_base"] is False
     # A sibling evaluated with other settings (here: another n) is not a source: the base model is sampled.
     hero_base["base_key"]["n"] = 9999
-    hero_evals.write_text("".join(json.dumps(e) + "\n" for e in [hero_base, *read_jsonl(hero_evals)[1:]]))
+    hero_evals.write_text("".join(json.dumps(e) + "\n" for e in [hero_base, *read_records(hero_evals)[1:]]))
     for name in ("evals.jsonl", "cell.json"):
         (ddpo / name).unlink()
     run_cell(ddpo)
-    evals = read_jsonl(ddpo / "evals.jsonl")
+    evals = read_records(ddpo / "evals.jsonl")
     assert "shared_from" not in evals[0] and evals[1]["with_base"] is True
 
 

@@ -64,6 +64,11 @@ def lora_targets(cfg) -> str | list[str]:
     return AUTO_TARGETS.get(cfg.algo, "attention")
 
 
+def round_generator(seed: int, round_index: int, stream: int) -> torch.Generator:
+    """A generator for one purpose (stream) in one round: resumable without saving RNG state."""
+    return torch.Generator("cpu").manual_seed(seed * 1_000_003 + round_index * 101 + stream)
+
+
 def rollout_kwargs(cfg) -> dict:
     """A TrainConfig's sampler settings as keyword arguments of ``hero.rollout.rollout``."""
     s = cfg.sampler

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hero.algorithms.base import round_generator
 from hero.algorithms.d3po import D3POTrainer, comparison_pairs, paired_noise
 from hero.algorithms.d3po_annotations import SAMPLE_META, Annotations, image_name, read_annotations
 from hero.config import ConfigError, TrainConfig, load_config, save_config
@@ -37,7 +38,6 @@ from hero.rollout import rollout
 from hero.runs.atomic import atomic_write_text
 from hero.runs.folder import RunFolder
 from hero.toyworld.scenes import image_grid
-from hero.train import round_generator
 
 __all__ = ["sample_pairs", "train_from_annotations"]
 

@@ -32,7 +32,7 @@ from hero.runs.atomic import atomic_write_text
 SPEC, EVALS, DONE, LOG, PEAKS = "cell_spec.json", "evals.jsonl", "cell.json", "cell.log", "peak_rss.jsonl"
 
 
-def read_jsonl(path: Path) -> list[dict]:
+def read_records(path: Path) -> list[dict]:
     """The JSON lines of a file; a line cut short by a crash is ignored (its result is simply recomputed)."""
     if not path.is_file():
         return []
@@ -62,7 +62,7 @@ def peak_rss_mb() -> float:
 def record_peak_rss(cell_dir: Path) -> float:
     """Append this process's peak resident memory to the cell's log of them; return the largest logged, MiB."""
     append_jsonl(cell_dir / PEAKS, {"pid": os.getpid(), "peak_rss_mb": round(peak_rss_mb(), 1)})
-    return max(r["peak_rss_mb"] for r in read_jsonl(cell_dir / PEAKS))
+    return max(r["peak_rss_mb"] for r in read_records(cell_dir / PEAKS))
 
 
 def _train(cfg) -> bool:
@@ -94,7 +94,7 @@ def sibling_base(cell_dir: Path, key: dict) -> tuple[str, float] | None:
     for evals in sorted(cell_dir.parent.parent.glob("*/seed*/" + EVALS)):
         if evals.parent.resolve() == cell_dir.resolve():
             continue
-        for e in read_jsonl(evals):
+        for e in read_records(evals):
             if e.get("budget") == 0 and e.get("base_key") == key and "shared_from" not in e:
                 return f"{evals.parent.parent.name}/{evals.parent.name}", e["plain"]
     return None
@@ -108,7 +108,7 @@ def _evaluate(cell_dir: Path, spec: dict, run_dir: Path) -> float:
     path, n, t_all, key = cell_dir / EVALS, spec["eval_n"], time.perf_counter(), base_key(spec)
     feedback_after = {m["round"]: m["feedback"] for m in RunFolder(run_dir).metrics()}
     for budget, r in sorted((int(b), r) for b, r in spec["budgets"].items()):
-        done = {e["budget"] for e in read_jsonl(path)}
+        done = {e["budget"] for e in read_records(path)}
         if budget in done:
             continue
         shared = None if 0 in done else sibling_base(cell_dir, key)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hero.bench.cell import DONE, EVALS, read_jsonl
+from hero.bench.cell import DONE, EVALS, read_records
 from hero.bench.grid import BenchSpec, Cell, plan
 from hero.runs.folder import mean_seconds
 
@@ -50,10 +50,10 @@ def load_cells(root: str | Path) -> tuple[BenchSpec, list[CellResult]]:
         folder = cell.path(root)
         if not (folder / DONE).is_file():
             continue
-        evals = {e["budget"]: e for e in read_jsonl(folder / EVALS)}
+        evals = {e["budget"]: e for e in read_records(folder / EVALS)}
         if any(b not in evals for b in [0, *spec.budgets]):
             continue
-        metrics = read_jsonl(folder / "run" / "metrics.jsonl")
+        metrics = read_records(folder / "run" / "metrics.jsonl")
         out.append(CellResult(cell, evals, metrics, json.loads((folder / DONE).read_text())))
     return spec, out
 
@@ -142,5 +142,5 @@ def summarise(root: str | Path, target: float | None = None, target_gain: float 
                        "base": base, "target": target, "feedback": points, "methods": methods}
     compute = root / "compute.json"
     return {"spec": spec.to_dict(), "tasks": tasks, "cells": len(cells),
-            "sessions": read_jsonl(root / "sessions.jsonl"),
+            "sessions": read_records(root / "sessions.jsonl"),
             "compute": json.loads(compute.read_text()) if compute.is_file() else None}
