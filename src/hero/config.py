@@ -280,8 +280,10 @@ class TrainConfig(_Section):
     device: str = "cpu"
     # bf16/fp16: frozen weights stored in that dtype and UNet calls autocast to it; LoRA weights, their gradients,
     # the optimiser and the log-probs stay fp32. fp16 gets dynamic loss scaling (``rollout.LossScale``,
-    # checkpointed with each round); prefer bf16 where the GPU has it.
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # checkpointed with each round); prefer bf16 where the GPU has it. "auto": bf16 on a GPU or CPU with native
+    # bf16 (a CPU without avx512_bf16/AMX emulates it, ~20x slower: docs/speed.md), else fp32; the run's
+    # config.yaml records the choice (``hero.models.loading.resolve_precision``).
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
     keep_checkpoints: int = Field(0, ge=0)  # per-round checkpoints kept (the last ones); 0 keeps all
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     lora: LoraSettings = Field(default_factory=LoraSettings)

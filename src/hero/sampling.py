@@ -11,13 +11,17 @@ import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline
 
+from hero.models.loading import resolve_precision
+
 DEFAULT_STEPS = 20
 DEFAULT_ETA = 1.0
 DEFAULT_GUIDANCE = 2.0  # measured best for tiny-shapes shapes (docs/tiny-shapes.md)
 
 
 def precision_context(precision: str, device: torch.device | str = "cpu"):
-    """Autocast context for "fp32" (none), "bf16" or "fp16"."""
+    """Autocast context for "fp32" (none), "bf16", "fp16" or "auto" (``hero.models.loading.resolve_precision``)."""
+    if precision == "auto":
+        precision = resolve_precision(precision, device)
     if precision == "fp32":
         return contextlib.nullcontext()
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}

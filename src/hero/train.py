@@ -33,7 +33,7 @@ from hero.distributed import SINGLE, Dist, activate, init_distributed
 from hero.feedback.base import FeedbackSource, RoundFeedback, make_feedback_source
 from hero.lora import lora_parameters, save_lora
 from hero.models import load_pipeline
-from hero.models.loading import configure_memory, weight_dtype
+from hero.models.loading import configure_memory, resolve_precision, weight_dtype
 from hero.rollout import Trajectories, loss_scale, rollout, unet_autocast
 from hero.runs.checks import ResumePlan, check_resume, settings_record
 from hero.runs.errors import RunFolderError
@@ -59,6 +59,8 @@ def train(cfg: TrainConfig, resume: bool = False, source: FeedbackSource | None 
     Under a launcher with several processes every process calls this; ``source`` is used on rank 0 only.
     """
     dist, device = init_distributed(cfg.device)
+    if cfg.precision == "auto":  # decided once, here, and written into config.yaml: the run shows what it used
+        cfg = cfg.model_copy(update={"precision": resolve_precision(cfg.precision, device)})
     run = RunFolder(cfg.out)
     sizes = round_sizes(cfg)
     if run.config_path.exists() and not resume:

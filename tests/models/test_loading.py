@@ -279,3 +279,31 @@ def test_fp16_scales_the_gradients_through_the_unet_and_unscales_them_for_the_st
     assert loss_scale() is None
     with unet_autocast("bf16"):
         assert loss_scale() is None  # bf16 has fp32's exponent range
+
+
+def test_auto_precision_picks_bf16_only_where_the_cpu_has_it(tmp_path, monkeypatch):
+    from hero.models import loading
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("flags\t\t: fpu sse2 avx2 avx512f avx512bw\n")
+    assert not loading.cpu_has_native_bf16(info)
+    info.write_text("flags\t\t: fpu sse2 avx512f avx512_bf16 amx_tile\n")
+    assert loading.cpu_has_native_bf16(info)
+    assert not loading.cpu_has_native_bf16(tmp_path / "missing")  # unknown: never bf16
+    for native, picked in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda native=native: native)
+        assert loading.resolve_precision("auto", "cpu") == picked
+    assert loading.resolve_precision("fp16", "cpu") == "fp16"  # an explicit choice is kept
+
+
+def test_a_run_with_auto_precision_records_what_it_used(tmp_path, monkeypatch):
+    from hero.config import TrainConfig, load_config
+    from hero.models import loading
+    from hero.train import train
+
+    monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: False)
+    cfg = load_config(None, ["sampler.steps=2", "pg.timesteps_per_traj=1", "hero.encoder_epochs=1"],
+                      prompt="a red circle", budget=4, images_per_round=4, precision="auto",
+                      out=str(tmp_path / "run"))
+    run = train(cfg, show_progress=False)
+    assert TrainConfig.from_yaml(run.config_path).precision == "fp32"
