@@ -30,6 +30,7 @@ REWARDS = ("jpeg", "jpeg-incompressibility", "aesthetic", "pickscore", "hpsv2", 
 _REWARD_PATHS = {"aesthetic": ("path", "head_path"), "pickscore": ("path",), "hpsv2": ("path",)}
 _DEVICE = re.compile(r"(cpu|mps|(cuda|xpu)(:\d+)?)")
 _MISSING = "???"  # OmegaConf's "must be set" marker, usable in presets
+PAIRWISE_ALGOS = ("d3po",)  # methods that learn from (winner, loser) pairs over noise-sharing images
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")  # an original-layout SD checkpoint in one file
 
 
@@ -305,6 +306,12 @@ class TrainConfig(_Section):
     def rounds(self) -> int:
         """Number of feedback rounds: ceil(budget / images_per_round) (the last one may be smaller)."""
         return math.ceil(self.budget / self.images_per_round)
+
+    @property
+    def pairwise(self) -> bool:
+        """Whether the method learns from pairwise preferences (D3PO) rather than good/best marks: the page asks
+        for pairs, and the round loop asks the source for them (``PAIRWISE_ALGOS``)."""
+        return self.algo in PAIRWISE_ALGOS
 
     def reward_options(self) -> dict[str, Any]:
         """The reward_model section as keywords for ``RewardFeedback`` (device: the run's unless set)."""

@@ -10,15 +10,14 @@ from run_checks import assert_lora_loads, assert_resume_reproduces_lora
 
 from hero.algorithms.d3po import (
     D3POTrainer,
-    comparison_pairs,
     d3po_loss,
     d3po_update,
-    load_annotations,
     paired_noise,
     pairs_from_marks,
 )
 from hero.config import ConfigError, load_config
 from hero.feedback import RewardFeedback, RoundFeedback, SimulatedHuman
+from hero.feedback.annotations import comparison_pairs, load_annotations
 from hero.lora import add_lora
 from hero.policy_gradient import PolicyGradientConfig, make_optimizer
 from hero.rollout import rollout, step_log_prob

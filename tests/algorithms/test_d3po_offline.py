@@ -16,8 +16,8 @@ from run_checks import assert_lora_loads
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from hero.algorithms.d3po_annotations import read_annotations
 from hero.cli import app
+from hero.feedback.annotations import read_annotations
 from hero.runs.feedback_log import FeedbackLog
 from hero.runs.folder import RunFolder
 from hero.web import export_run, label_run

@@ -24,12 +24,11 @@ no preference.
 
 Offline workflow (sample → annotate → train): ``hero sample --pairs``, ``hero label`` or a hand-written JSON
 file, ``hero train --algo d3po --from-annotations FILE`` (``hero.algorithms.d3po_offline``; the file format:
-``hero.algorithms.d3po_annotations``). ``load_annotations`` reads the ``pairs.jsonl`` written by ``hero export``.
+``hero.feedback.annotations``, which also reads the ``pairs.jsonl`` written by ``hero export``).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -38,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from hero.algorithms.base import LoraPolicy
+from hero.feedback.annotations import comparison_pairs
 from hero.feedback.base import RoundFeedback
 from hero.policy_gradient import PolicyGradientConfig, accumulation_schedule, clip_and_step, trainable_steps
 from hero.rollout import Trajectories, step_log_prob
@@ -47,11 +47,6 @@ def paired_noise(n: int, shape: tuple[int, ...], generator: torch.Generator) -> 
     """z_T for n images, shared pairwise: [z0, z0, z1, z1, ...] (an odd last image gets its own)."""
     z = torch.randn(((n + 1) // 2, *shape), generator=generator)
     return z.repeat_interleave(2, dim=0)[:n]
-
-
-def comparison_pairs(n: int) -> list[tuple[int, int]]:
-    """The pairs the person compares: images that share a starting noise, (0, 1), (2, 3), ..."""
-    return [(i, i + 1) for i in range(0, n - 1, 2)]
 
 
 def pairs_from_marks(good: list[bool], best: int | None, candidates: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -102,24 +97,6 @@ def d3po_update(pipe, traj: Trajectories, pairs: list[tuple[int, int]], optimize
         stats["grad_norm"].append(clip_and_step(optimizer, cfg.max_grad_norm))
     out = {key: float(np.mean(v)) for key, v in stats.items()}
     return {**out, "grad_steps": len(stats["grad_norm"]), "backward_passes": len(stats["loss"])}
-
-
-def load_annotations(path: str | Path) -> list[tuple[int, int, int]]:
-    """(round, winner, loser) from a JSONL of {"round", "winner", "loser", ...} (``hero export``'s pairs.jsonl)."""
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            rec = json.loads(line)
-            try:
-                r, w, lo = int(rec["round"]), int(rec["winner"]), int(rec["loser"])
-            except (KeyError, TypeError, ValueError):
-                raise ValueError(f"{path}:{line_no}: expected integer round, winner and loser, got {rec!r}") from None
-            if w == lo or min(r, w, lo) < 0:
-                raise ValueError(f"{path}:{line_no}: ({w}, {lo}) is not two distinct images of round {r}")
-            out.append((r, w, lo))
-    return out
 
 
 class D3POTrainer:

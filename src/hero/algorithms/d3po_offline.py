@@ -2,7 +2,7 @@
 
     hero sample --pairs --prompt P --n 16 --out S          S/sample.json, S/grid.png, S/rounds/round_000/...
     hero label S                                            the page's pairwise mode -> S/annotations.json
-      (or write S/annotations.json by hand: hero.algorithms.d3po_annotations describes the format)
+      (or write S/annotations.json by hand: hero.feedback.annotations describes the format)
     hero train --algo d3po --from-annotations S/annotations.json --out RUN
 
 Why the sample folder is laid out as round 0 of a run folder (``rounds/round_000/images``, ``trajectories.pt``):
@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from hero.algorithms.base import round_generator
-from hero.algorithms.d3po import D3POTrainer, comparison_pairs, paired_noise
-from hero.algorithms.d3po_annotations import SAMPLE_META, Annotations, image_name, read_annotations
+from hero.algorithms.d3po import D3POTrainer, paired_noise
 from hero.config import ConfigError, TrainConfig, load_config, save_config
+from hero.feedback.annotations import SAMPLE_META, Annotations, comparison_pairs, image_name, read_annotations
 from hero.feedback.base import RoundFeedback
 from hero.lora import save_lora
 from hero.models import load_pipeline

@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hero.algorithms.d3po import comparison_pairs
-from hero.algorithms.d3po_annotations import read_sample_meta, write_annotations
 from hero.config import TrainConfig
+from hero.feedback.annotations import comparison_pairs, read_sample_meta, write_annotations
 from hero.runs.atomic import atomic_write_text
 from hero.runs.feedback_log import FeedbackLog
 from hero.runs.folder import RunFolder
@@ -89,7 +88,7 @@ def label_run(run_dir: str | Path, host: str | None = None, port: int | None = N
                          port=(web.port if web else 8765) if port is None else port,
                          allowed_hosts=[*allowed_hosts, *(web.allowed_hosts if web else [])], mode="label",
                          prompt=prompt)
-    pairwise = (cfg is not None and cfg.algo == "d3po") or read_sample_meta(run.path) is not None
+    pairwise = (cfg is not None and cfg.pairwise) or read_sample_meta(run.path) is not None
     labelled = 0
     with source:
         on_ready(source.start())

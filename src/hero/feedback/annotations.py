@@ -24,15 +24,38 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from hero.algorithms.d3po import comparison_pairs, load_annotations
 from hero.runs.atomic import atomic_write_text
 from hero.runs.feedback_log import FeedbackLog
 
-__all__ = ["SAMPLE_META", "Annotations", "find_samples", "image_name", "read_annotations", "read_sample_meta",
-           "write_annotations"]
+__all__ = ["SAMPLE_META", "Annotations", "comparison_pairs", "find_samples", "image_name", "load_annotations",
+           "read_annotations", "read_sample_meta", "write_annotations"]
 
 SAMPLE_META = "sample.json"
 _SHAPE = 'expected {"winner": IMAGE, "loser": IMAGE} or {"tie": [IMAGE, IMAGE]}'
+
+
+
+def comparison_pairs(n: int) -> list[tuple[int, int]]:
+    """The pairs the person compares: images that share a starting noise, (0, 1), (2, 3), ..."""
+    return [(i, i + 1) for i in range(0, n - 1, 2)]
+
+
+def load_annotations(path: str | Path) -> list[tuple[int, int, int]]:
+    """(round, winner, loser) from a JSONL of {"round", "winner", "loser", ...} (``hero export``'s pairs.jsonl)."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            rec = json.loads(line)
+            try:
+                r, w, lo = int(rec["round"]), int(rec["winner"]), int(rec["loser"])
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(f"{path}:{line_no}: expected integer round, winner and loser, got {rec!r}") from None
+            if w == lo or min(r, w, lo) < 0:
+                raise ValueError(f"{path}:{line_no}: ({w}, {lo}) is not two distinct images of round {r}")
+            out.append((r, w, lo))
+    return out
 
 
 @dataclass(frozen=True)
