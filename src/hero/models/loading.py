@@ -40,7 +40,7 @@ def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
 def resolve_precision(precision: str, device: str | torch.device) -> str:
     """``precision`` itself, or for "auto" what suits ``device``: bf16 where it is native, else fp32.
 
-    On a CPU without bf16 instructions autocast emulates it: the built-in UNet's forward took 249 ms per image
+    On a CPU without bf16 instructions autocast emulates it: the built-in UNet's forward took 254 ms per image
     against 12 ms in fp32 on such a machine (docs/speed.md), so "auto" never picks it there.
     """
     if precision != "auto":
