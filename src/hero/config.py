@@ -109,14 +109,11 @@ class HeroSettings(_Section):
     # Where the reward's cosine to the best is taken: "embedding" E(f) (the paper) or "projection" g(E(f)), the
     # space the triplet loss shapes (docs/hero.md: its held-out AUC is higher on the built-in model).
     reward_space: Literal["embedding", "projection"] = "embedding"
-    # How the LoRA learns from the rewards: "policy_gradient" (the paper's DDPO update) or "likelihood" (the
-    # denoising loss of ``hero.likelihood`` on the judged-good images and the accepted unjudged samples, with the
-    # ``likelihood`` section's settings; docs/learning.md, "HERO with a likelihood update").
+    # The paper's DDPO update, or RAFT's denoising loss (``likelihood`` section) on the judged-good images and the
+    # accepted unjudged samples; unjudged: samples per round scored by the learned reward, at no feedback cost
+    # (docs/learning.md, "HERO with a likelihood update and unjudged samples").
     update: Literal["policy_gradient", "likelihood"] = "policy_gradient"
     noise: Literal["guided", "plain"] = "guided"  # starting noise of the rounds: feedback-guided, or N(0, I)
-    # Unjudged samples per round scored by the learned reward (no feedback cost). With the ``likelihood`` update,
-    # those whose reward clears a threshold calibrated on the round's judgements join the training set; with the
-    # ``policy_gradient`` one, all of them join the round's batch with their rewards.
     unjudged: int = Field(0, ge=0)
     unjudged_precision: float = Field(0.9, gt=0.0, le=1.0)  # the share good above the threshold, on held-out marks
 
@@ -281,9 +278,8 @@ class TrainConfig(_Section):
     device: str = "cpu"
     # bf16/fp16: frozen weights stored in that dtype and UNet calls autocast to it; LoRA weights, their gradients,
     # the optimiser and the log-probs stay fp32. fp16 gets dynamic loss scaling (``rollout.LossScale``,
-    # checkpointed with each round); prefer bf16 where the GPU has it. "auto": bf16 on a GPU or CPU with native
-    # bf16 (a CPU without avx512_bf16/AMX emulates it, ~20x slower: docs/speed.md), else fp32; the run's
-    # config.yaml records the choice (``hero.models.loading.resolve_precision``).
+    # checkpointed with each round). "auto": bf16 where native (not on a CPU without avx512_bf16/AMX: ~20x
+    # slower there, docs/speed.md), else fp32, recorded in config.yaml (``models.loading.resolve_precision``).
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
     keep_checkpoints: int = Field(0, ge=0)  # per-round checkpoints kept (the last ones); 0 keeps all
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)

@@ -205,7 +205,7 @@ class HeroTrainer:
         self.policy = LoraPolicy(cfg, pipe, lr=cfg.likelihood.lr if likelihood else None)
         # The likelihood update's training set: judged images (good = judged good or best) + accepted unjudged ones.
         self.pool = ImagePool() if likelihood else None
-        self.update = likelihood_config(cfg, with_base=cfg.likelihood.base_weight > 0) if likelihood else None
+        self.likelihood = likelihood_config(cfg, with_base=cfg.likelihood.base_weight > 0) if likelihood else None
         if self.settings.encoder_input == "features":
             self.features = FrozenFeatures(pipe)
             self.encoder = FeatureTripletEncoder(self.features.dim, embed_dim=self.settings.embed_dim)
@@ -242,7 +242,7 @@ class HeroTrainer:
         t0 = time.perf_counter()
         inputs = self.encoder_inputs(traj.final_latents)
         extra_inputs = None if extra is None else self.encoder_inputs(extra.final_latents)
-        accepted, calib = self.accept_unjudged(inputs, feedback.good, extra_inputs)  # before E learns this round
+        accepted, extra_stats = self.accept_unjudged(inputs, feedback.good, extra_inputs)  # before E learns this round
         self.memory.add_round(inputs, traj.start_noise, feedback.good, feedback.best)
         if feedback.best is not None:
             self.best_image = traj.images[feedback.best]
@@ -257,21 +257,22 @@ class HeroTrainer:
                 self.pool.add_round(extra.subset(torch.nonzero(accepted).flatten()), [True] * int(accepted.sum()),
                                     None)
             stats = likelihood_update(self.policy.pipe, self.pool, torch.nonzero(self.pool.labels()).flatten(),
-                                      self.policy.optimizer, self.update, self.likelihood_loss, generator)
-            prefix, calib = "lik", {**calib, "pool_good": int(self.pool.labels().sum()), "pool_size": len(self.pool)}
+                                      self.policy.optimizer, self.likelihood, self.likelihood_loss, generator)
+            prefix = "lik"
+            extra_stats = {**extra_stats, "pool_good": int(self.pool.labels().sum()), "pool_size": len(self.pool)}
         else:
             batch, batch_rewards = traj, rewards
             if extra is not None:  # every unjudged sample, with its learned reward, joins the policy gradient
                 extra_rewards = hero_rewards(self.encoder, extra_inputs, self.memory.best_latent,
                                              self.settings.reward_space)
                 batch, batch_rewards = Trajectories.concat([traj, extra]), torch.cat([rewards, extra_rewards])
-                calib = {"unjudged_samples": len(extra)}
+                extra_stats = {"unjudged_samples": len(extra)}
             stats = policy_gradient_update(self.policy.pipe, batch, batch_rewards, self.policy.optimizer,
                                            self.policy.pg, generator)
             prefix = "pg"
         t2 = time.perf_counter()
         good = torch.tensor(feedback.good)
-        return {**enc, **calib, **{f"{prefix}_{k}": v for k, v in stats.items()},
+        return {**enc, **extra_stats, **{f"{prefix}_{k}": v for k, v in stats.items()},
                 "reward_good": float(rewards[good].mean()) if good.any() else float("nan"),
                 "reward_not_good": float(rewards[~good].mean()) if (~good).any() else float("nan"),
                 "seconds_unjudged_sampling": t0 - t_sampling,
