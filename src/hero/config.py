@@ -64,7 +64,7 @@ class LoraSettings(_Section):
     lr: float = Field(3e-4, gt=0)
     # "attention" (the papers' adapter: to_q/k/v/out), "wide" (also resnets, time embedding, proj_in/out,
     # feed-forwards; hero.lora.TARGET_PRESETS), an explicit list of module-name suffixes, or "auto": the
-    # method's own (wide for raft and kto, attention for the policy-gradient methods; algorithms.base.AUTO_TARGETS).
+    # method's own (wide for raft, kto and nft, attention for the policy-gradient methods; base.AUTO_TARGETS).
     targets: Literal["auto", "attention", "wide"] | list[str] = "auto"
 
     @field_validator("targets")
@@ -170,6 +170,12 @@ class KtoSettings(_Section):
     bad_weight: float = Field(1.0, gt=0)  # λ_U: weight of the not-good images' term
 
 
+class NftSettings(_Section):
+    """DiffusionNFT: the step from the base model, f± = f_ref ± β·(f_θ − f_ref) (``hero.algorithms.nft``)."""
+
+    beta: float = Field(1.0, gt=0)  # 1: the paper's; smaller steps further from the base (like a guidance scale)
+
+
 class HerdSettings(_Section):
     """HERD: DDPO + hindsight replay of a round's failures, relabelled with what they show, in the next update."""
 
@@ -269,7 +275,7 @@ class TrainConfig(_Section):
     # components' config.json, tokenizer/, scheduler/; its weights are not needed), since nothing is downloaded
     model_config_dir: str | None = None
     prompt: str = Field(min_length=1)
-    algo: Literal["hero", "ddpo", "d3po", "dpok", "seiko", "herd", "raft", "kto"] = "hero"
+    algo: Literal["hero", "ddpo", "d3po", "dpok", "seiko", "herd", "raft", "kto", "nft"] = "hero"
     feedback: str = "sim"
     budget: int = Field(512, gt=0)  # feedback budget: images judged in total
     images_per_round: int = Field(64, gt=0)
@@ -293,6 +299,7 @@ class TrainConfig(_Section):
     seiko: SeikoSettings = Field(default_factory=SeikoSettings)
     likelihood: LikelihoodSettings = Field(default_factory=LikelihoodSettings)
     kto: KtoSettings = Field(default_factory=KtoSettings)
+    nft: NftSettings = Field(default_factory=NftSettings)
     task: TaskSettings = Field(default_factory=TaskSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     reward_model: RewardModelSettings = Field(default_factory=RewardModelSettings)

@@ -73,6 +73,11 @@ class DenoisingErrors:
     model: torch.Tensor  # ℓ_θ: the weighted denoising error of the model being trained
     base: torch.Tensor | None = None  # ℓ_ref: the same error of the base model (no gradient)
     to_base: torch.Tensor | None = None  # w(t)·mean ‖f_θ − f_ref‖²: the pull towards the base model
+    # The raw terms, for losses that combine the two predictions before the error (DiffusionNFT):
+    prediction: torch.Tensor | None = None  # f_θ(x_t) (B, ...), with gradients
+    base_prediction: torch.Tensor | None = None  # f_ref(x_t), no gradient
+    target: torch.Tensor | None = None  # y, the parameterisation's target
+    weight: torch.Tensor | None = None  # w(t) (B,)
 
 
 def denoising_errors(unet, scheduler, x0: torch.Tensor, cond: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
@@ -91,12 +96,14 @@ def denoising_errors(unet, scheduler, x0: torch.Tensor, cond: torch.Tensor, nois
     weight = min_snr_weight(scheduler, t, gamma).to(x0.device)
     target = prediction_target(scheduler, x0, noise, t)
     dims = tuple(range(1, x0.ndim))
-    errors = DenoisingErrors(model=torch.zeros(0))
+    errors = DenoisingErrors(model=torch.zeros(0), target=target, weight=weight)
     if with_base:
         with torch.no_grad(), pretrained_unet(unet):
             ref = unet_output(unet, x_t, t, cond)
         errors.base = weight * ((ref - target) ** 2).mean(dim=dims)
+        errors.base_prediction = ref
     out = unet_output(unet, x_t, t, cond)
+    errors.prediction = out
     errors.model = weight * ((out - target) ** 2).mean(dim=dims)
     if with_base:
         errors.to_base = weight * ((out - ref) ** 2).mean(dim=dims)

@@ -1,4 +1,5 @@
-"""RAFT and Diffusion-KTO: their losses by hand, and short runs that load, and resume after SIGKILL to the bit."""
+"""RAFT and Diffusion-KTO losses by hand; short runs of RAFT, KTO and DiffusionNFT that load, and resume after
+SIGKILL to the bit (NFT's loss: test_nft.py)."""
 
 import os
 import signal
@@ -47,7 +48,7 @@ def test_kto_loss_by_hand_and_its_pull_directions():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo", ["raft", "kto"])
+@pytest.mark.parametrize("algo", ["raft", "kto", "nft"])
 def test_a_run_killed_mid_way_and_resumed_ends_with_the_uninterrupted_lora(algo, tmp_path):
     args = dict(algo=algo, prompt="two red squares", budget=24, images_per_round=8)
     whole = train(load_config(None, FAST, **args, out=str(tmp_path / "whole")), show_progress=False)

@@ -19,6 +19,9 @@ ALGORITHMS = {
     "kto": "Diffusion-KTO (experimental: diverges at its defaults, docs/learning.md): per-image good/not-good "
            "labels, a KTO utility of the implicit reward against the base model (Li et al., 'Aligning Diffusion "
            "Models by Optimizing Human Utility', NeurIPS 2024)",
+    "nft": "DiffusionNFT: the denoising loss on every judged image, good ones towards and not-good ones away, as "
+           "a bounded step from the base model (Zheng et al., 'DiffusionNFT: Online Diffusion Reinforcement with "
+           "Forward Process', 2025)",
 }
 
 
@@ -56,4 +59,8 @@ def make_algorithm(cfg, pipe):
         from hero.algorithms.kto import KtoTrainer
 
         return KtoTrainer(cfg, pipe)
+    if cfg.algo == "nft":
+        from hero.algorithms.nft import NftTrainer
+
+        return NftTrainer(cfg, pipe)
     raise ValueError(f"algo {cfg.algo!r} is not available yet; available: {', '.join(ALGORITHMS)}")

@@ -51,7 +51,7 @@ def pg_config(cfg) -> PolicyGradientConfig:
 # The LoRA's layers when ``lora.targets`` is "auto": the likelihood methods train every timestep of a judged image
 # and need the adapter at every resolution (docs/learning.md, "LoRA coverage"); the policy-gradient methods keep the
 # papers' attention-only adapter.
-AUTO_TARGETS = {"raft": "wide", "kto": "wide"}
+AUTO_TARGETS = {"raft": "wide", "kto": "wide", "nft": "wide"}
 
 
 def lora_targets(cfg) -> str | list[str]:
