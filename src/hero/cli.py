@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import time
-import warnings
 from pathlib import Path
 
 import typer
 
 from hero.algorithms import ALGORITHMS
 from hero.bench.cli import bench_app
+from hero.quiet import quiet_libraries
 
 # Before transformers is imported: hide its torchvision-fallback notices, which a user cannot act on.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -331,13 +331,6 @@ def export(
         raise typer.Exit(2) from None
     typer.echo(f"wrote {result['feedback']} judgements to {result['out']}/feedback.jsonl and "
                f"{result['pairs']} pairs to {result['out']}/pairs.jsonl")
-
-
-def quiet_libraries() -> None:
-    """Hide library chatter a user cannot act on (torchvision fallbacks, weight-loading bars)."""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def main() -> None:

@@ -17,11 +17,11 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from hero.cli import quiet_libraries
 from hero.config import load_config
 from hero.evaluate import evaluate
 from hero.lora import load_lora
 from hero.models import load_pipeline
+from hero.quiet import quiet_libraries
 from hero.runs.folder import RunFolder, mean_seconds
 from hero.sampling import sample_images
 from hero.toyworld import Judge, parse_task

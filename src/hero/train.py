@@ -30,7 +30,8 @@ from hero.algorithms import make_algorithm
 from hero.algorithms.base import rollout_kwargs, round_generator
 from hero.config import TrainConfig, save_config
 from hero.distributed import SINGLE, Dist, activate, init_distributed
-from hero.feedback.base import FeedbackSource, RoundFeedback, make_feedback_source
+from hero.feedback.base import FeedbackSource, RoundFeedback
+from hero.feedback.sources import make_feedback_source
 from hero.lora import lora_parameters, save_lora
 from hero.models import load_pipeline
 from hero.models.loading import configure_memory, resolve_precision, weight_dtype

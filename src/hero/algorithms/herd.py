@@ -50,7 +50,8 @@ import torch
 from hero.algorithms.base import LoraPolicy
 from hero.algorithms.ddpo import ddpo_rewards
 from hero.config import parse_feedback
-from hero.feedback.base import RoundFeedback, make_feedback_source
+from hero.feedback.base import RoundFeedback
+from hero.feedback.sources import make_feedback_source
 from hero.policy_gradient import policy_gradient_update
 from hero.rollout import Trajectories, step_log_prob
 from hero.toyworld.judge import analyse

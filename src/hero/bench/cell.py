@@ -161,7 +161,7 @@ def run_cell(cell_dir: str | Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from hero.cli import quiet_libraries
+    from hero.quiet import quiet_libraries
 
     quiet_libraries()
     args = sys.argv[1:] if argv is None else argv
