@@ -16,7 +16,7 @@ from hero.likelihood import (
     prediction_target,
 )
 from hero.lora import add_lora
-from hero.policy_gradient import PolicyGradientConfig, make_optimizer
+from hero.policy_gradient import make_optimizer
 from hero.rollout import rollout
 
 
@@ -86,7 +86,7 @@ def test_the_pool_keeps_one_embedding_per_prompt_and_counts_the_best_as_good(tin
 def test_an_update_lowers_the_denoising_error_on_the_images_it_trains(tiny_pixel_pipeline):
     pipe = tiny_pixel_pipeline
     add_lora(pipe.unet, rank=4, alpha=4, targets="wide")
-    opt = make_optimizer(pipe.unet, PolicyGradientConfig(lr=1e-2))
+    opt = make_optimizer(pipe.unet, lr=1e-2)
     traj = rollout(pipe, ["a red circle"] * 4, guidance_scale=2.0, num_steps=2, seed=0)
     pool = ImagePool()
     pool.add_round(traj, [True] * 4, best=0)

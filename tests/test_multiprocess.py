@@ -32,9 +32,9 @@ from peft.utils import get_peft_model_state_dict
 from PIL import Image
 
 import hero.train as train_module
-from hero.config import load_config
+from hero.config import PolicyGradientSettings, load_config
 from hero.distributed import SINGLE, Dist, activate, current, shard_range
-from hero.policy_gradient import PolicyGradientConfig, accumulation_schedule
+from hero.policy_gradient import accumulation_schedule
 from hero.rollout import Trajectories, rollout
 
 ACCELERATE = Path(sys.executable).parent / "accelerate"
@@ -150,7 +150,7 @@ def test_sharded_rollouts_concatenate_to_the_unsharded_one(tiny_sd_pipeline):
 
 
 def test_the_update_schedule_is_split_over_processes_with_the_same_draws():
-    cfg = PolicyGradientConfig(timesteps_per_traj=3, batch_size=2, grad_accum=2)
+    cfg = PolicyGradientSettings(timesteps_per_traj=3, batch_size=2, grad_accum=2)
 
     def schedule(dist: Dist) -> list:
         with activate(dist):

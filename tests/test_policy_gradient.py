@@ -7,14 +7,9 @@ import math
 import pytest
 import torch
 
+from hero.config import PolicyGradientSettings
 from hero.lora import add_lora
-from hero.policy_gradient import (
-    PolicyGradientConfig,
-    clipped_surrogate_loss,
-    make_optimizer,
-    policy_gradient_update,
-    standardise_advantages,
-)
+from hero.policy_gradient import clipped_surrogate_loss, make_optimizer, policy_gradient_update, standardise_advantages
 from hero.rollout import rollout, step_log_prob
 
 
@@ -48,7 +43,7 @@ def test_clipped_surrogate_loss_by_hand():
 
 def test_make_optimizer_needs_lora(tiny_pixel_pipeline):
     with pytest.raises(ValueError, match="add_lora"):
-        make_optimizer(tiny_pixel_pipeline.unet, PolicyGradientConfig())
+        make_optimizer(tiny_pixel_pipeline.unet, lr=3e-4)
 
 
 def _surrogate(pipe, traj, adv, clip_range):
@@ -62,7 +57,7 @@ def _surrogate(pipe, traj, adv, clip_range):
 def test_update_changes_only_lora_and_reduces_the_loss(tiny_pixel_pipeline):
     pipe = tiny_pixel_pipeline
     add_lora(pipe.unet, rank=2, alpha=2)
-    cfg = PolicyGradientConfig(lr=1e-3, clip_range=0.05, timesteps_per_traj=4, batch_size=2, grad_accum=2)
+    cfg = PolicyGradientSettings(clip_range=0.05, timesteps_per_traj=4, batch_size=2, grad_accum=2, min_sigma=0.0)
     traj = rollout(pipe, ["a red circle", "a blue square", "a red circle", "big"], num_steps=4, guidance_scale=3.0,
                    seed=0)
     rewards = [1.0, 0.0, 0.7, 0.2]
@@ -71,7 +66,7 @@ def test_update_changes_only_lora_and_reduces_the_loss(tiny_pixel_pipeline):
     before = {n: p.detach().clone() for n, p in pipe.unet.named_parameters()}
     text_before = {n: p.detach().clone() for n, p in pipe.text_encoder.named_parameters()}
 
-    stats = policy_gradient_update(pipe, traj, rewards, make_optimizer(pipe.unet, cfg), cfg)
+    stats = policy_gradient_update(pipe, traj, rewards, make_optimizer(pipe.unet, lr=1e-3), cfg)
 
     assert stats["grad_steps"] == 1 and stats["backward_passes"] == 2 * 4  # 2 minibatches x K=4, accumulated
     assert abs(stats["loss"]) < 1e-5 and stats["approx_kl"] == 0.0 and stats["clipfrac"] == 0.0  # ratio 1 at start
@@ -88,9 +83,9 @@ def test_update_counts_follow_the_config(tiny_pixel_pipeline):
     pipe = tiny_pixel_pipeline
     add_lora(pipe.unet)
     traj = rollout(pipe, ["a", "big", "a red circle", "left", "right"], num_steps=3, guidance_scale=1.0, seed=1)
-    cfg = PolicyGradientConfig(timesteps_per_traj=5, batch_size=2, grad_accum=1, inner_epochs=2,
-                               per_prompt_advantages=True)
-    stats = policy_gradient_update(pipe, traj, [0.1, 0.5, 0.2, 0.9, 0.3], make_optimizer(pipe.unet, cfg), cfg)
+    cfg = PolicyGradientSettings(timesteps_per_traj=5, batch_size=2, grad_accum=1, inner_epochs=2,
+                                 per_prompt_advantages=True, min_sigma=0.0)
+    stats = policy_gradient_update(pipe, traj, [0.1, 0.5, 0.2, 0.9, 0.3], make_optimizer(pipe.unet, lr=3e-4), cfg)
     # 5 samples -> minibatches of 2, 2, 1 -> 3 optimizer steps per epoch; K is capped at T = 3.
     assert stats["grad_steps"] == 2 * 3 and stats["backward_passes"] == 2 * 3 * 3
     assert all(math.isfinite(v) for v in stats.values())
@@ -111,7 +106,7 @@ def test_near_deterministic_steps_are_never_trained():
     traj = SimpleNamespace(timesteps=scheduler.timesteps, eta=1.0)
     keep = trainable_steps(scheduler, traj, 0.01)
     assert keep.tolist() == list(range(19))
-    cfg = PolicyGradientConfig(timesteps_per_traj=19, batch_size=4, grad_accum=2, inner_epochs=3)
+    cfg = PolicyGradientSettings(timesteps_per_traj=19, batch_size=4, grad_accum=2, inner_epochs=3)
     drawn = {int(s) for group in accumulation_schedule(16, keep, cfg, torch.Generator().manual_seed(0))
              for _, steps, _ in group for s in steps}
     assert drawn == set(range(19))  # every other step is trained, the last one never

@@ -4,39 +4,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from hero import distributed
+from hero.config import PolicyGradientSettings
 from hero.lora import lora_parameters
 from hero.rollout import Trajectories, loss_scale, step_log_prob, step_sigmas
 
-__all__ = ["PolicyGradientConfig", "accumulation_schedule", "clip_and_step", "clipped_surrogate_loss",
+__all__ = ["accumulation_schedule", "clip_and_step", "clipped_surrogate_loss",
            "make_optimizer", "policy_gradient_update", "standardise_advantages", "trainable_steps"]
 
 
-@dataclass
-class PolicyGradientConfig:
-    """Hyper-parameters of the DDPO update (defaults: the HERO paper's)."""
-
-    lr: float = 3e-4
-    clip_range: float = 1e-4
-    adv_clip: float = 5.0
-    max_grad_norm: float = 1.0
-    timesteps_per_traj: int = 5  # K denoising steps trained per trajectory, drawn afresh each inner epoch
-    batch_size: int = 2
-    grad_accum: int = 4  # minibatches per optimizer step (each contributing K timesteps)
-    inner_epochs: int = 1
-    per_prompt_advantages: bool = False
-    weight_decay: float = 1e-4
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
-    seed: int = 0  # for the shuffles and timestep draws when no generator is passed
-    # Steps whose σ is below this are never trained (``trainable_steps``): their noise is too small to change
-    # the image, so they carry no reward signal, but their ∇ log p ∝ 1/σ would swamp the gradient. 0: train all.
-    min_sigma: float = 0.0
+# AdamW's settings for every adapter here (the papers' DDPO values); the rate is each method's own.
+ADAM_BETAS, ADAM_EPS, WEIGHT_DECAY = (0.9, 0.999), 1e-8, 1e-4
 
 
 def standardise_advantages(rewards: Sequence[float] | np.ndarray | torch.Tensor, prompts: Sequence[str] | None = None,
@@ -68,16 +50,15 @@ def clipped_surrogate_loss(logp_new: torch.Tensor, logp_old: torch.Tensor, advan
     return torch.maximum(unclipped, clipped).mean()
 
 
-def make_optimizer(unet, cfg: PolicyGradientConfig) -> torch.optim.AdamW:
-    """AdamW over the UNet's trainable LoRA parameters (call ``hero.lora.add_lora`` first)."""
+def make_optimizer(unet, lr: float) -> torch.optim.AdamW:
+    """AdamW at rate ``lr`` over the UNet's trainable LoRA parameters (call ``hero.lora.add_lora`` first)."""
     params = [p for p in lora_parameters(unet) if p.requires_grad]
     if not params:
         raise ValueError("the UNet has no trainable LoRA parameters: call hero.lora.add_lora(unet) first")
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps,
-                             weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=WEIGHT_DECAY)
 
 
-def _accumulation_groups(n: int, cfg: PolicyGradientConfig, generator: torch.Generator) -> list[list[torch.Tensor]]:
+def _accumulation_groups(n: int, cfg: PolicyGradientSettings, generator: torch.Generator) -> list[list[torch.Tensor]]:
     """Shuffle samples into minibatches and group ``grad_accum`` minibatches per optimizer step."""
     minibatches = list(torch.randperm(n, generator=generator).split(cfg.batch_size))
     return [minibatches[i: i + cfg.grad_accum] for i in range(0, len(minibatches), cfg.grad_accum)]
@@ -96,7 +77,7 @@ def trainable_steps(scheduler, traj: Trajectories, min_sigma: float) -> torch.Te
     return keep
 
 
-def accumulation_schedule(n: int, n_steps: int | torch.Tensor, cfg: PolicyGradientConfig,
+def accumulation_schedule(n: int, n_steps: int | torch.Tensor, cfg: PolicyGradientSettings,
                           generator: torch.Generator) -> Iterator[list[tuple[torch.Tensor, torch.Tensor, float]]]:
     """The DDPO training schedule shared by every policy update here.
 
@@ -144,12 +125,12 @@ def clip_and_step(optimizer: torch.optim.Optimizer, max_grad_norm: float) -> flo
 
 
 def policy_gradient_update(pipe, trajectories: Trajectories, rewards: Sequence[float] | np.ndarray | torch.Tensor,
-                           optimizer: torch.optim.Optimizer, cfg: PolicyGradientConfig,
+                           optimizer: torch.optim.Optimizer, cfg: PolicyGradientSettings,
                            generator: torch.Generator | None = None) -> dict[str, float]:
     """One DDPO update on these trajectories; returns mean loss, approx_kl, clipfrac, grad_norm and counts."""
     traj = trajectories
     if generator is None:
-        generator = torch.Generator("cpu").manual_seed(cfg.seed)
+        generator = torch.Generator("cpu").manual_seed(0)
     prompts = traj.prompts if cfg.per_prompt_advantages else None
     adv = standardise_advantages(rewards, prompts, cfg.adv_clip)
     device = pipe.unet.device

@@ -292,7 +292,7 @@ def _sigma(abar_t: torch.Tensor, abar_prev: torch.Tensor, eta: float) -> torch.T
 def step_sigmas(scheduler, timesteps: torch.Tensor, eta: float) -> torch.Tensor:
     """σ (T,) fp32 of each transition of a rollout with these timesteps and η: the sampler's own arithmetic.
 
-    The policy-gradient updates use it to leave out near-deterministic steps (``PolicyGradientConfig.min_sigma``):
+    The policy-gradient updates use it to leave out near-deterministic steps (``pg.min_sigma``):
     on tiny-shapes the last DDIM step has σ = 0.0064, under one uint8 level, so its noise cannot change what a
     judge sees, yet its ∇ log p is ~30× the other steps' and would dominate the gradient.
     """

@@ -15,11 +15,11 @@ from hero.algorithms.d3po import (
     paired_noise,
     pairs_from_marks,
 )
-from hero.config import ConfigError, load_config
+from hero.config import ConfigError, PolicyGradientSettings, load_config
 from hero.feedback import RewardFeedback, RoundFeedback, SimulatedHuman
 from hero.feedback.annotations import comparison_pairs, load_annotations
 from hero.lora import add_lora
-from hero.policy_gradient import PolicyGradientConfig, make_optimizer
+from hero.policy_gradient import make_optimizer
 from hero.rollout import rollout, step_log_prob
 from hero.runs.feedback_log import FeedbackLog
 from hero.toyworld import parse_task, random_scene, render
@@ -110,8 +110,8 @@ def test_update_prefers_the_winners(tiny_pixel_pipeline):
     add_lora(pipe.unet)
     noise = paired_noise(4, (3, 8, 8), torch.Generator().manual_seed(0))
     traj = rollout(pipe, ["a red circle"] * 4, guidance_scale=3.0, num_steps=3, start_noise=noise, seed=0)
-    cfg = PolicyGradientConfig(lr=3e-3, timesteps_per_traj=3, batch_size=2, grad_accum=1)
-    opt = make_optimizer(pipe.unet, cfg)
+    cfg = PolicyGradientSettings(timesteps_per_traj=3, batch_size=2, grad_accum=1, min_sigma=0.0)
+    opt = make_optimizer(pipe.unet, lr=3e-3)
     pairs = [(1, 0), (2, 3)]
     first = d3po_update(pipe, traj, pairs, opt, cfg, 0.1, 0.1, torch.Generator().manual_seed(0))
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-6) and first["grad_steps"] == 1

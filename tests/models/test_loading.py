@@ -13,11 +13,11 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 from safetensors.torch import load_file, save_file
 
-from hero.config import ConfigError, load_config
+from hero.config import ConfigError, PolicyGradientSettings, load_config
 from hero.lora import add_lora, lora_parameters
 from hero.models import PixelStableDiffusionPipeline, load_pipeline
 from hero.models.loading import configure_memory, weight_dtype
-from hero.policy_gradient import PolicyGradientConfig, clip_and_step, make_optimizer, policy_gradient_update
+from hero.policy_gradient import clip_and_step, make_optimizer, policy_gradient_update
 from hero.rollout import loss_scale, rollout, step_log_prob, unet_autocast
 from hero.sampling import sample_images
 from hero.train import train
@@ -181,10 +181,10 @@ def test_bf16_weights_autocast_unet_fp32_log_probs_and_lora(tiny_sd_pipeline):
         assert torch.isfinite(traj.log_probs).all()
         logp = step_log_prob(pipe, pipe.scheduler, traj, [0, 1], 1)
         assert logp.dtype == torch.float32 and torch.equal(logp.detach(), traj.log_probs[:, 1])  # ratio exactly 1
-        opt = make_optimizer(pipe.unet, PolicyGradientConfig(timesteps_per_traj=2))
+        opt = make_optimizer(pipe.unet, lr=3e-4)
         before = [p.detach().clone() for p in lora_parameters(pipe)]
         stats = policy_gradient_update(pipe, traj, torch.tensor([1.0, 0.0]), opt,
-                                       PolicyGradientConfig(timesteps_per_traj=2, clip_range=10.0))
+                                       PolicyGradientSettings(timesteps_per_traj=2, clip_range=10.0, min_sigma=0.0))
     assert np.isfinite(stats["loss"]) and stats["grad_norm"] > 0
     after = list(lora_parameters(pipe))
     assert all(p.dtype == torch.float32 for p in after)
@@ -261,10 +261,10 @@ def test_fp16_scales_the_gradients_through_the_unet_and_unscales_them_for_the_st
             a.add_(0.1 * torch.randn_like(a))
             b.copy_(a)
     traj = rollout(ref, ["a red circle", "a blue square"], guidance_scale=3.0, num_steps=3, seed=0)
-    cfg = PolicyGradientConfig(max_grad_norm=1e9)  # no clipping: compare the norms themselves
+    cfg = PolicyGradientSettings(max_grad_norm=1e9, min_sigma=0.0)  # no clipping: compare the norms themselves
 
     def grad_norm(pipe) -> float:
-        opt = make_optimizer(pipe.unet, cfg)
+        opt = make_optimizer(pipe.unet, lr=3e-4)
         step_log_prob(pipe, pipe.scheduler, traj, [0, 1], 1).sum().backward()
         return clip_and_step(opt, cfg.max_grad_norm)
 

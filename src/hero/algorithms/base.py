@@ -12,7 +12,7 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from hero.feedback.base import RoundFeedback
 from hero.likelihood import LikelihoodConfig
 from hero.lora import add_lora, save_lora
-from hero.policy_gradient import PolicyGradientConfig, make_optimizer
+from hero.policy_gradient import make_optimizer
 from hero.rollout import Trajectories
 from hero.runs.atomic import atomic_torch_save
 
@@ -36,16 +36,6 @@ class Algorithm(Protocol):
     def save(self, folder: Path) -> None: ...
 
     def load(self, folder: Path) -> None: ...
-
-
-def pg_config(cfg) -> PolicyGradientConfig:
-    """The DDPO core's settings from a TrainConfig (lr from the LoRA section)."""
-    pg = cfg.pg
-    return PolicyGradientConfig(lr=cfg.lora.lr, clip_range=pg.clip_range, adv_clip=pg.adv_clip,
-                                max_grad_norm=pg.max_grad_norm, timesteps_per_traj=pg.timesteps_per_traj,
-                                batch_size=pg.batch_size, grad_accum=pg.grad_accum, inner_epochs=pg.inner_epochs,
-                                per_prompt_advantages=pg.per_prompt_advantages, min_sigma=pg.min_sigma,
-                                seed=cfg.seed)
 
 
 # The LoRA's layers when ``lora.targets`` is "auto": the likelihood methods train every timestep of a judged image
@@ -89,11 +79,10 @@ class LoraPolicy:
     def __init__(self, cfg, pipe, lr: float | None = None):
         """``lr``: the optimiser's rate when not ``lora.lr`` (the likelihood methods have their own)."""
         self.pipe = pipe
-        self.pg = pg_config(cfg)
-        if lr is not None:
-            self.pg.lr = lr
+        self.pg = cfg.pg  # the policy-gradient settings, for the methods that use them
+        self.lr = cfg.lora.lr if lr is None else lr
         add_lora(pipe.unet, rank=cfg.lora.rank, alpha=cfg.lora.alpha, targets=lora_targets(cfg))
-        self.optimizer = make_optimizer(pipe.unet, self.pg)
+        self.optimizer = make_optimizer(pipe.unet, self.lr)
 
     def state_dict(self) -> dict:
         return {"lora": get_peft_model_state_dict(self.pipe.unet), "optimizer": self.optimizer.state_dict()}

@@ -37,9 +37,10 @@ import torch
 import torch.nn.functional as F
 
 from hero.algorithms.base import LoraPolicy
+from hero.config import PolicyGradientSettings
 from hero.feedback.annotations import comparison_pairs
 from hero.feedback.base import RoundFeedback
-from hero.policy_gradient import PolicyGradientConfig, accumulation_schedule, clip_and_step, trainable_steps
+from hero.policy_gradient import accumulation_schedule, clip_and_step, trainable_steps
 from hero.rollout import Trajectories, step_log_prob
 
 
@@ -70,7 +71,7 @@ def d3po_loss(logp_w: torch.Tensor, logp_l: torch.Tensor, ref_w: torch.Tensor, r
 
 
 def d3po_update(pipe, traj: Trajectories, pairs: list[tuple[int, int]], optimizer: torch.optim.Optimizer,
-                cfg: PolicyGradientConfig, beta: float, ratio_clip: float,
+                cfg: PolicyGradientSettings, beta: float, ratio_clip: float,
                 generator: torch.Generator) -> dict[str, float]:
     """One D3PO update over a round's (winner, loser) pairs; minibatches of ``cfg.batch_size`` pairs."""
     stats: dict[str, list[float]] = {"loss": [], "clipfrac": [], "margin": [], "grad_norm": []}

@@ -30,14 +30,9 @@ from torch import nn
 
 from hero.algorithms.base import LoraPolicy
 from hero.algorithms.ddpo import ddpo_rewards
+from hero.config import PolicyGradientSettings
 from hero.feedback.base import RoundFeedback
-from hero.policy_gradient import (
-    PolicyGradientConfig,
-    accumulation_schedule,
-    clip_and_step,
-    clipped_surrogate_loss,
-    trainable_steps,
-)
+from hero.policy_gradient import accumulation_schedule, clip_and_step, clipped_surrogate_loss, trainable_steps
 from hero.rollout import Trajectories, ddim_posterior, gaussian_log_prob, guided_output, step_alphas
 
 
@@ -138,7 +133,7 @@ def dpok_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tens
 
 
 def dpok_update(pipe, traj: Trajectories, advantages: torch.Tensor, optimizer: torch.optim.Optimizer,
-                cfg: PolicyGradientConfig, kl_weight: float, generator: torch.Generator) -> dict[str, float]:
+                cfg: PolicyGradientSettings, kl_weight: float, generator: torch.Generator) -> dict[str, float]:
     """One DPOK policy update; ``advantages`` (N, T) are per trajectory and step (baseline already applied)."""
     device = pipe.unet.device
     stats: dict[str, list[float]] = {"loss": [], "kl": [], "approx_kl": [], "clipfrac": [], "grad_norm": []}

@@ -110,12 +110,13 @@ def _sampling(pipe, n: int, steps: int, guidance: float, batch: int, repeats: in
 
 
 def _update(pipe, traj, batch: int, k: int, repeats: int, sync) -> dict:
+    from hero.config import PolicyGradientSettings
     from hero.lora import add_lora
-    from hero.policy_gradient import PolicyGradientConfig, make_optimizer, policy_gradient_update
+    from hero.policy_gradient import make_optimizer, policy_gradient_update
 
     add_lora(pipe.unet, rank=8, alpha=8)
-    cfg = PolicyGradientConfig(batch_size=batch, grad_accum=1, timesteps_per_traj=k, inner_epochs=1)
-    optimizer = make_optimizer(pipe.unet, cfg)
+    cfg = PolicyGradientSettings(batch_size=batch, grad_accum=1, timesteps_per_traj=k, inner_epochs=1)
+    optimizer = make_optimizer(pipe.unet, lr=3e-4)
     rewards = torch.linspace(0, 1, len(traj))
     stats: dict = {}
     flops = _flops(lambda: stats.update(policy_gradient_update(pipe, traj, rewards, optimizer, cfg)))  # warm-up
