@@ -196,7 +196,7 @@ def run_round(cfg: TrainConfig, run: RunFolder, pipe, algo, source: FeedbackSour
         if loss_scale() is not None:
             loss_scale().save(folder)
         run.write_checkpoint_settings(r, settings_record(cfg))  # last: the checkpoint is complete
-    pairwise = feedback.pairs is not None  # a pairwise round has no good marks: report its pairs instead
+    pairwise = feedback.pairwise  # a pairwise round has no good marks: report its pairs instead
     # Feedback = images judged: the log's, plus any an algorithm asks of the source itself (HERD's relabels).
     n_feedback = None if log is None else log.n_feedback() + int(stats.get("extra_feedback_total", 0))
     record = {"round": r, "images": n, "feedback": n_feedback,
@@ -251,20 +251,16 @@ def judge(cfg: TrainConfig, algo, source: FeedbackSource, log: FeedbackLog, r: i
     """
     stored = log.get_round(r)
     if stored is not None:  # judged before a crash: never ask again
-        if not stored.good:  # a pairwise round
-            return RoundFeedback(good=[], best=None, source=stored.source, pairs=list(stored.pairs),
-                                 n_images=stored.n_images)
-        return RoundFeedback(good=list(stored.good), best=stored.best, source=stored.source, scores=stored.scores)
+        return stored
     if getattr(algo, "feedback_kind", "good_best") == "pairs" and hasattr(source, "judge_pairs"):
         # Sorted as the log returns them, so a resumed round learns from the same list in the same order.
         pairs = sorted((int(w), int(lo)) for w, lo in
                        source.judge_pairs(r, cfg.prompt, images, algo.comparison_pairs(len(images))))
-        if log.get_round(r) is None:  # the web source writes the round itself, before it answers the browser
-            log.record_pairs(r, cfg.prompt, pairs, len(images), source.name)
-        return RoundFeedback(good=[], best=None, source=source.name, pairs=pairs, n_images=len(images))
-    feedback = source.judge_round(r, cfg.prompt, images, algo.current_best_image())
+        feedback = RoundFeedback(good=[], best=None, source=source.name, pairs=pairs, n_images=len(images))
+    else:
+        feedback = source.judge_round(r, cfg.prompt, images, algo.current_best_image())
     if log.get_round(r) is None:  # the web source writes the round itself, before it answers the browser
-        log.record_round(r, cfg.prompt, feedback.good, feedback.best, feedback.source, feedback.scores)
+        log.record(r, cfg.prompt, feedback)
     return feedback
 
 

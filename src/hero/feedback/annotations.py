@@ -178,8 +178,8 @@ def write_annotations(folder: str | Path) -> Path | None:
         fb = log.get_round(0)
     if fb is None:
         return None
-    won = {frozenset(p) for p in fb.pairs}
-    entries = [{"winner": image_name(w), "loser": image_name(lo)} for w, lo in fb.pairs]
+    won = {frozenset(p) for p in fb.pairs or ()}
+    entries = [{"winner": image_name(w), "loser": image_name(lo)} for w, lo in fb.pairs or ()]
     entries += [{"tie": [image_name(i), image_name(j)]} for i, j in comparison_pairs(fb.n_images)
                 if frozenset((i, j)) not in won]
     path = folder / "annotations.json"

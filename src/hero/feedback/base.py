@@ -2,32 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class RoundFeedback:
-    """One round's judgements. ``best`` indexes this round's images; None keeps the current best.
-
-    A source that grades images also gives ``scores`` (one per image: the judge's graded score, a reward value),
-    which reward-based algorithms (DDPO, DPOK) use instead of good = 1 / not good = 0. A pairwise round (D3PO)
-    has no good/best marks: ``good`` is empty and ``pairs`` lists (winner, loser) over ``n_images`` images.
-    """
-
-    good: list[bool]
-    best: int | None
-    source: str
-    scores: list[float] | None = None
-    pairs: list[tuple[int, int]] | None = None
-    n_images: int | None = None  # only needed for pairwise rounds (a good/best round has len(good) images)
-
-    @property
-    def n_feedback(self) -> int:
-        """Images judged: the paper's unit (the current best, shown again, was judged before)."""
-        return self.n_images if self.n_images is not None else len(self.good)
+from hero.runs.feedback_log import RoundFeedback  # the one record of a round: what a source returns is what is logged
 
 
 class FeedbackSource(Protocol):

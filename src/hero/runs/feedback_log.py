@@ -12,7 +12,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from hero.runs.atomic import atomic_write_text
@@ -45,18 +45,34 @@ class InvalidFeedback(ValueError):
 
 @dataclass(frozen=True)
 class RoundFeedback:
-    """One round's judgements: ``good[i]`` per image and the best index, or sorted (winner, loser) ``pairs``;
-    ``scores`` when the source also graded each image (the simulated human, a reward function), else None."""
+    """One round's judgements, as a feedback source returns them and as the log gives them back.
 
-    round: int
-    prompt: str
+    ``best`` indexes this round's images (None keeps the current best). A source that grades images also gives
+    ``scores`` (one per image: the judge's graded score, a reward value), which reward-based algorithms (DDPO,
+    DPOK) use instead of good = 1 / not good = 0. A pairwise round (D3PO) has no good/best marks: ``good`` is
+    empty and ``pairs`` lists (winner, loser) over ``n_images`` images. ``round``, ``prompt`` and
+    ``submitted_at`` are set on rounds read back from the log.
+    """
+
     good: list[bool]
     best: int | None
     source: str
-    n_images: int = 0
-    pairs: list[tuple[int, int]] = field(default_factory=list)
-    submitted_at: float = 0.0
     scores: list[float] | None = None
+    pairs: list[tuple[int, int]] | None = None  # pairwise rounds only
+    n_images: int | None = None  # only needed for pairwise rounds (a good/best round has len(good) images)
+    round: int | None = None
+    prompt: str | None = None
+    submitted_at: float | None = None
+
+    @property
+    def n_feedback(self) -> int:
+        """Images judged: the paper's unit (the current best, shown again, was judged before)."""
+        return self.n_images if self.n_images is not None else len(self.good)
+
+    @property
+    def pairwise(self) -> bool:
+        """Whether this round holds pairwise preferences instead of good/best marks."""
+        return self.pairs is not None
 
 
 class FeedbackLog:
@@ -109,6 +125,13 @@ class FeedbackLog:
         extra = None if scores is None else [(round, i, float(x)) for i, x in enumerate(scores)]
         self._write(round, prompt, n, best, source, "INSERT INTO judgements VALUES (?, ?, ?, ?)", rows,
                     ("INSERT INTO scores VALUES (?, ?, ?)", extra) if extra is not None else None)
+
+    def record(self, round: int, prompt: str, feedback: RoundFeedback) -> None:
+        """Store a source's answer for ``round``, good/best marks or pairs, committed before it returns."""
+        if feedback.pairwise:
+            self.record_pairs(round, prompt, feedback.pairs, feedback.n_feedback, feedback.source)
+        else:
+            self.record_round(round, prompt, feedback.good, feedback.best, feedback.source, feedback.scores)
 
     def record_pairs(self, round: int, prompt: str, pairs: Sequence[tuple[int, int]], n_images: int,
                      source: str) -> None:
@@ -165,7 +188,8 @@ class FeedbackLog:
             scores = [x for (x,) in self._conn.execute(
                 "SELECT score FROM scores WHERE round = ? ORDER BY image", (round,))]
         r, prompt, n, best, source, at = row
-        return RoundFeedback(r, prompt, good, best, source, n, pairs, at, scores or None)
+        return RoundFeedback(good=good, best=best, source=source, scores=scores or None,
+                             pairs=None if good else pairs, n_images=n, round=r, prompt=prompt, submitted_at=at)
 
     def rounds(self) -> list[int]:
         """Recorded round numbers, ascending."""
@@ -187,7 +211,7 @@ class FeedbackLog:
         out: list[tuple[int, int, int]] = []
         for fb in self.all_rounds():
             out.extend(_implied_pairs(fb))
-            out.extend((fb.round, w, lo) for w, lo in fb.pairs)
+            out.extend((fb.round, w, lo) for w, lo in fb.pairs or ())
         return out
 
     def export_jsonl(self, path: str | Path) -> int:
@@ -195,7 +219,7 @@ class FeedbackLog:
         lines = []
         for fb in self.all_rounds():
             beats: dict[int, list[int]] = {}
-            for w, lo in fb.pairs:
+            for w, lo in fb.pairs or ():
                 beats.setdefault(w, []).append(lo)
             for i in range(fb.n_images):
                 rec = {"round": fb.round, "image": i, "prompt": fb.prompt, "source": fb.source,
@@ -226,13 +250,14 @@ def read_jsonl(path: str | Path) -> list[RoundFeedback]:
         scores = None
         if "good" in first:
             best = next((x["image"] for x in recs if x["best"]), None)
-            good, pairs = [x["good"] for x in recs], []
+            good, pairs = [x["good"] for x in recs], None
             scores = [x["score"] for x in recs] if "score" in first else None
         else:
             best, good = None, []
             pairs = sorted((x["image"], lo) for x in recs for lo in x["beats"])
-        out.append(RoundFeedback(r, first["prompt"], good, best, first["source"], first["n_images"], pairs,
-                                 first["submitted_at"], scores))
+        out.append(RoundFeedback(good=good, best=best, source=first["source"], scores=scores, pairs=pairs,
+                                 n_images=first["n_images"], round=r, prompt=first["prompt"],
+                                 submitted_at=first["submitted_at"]))
     return out
 
 
