@@ -106,7 +106,7 @@ class NeverAsk:
 
     name = "sim"
 
-    def judge_round(self, *args):
+    def judge_round(self, *args, **kwargs):
         raise AssertionError("a judged round was asked again")
 
     judge_pairs = judge_round

@@ -79,7 +79,7 @@ T.make_algorithm, T.rollout, PG.step_log_prob = capture, count_rollout, count_pa
 class NeverAsk:
     name = "sim"
 
-    def judge_round(self, *a):
+    def judge_round(self, *a, **kw):
         raise AssertionError("a judged round was asked again")
 
     judge_pairs = judge_round

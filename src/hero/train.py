@@ -38,7 +38,7 @@ from hero.models.loading import configure_memory, resolve_precision, weight_dtyp
 from hero.rollout import Trajectories, loss_scale, rollout, unet_autocast
 from hero.runs.checks import ResumePlan, check_resume, settings_record
 from hero.runs.errors import RunFolderError
-from hero.runs.feedback_log import FeedbackLog
+from hero.runs.feedback_log import FeedbackLog, RoundRecorder
 from hero.runs.folder import RunFolder
 from hero.runs.tracking import Tracker
 
@@ -252,15 +252,16 @@ def judge(cfg: TrainConfig, algo, source: FeedbackSource, log: FeedbackLog, r: i
     stored = log.get_round(r)
     if stored is not None:  # judged before a crash: never ask again
         return stored
+    record = RoundRecorder(log, r, cfg.prompt)  # the only writer of this round's feedback
     if getattr(algo, "feedback_kind", "good_best") == "pairs" and hasattr(source, "judge_pairs"):
         # Sorted as the log returns them, so a resumed round learns from the same list in the same order.
         pairs = sorted((int(w), int(lo)) for w, lo in
-                       source.judge_pairs(r, cfg.prompt, images, algo.comparison_pairs(len(images))))
+                       source.judge_pairs(r, cfg.prompt, images, algo.comparison_pairs(len(images)), record=record))
         feedback = RoundFeedback(good=[], best=None, source=source.name, pairs=pairs, n_images=len(images))
     else:
-        feedback = source.judge_round(r, cfg.prompt, images, algo.current_best_image())
-    if log.get_round(r) is None:  # the web source writes the round itself, before it answers the browser
-        log.record(r, cfg.prompt, feedback)
+        feedback = source.judge_round(r, cfg.prompt, images, algo.current_best_image(), record=record)
+    if record.recorded is None:  # the web source records before it answers the browser; the others, here
+        record(feedback)
     return feedback
 
 

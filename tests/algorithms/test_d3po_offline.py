@@ -101,6 +101,12 @@ def test_full_offline_path_label_then_train(samples, tmp_path):
     assert any(k.endswith(".lora_B.weight") and v.abs().sum() > 0 for k, v in lora.items())  # it learned
     assert_lora_loads(run)
     assert json.loads((out / "annotations.json").read_text())["feedback"] == 4
+    # The judgements are in the run's own feedback log, so `hero export RUN` lists every one.
+    assert FeedbackLog(out / "feedback.sqlite").n_feedback() == 4
+    exported = export_run(out)
+    assert exported["feedback"] == 4 and exported["pairs"] == 1
+    lines = [json.loads(x) for x in (out / "export" / "feedback.jsonl").read_text().splitlines()]
+    assert [x["beats"] for x in lines] == [[], [0], [], []] and {x["source"] for x in lines} == {"annotations"}
     # `hero export S`'s pairs.jsonl is an annotation file too (ties are not pairs: 2 feedback).
     export_run(samples)
     ann = read_annotations(samples / "export" / "pairs.jsonl")

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hero.runs.feedback_log import FeedbackLog
+from hero.runs.feedback_log import FeedbackLog, RoundRecorder
 from hero.web import WebFeedback
 
 pytestmark = pytest.mark.slow
@@ -215,7 +215,8 @@ class Loop:
         for r in range(self.rounds):
             images = rng.integers(0, 256, (self.n, 16, 16, 3), dtype=np.uint8)
             try:
-                fb = self.web.judge_round(r, "two red squares", images, best)
+                fb = self.web.judge_round(r, "two red squares", images, best,
+                                          record=RoundRecorder(self.web.session.log, r, "two red squares"))
             except RuntimeError:  # the server was closed mid-round: a test failed, it says why
                 return
             best = images[fb.best] if fb.best is not None else best

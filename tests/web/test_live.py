@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from webutil import PROMPT, make_run
 
 from hero.cli import app
-from hero.runs.feedback_log import FeedbackLog
+from hero.runs.feedback_log import FeedbackLog, RoundRecorder
 from hero.web import WebFeedback, export_run, label_run, pending_rounds
 
 
@@ -44,7 +44,9 @@ def test_web_feedback_serves_a_round_and_returns_the_submission(tmp_path):
     assert url.startswith("http://127.0.0.1:") and "token=" in url
     images = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
     out = {}
-    loop = threading.Thread(target=lambda: out.update(fb=web.judge_round(0, PROMPT, images, None)), daemon=True)
+    record = RoundRecorder(web.session.log, 0, PROMPT)
+    loop = threading.Thread(target=lambda: out.update(fb=web.judge_round(0, PROMPT, images, None, record=record)),
+                            daemon=True)
     loop.start()
     with signed_in(url) as c:
         assert httpx.get(url.split("/?")[0] + "/api/state").status_code == 401  # no cookie, no answer

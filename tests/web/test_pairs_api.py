@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 from test_api import client, post
 from webutil import PROMPT, WaitingRound, dump_log, submit_concurrently
 
-from hero.runs.feedback_log import FeedbackLog
+from hero.runs.feedback_log import FeedbackLog, RoundRecorder
 from hero.web import WebFeedback
 from hero.web.server import create_app
 from hero.web.session import RoundSpec
@@ -118,8 +118,9 @@ def test_web_feedback_judge_pairs_returns_the_logged_pairs(tmp_path):
     web = WebFeedback(tmp_path / "run", rounds_total=1, budget=4, port=0)
     images = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
     out: dict = {}
-    loop = threading.Thread(target=lambda: out.update(p=web.judge_pairs(0, PROMPT, images, [(0, 1), (2, 3)])),
-                            daemon=True)
+    record = RoundRecorder(web.session.log, 0, PROMPT)
+    loop = threading.Thread(target=lambda: out.update(p=web.judge_pairs(0, PROMPT, images, [(0, 1), (2, 3)],
+                                                                       record=record)), daemon=True)
     loop.start()  # starts the server itself
     try:
         c = TestClient(create_app(web.session, web.token, {"127.0.0.1"}), base_url="http://127.0.0.1:8765")

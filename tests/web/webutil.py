@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from hero.runs.feedback_log import RoundRecorder
 from hero.runs.folder import RunFolder
 from hero.web.server import WebFeedback, png_bytes
 from hero.web.session import RoundSpec, Session, SubmitError
@@ -39,7 +40,8 @@ def dump_log(db: Path) -> str:
 
 
 class WaitingRound:
-    """Runs ``session.wait_for_feedback(spec)`` in a thread, as the training loop does."""
+    """Runs ``session.wait_for_feedback(spec, record)`` in a thread, as the training loop does (with its writer
+    of the round, ``RoundRecorder``)."""
 
     def __init__(self, session: Session, spec: RoundSpec) -> None:
         self.result = None
@@ -51,7 +53,7 @@ class WaitingRound:
             time.sleep(0.01)
 
     def _run(self, session: Session, spec: RoundSpec) -> None:
-        self.result = session.wait_for_feedback(spec)
+        self.result = session.wait_for_feedback(spec, RoundRecorder(session.log, spec.round, spec.prompt))
 
     def join(self, timeout: float = 5.0):
         self.thread.join(timeout)

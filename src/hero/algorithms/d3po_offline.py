@@ -19,6 +19,7 @@ only some pairs, and the log can only count whole rounds.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -36,6 +37,7 @@ from hero.lora import save_lora
 from hero.models import load_pipeline
 from hero.rollout import rollout
 from hero.runs.atomic import atomic_write_text
+from hero.runs.feedback_log import FeedbackLog, RoundRecorder
 from hero.runs.folder import RunFolder
 from hero.toyworld.scenes import image_grid
 
@@ -110,6 +112,11 @@ def train_from_annotations(path: str | Path, preset: str | None = None, override
     algo = D3POTrainer(cfg, pipe)
     feedback = RoundFeedback(good=[], best=None, source="annotations", pairs=sorted(ann.pairs),
                              n_images=ann.feedback)
+    # Imported into the run's feedback log as its round 0, so `hero export` lists these judgements as it lists an
+    # online run's. The log's convention (the page's): a pair of the samples not listed is a tie, over all the
+    # images shown.
+    with FeedbackLog(run.feedback_db) as log:
+        RoundRecorder(log, 0, cfg.prompt)(dataclasses.replace(feedback, n_images=ann.meta["n"]))
     t0 = time.perf_counter()
     stats = algo.learn(0, traj, feedback, round_generator(cfg.seed, 0, 2))  # as the online round 0 would
     folder = run.checkpoint_dir(0)

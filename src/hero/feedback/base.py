@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
 
 from hero.runs.feedback_log import RoundFeedback  # the one record of a round: what a source returns is what is logged
 
+Record = Callable[[RoundFeedback], None]  # the round loop's writer of this round (``hero.runs.RoundRecorder``)
+
 
 class FeedbackSource(Protocol):
+    """Returns feedback; the round loop records it. ``record`` is the loop's writer of the round: only a source
+    that must confirm an answer once it is on disk (the web page) calls it, before it confirms; the loop records
+    the answer of any other source when it returns."""
+
     name: str
 
-    def judge_round(self, round_index: int, prompt: str, images: np.ndarray,
-                    current_best: np.ndarray | None) -> RoundFeedback:
+    def judge_round(self, round_index: int, prompt: str, images: np.ndarray, current_best: np.ndarray | None,
+                    record: Record | None = None) -> RoundFeedback:
         """Mark each image good or not and pick one best among the good ones and ``current_best``."""
         ...
 
     # Optional, for pairwise algorithms (D3PO): a source that has it is asked
-    #     judge_pairs(round_index, prompt, images, pairs) -> list[(winner, loser)]
+    #     judge_pairs(round_index, prompt, images, pairs, record=None) -> list[(winner, loser)]
     # for each candidate pair (i, j); a tie (no preference) gives no pair. One image judged = one feedback.
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hero.feedback.base import RoundFeedback, mark_best_good, pick_best, prefer
+from hero.feedback.base import Record, RoundFeedback, mark_best_good, pick_best, prefer
 from hero.rewards import RewardModel, jpeg_size_kb, load_reward_model
 
 __all__ = ["RewardFeedback", "RewardModelFeedback", "jpeg_size_kb", "mark_good"]
@@ -52,8 +52,8 @@ class RewardFeedback:
     def scores(self, prompt: str, images: np.ndarray) -> np.ndarray:
         return self.model.score(images, prompt).double().numpy()
 
-    def judge_round(self, round_index: int, prompt: str, images: np.ndarray,
-                    current_best: np.ndarray | None) -> RoundFeedback:
+    def judge_round(self, round_index: int, prompt: str, images: np.ndarray, current_best: np.ndarray | None,
+                    record: Record | None = None) -> RoundFeedback:
         scores = self.scores(prompt, images)
         good = mark_good(scores, self.threshold, self.top_k, self.good_fraction)
         best_score = None if current_best is None else float(self.scores(prompt, current_best[None])[0])
@@ -61,8 +61,8 @@ class RewardFeedback:
         return RoundFeedback(good=mark_best_good(good, best), best=best, source=self.name,
                              scores=[float(s) for s in scores])
 
-    def judge_pairs(self, round_index: int, prompt: str, images: np.ndarray,
-                    pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    def judge_pairs(self, round_index: int, prompt: str, images: np.ndarray, pairs: list[tuple[int, int]],
+                    record: Record | None = None) -> list[tuple[int, int]]:
         """(winner, loser) per candidate pair: the higher reward wins; equal rewards: no preference."""
         return prefer(self.scores(prompt, images), pairs)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hero.feedback.base import RoundFeedback, mark_best_good, pick_best, prefer
+from hero.feedback.base import Record, RoundFeedback, mark_best_good, pick_best, prefer
 from hero.toyworld.judge import Judge, Verdict, analyse, verdict
 from hero.toyworld.tasks import Task
 
@@ -29,8 +29,8 @@ class SimulatedHuman:
         self.judge = Judge(error_rate=error_rate, seed=seed)
         self.name = "sim" if error_rate == 0 else f"sim:{error_rate}"
 
-    def judge_round(self, round_index: int, prompt: str, images: np.ndarray,
-                    current_best: np.ndarray | None) -> RoundFeedback:
+    def judge_round(self, round_index: int, prompt: str, images: np.ndarray, current_best: np.ndarray | None,
+                    record: Record | None = None) -> RoundFeedback:
         verdicts = self.judge.judge_batch(images, self.task)
         scores = np.array([v.score for v in verdicts])
         best_score = None if current_best is None else verdict(analyse(current_best), self.task).score
@@ -39,8 +39,8 @@ class SimulatedHuman:
         return RoundFeedback(good=mark_best_good(good, best), best=best, source=self.name,
                              scores=[reported_score(v) for v in verdicts])
 
-    def judge_pairs(self, round_index: int, prompt: str, images: np.ndarray,
-                    pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    def judge_pairs(self, round_index: int, prompt: str, images: np.ndarray, pairs: list[tuple[int, int]],
+                    record: Record | None = None) -> list[tuple[int, int]]:
         """(winner, loser) per candidate pair: the higher graded score wins; equal scores: no preference."""
         scores = np.array([reported_score(v) for v in self.judge.judge_batch(images, self.task)])
         return prefer(scores, pairs)

@@ -2,8 +2,15 @@
 
 from hero.runs.atomic import atomic_torch_save, atomic_write, atomic_write_bytes, atomic_write_text, fsync_dir
 from hero.runs.errors import RunFolderError
-from hero.runs.feedback_log import DuplicateRound, FeedbackLog, InvalidFeedback, RoundFeedback, read_jsonl
+from hero.runs.feedback_log import (
+    DuplicateRound,
+    FeedbackLog,
+    InvalidFeedback,
+    RoundFeedback,
+    RoundRecorder,
+    read_jsonl,
+)
 
 __all__ = ["atomic_torch_save", "atomic_write", "atomic_write_bytes", "atomic_write_text", "fsync_dir",
-           "DuplicateRound", "FeedbackLog", "InvalidFeedback", "RoundFeedback", "RunFolderError",
+           "DuplicateRound", "FeedbackLog", "InvalidFeedback", "RoundFeedback", "RoundRecorder", "RunFolderError",
            "read_jsonl"]

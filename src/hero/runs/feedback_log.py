@@ -17,7 +17,7 @@ from pathlib import Path
 
 from hero.runs.atomic import atomic_write_text
 
-__all__ = ["DuplicateRound", "FeedbackLog", "InvalidFeedback", "RoundFeedback", "read_jsonl"]
+__all__ = ["DuplicateRound", "FeedbackLog", "InvalidFeedback", "RoundFeedback", "RoundRecorder", "read_jsonl"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rounds (
@@ -233,6 +233,26 @@ class FeedbackLog:
                 lines.append(json.dumps(rec) + "\n")
         atomic_write_text(path, "".join(lines))
         return len(lines)
+
+
+class RoundRecorder:
+    """The round loop's writer of one round: the only code that records feedback in the log.
+
+    The loop makes one per round and hands it to the feedback source. A source that must know its answer is on disk
+    before it confirms it to someone (the web page answers the browser only after the commit) calls it itself;
+    for every other source the loop calls it with what the source returned. Either way the round is written once,
+    committed (``FeedbackLog.record``) before the call returns.
+    """
+
+    def __init__(self, log: FeedbackLog, round: int, prompt: str) -> None:
+        self.log, self.round, self.prompt = log, round, prompt
+        self.recorded: RoundFeedback | None = None  # what was written, once it is
+
+    def __call__(self, feedback: RoundFeedback) -> None:
+        if self.recorded is not None:
+            raise DuplicateRound(f"round {self.round} is already recorded by this recorder")
+        self.log.record(self.round, self.prompt, feedback)
+        self.recorded = feedback
 
 
 def read_jsonl(path: str | Path) -> list[RoundFeedback]:

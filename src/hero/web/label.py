@@ -23,7 +23,7 @@ from PIL import Image
 from hero.config import TrainConfig
 from hero.feedback.annotations import comparison_pairs, read_sample_meta, write_annotations
 from hero.runs.atomic import atomic_write_text
-from hero.runs.feedback_log import FeedbackLog
+from hero.runs.feedback_log import FeedbackLog, RoundRecorder
 from hero.runs.folder import RunFolder
 from hero.web.server import WebFeedback
 
@@ -96,10 +96,11 @@ def label_run(run_dir: str | Path, host: str | None = None, port: int | None = N
             if source.session.log.get_round(r) is not None:
                 continue  # labelled meanwhile (another `hero label`, or the trainer's page)
             images = run.round_images(r)
+            record = RoundRecorder(source.session.log, r, prompt)  # this loop's only writer of round r
             if pairwise:
-                source.judge_pairs(r, prompt, images, comparison_pairs(len(images)))
+                source.judge_pairs(r, prompt, images, comparison_pairs(len(images)), record=record)
             else:
-                source.judge_round(r, prompt, images, current_best_before(run, source.session.log, r))
+                source.judge_round(r, prompt, images, current_best_before(run, source.session.log, r), record=record)
             labelled += 1
     if read_sample_meta(run.path) is not None:
         write_annotations(run.path)

@@ -36,7 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from hero.feedback.base import RoundFeedback
+from hero.feedback.base import Record, RoundFeedback
 from hero.web.guard import MAX_BODY, Guard, RequestError, SlowClientProtocol, load_token, read_json
 from hero.web.guard import error_response as _error
 from hero.web.session import RoundSpec, Session, SubmitError
@@ -114,6 +114,14 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _needed(record: Record | None) -> Record:
+    """The web page commits a round before it answers the browser, so it needs the loop's writer of the round."""
+    if record is None:
+        raise ValueError("the web source records a round before it answers the browser: pass record= (the round "
+                         "loop's hero.runs.RoundRecorder for this round)")
+    return record
+
+
 class WebFeedback:
     """FeedbackSource: serves each round in the web page and blocks until the person's submission is committed."""
 
@@ -180,23 +188,25 @@ class WebFeedback:
         """Whether the server thread is running."""
         return self._thread is not None and self._thread.is_alive()
 
-    def judge_round(self, round_index: int, prompt: str, images: np.ndarray,
-                    current_best: np.ndarray | None) -> RoundFeedback:
-        """Show the round in the page and wait for the submission (already in the feedback log on return)."""
+    def judge_round(self, round_index: int, prompt: str, images: np.ndarray, current_best: np.ndarray | None,
+                    record: Record | None = None) -> RoundFeedback:
+        """Show the round in the page and wait for the submission, recorded with ``record`` (the loop's writer of
+        the round) before the browser is answered: in the feedback log on return."""
         self._prepare(round_index, images)
         best = None if current_best is None else png_bytes(current_best)
         spec = RoundSpec(round_index, prompt, len(images), best)
-        return self.session.wait_for_feedback(spec, alive=self.alive)
+        return self.session.wait_for_feedback(spec, _needed(record), alive=self.alive)
 
-    def judge_pairs(self, round_index: int, prompt: str, images: np.ndarray,
-                    pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    def judge_pairs(self, round_index: int, prompt: str, images: np.ndarray, pairs: list[tuple[int, int]],
+                    record: Record | None = None) -> list[tuple[int, int]]:
         """Show the round as ``pairs`` side by side; return the sorted (winner, loser) list (ties give none).
 
-        The round is in the feedback log (all its images judged: each pair is answered, a tie included) on return.
+        The round is recorded with ``record`` (all its images judged: each pair is answered, a tie included)
+        before the browser is answered, so it is in the feedback log on return.
         """
         self._prepare(round_index, images)
         spec = RoundSpec(round_index, prompt, len(images), pairs=tuple((int(i), int(j)) for i, j in pairs))
-        return list(self.session.wait_for_feedback(spec, alive=self.alive).pairs)
+        return list(self.session.wait_for_feedback(spec, _needed(record), alive=self.alive).pairs)
 
     def _prepare(self, round_index: int, images: np.ndarray) -> None:
         """Start the server if needed and make sure the round's images are on disk, where the page reads them."""

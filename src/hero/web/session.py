@@ -21,8 +21,9 @@ answer would record a judgement the person did not make, so the page warns and a
 A pairwise round (D3PO: ``RoundSpec.pairs`` set) is answered through ``submit_pairs`` instead, with the rules
 of ``hero.web.pairs``; each kind of submission is refused (409) for a round of the other kind.
 
-A valid submission is committed to the run's SQLite feedback log *before* the HTTP answer is sent; anything
-rejected leaves the log untouched.
+A valid submission is committed to the run's SQLite feedback log *before* the HTTP answer is sent, through the
+round loop's writer of that round (the ``record`` the loop handed to ``wait_for_feedback``: the session reads the
+log but never writes it); anything rejected leaves the log untouched.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hero.feedback.base import RoundFeedback
+from hero.feedback.base import Record, RoundFeedback
 from hero.runs.feedback_log import DuplicateRound, FeedbackLog, InvalidFeedback
 from hero.runs.folder import RunFolder
 from hero.web.pairs import SubmitError, check_pairs, is_json_int, parse_pairs_submission
@@ -92,6 +93,7 @@ class Session:
         self._cond = threading.Condition(threading.Lock())
         self._spec: RoundSpec | None = None
         self._answer: RoundFeedback | None = None
+        self._record: Record | None = None  # the loop's writer of the waiting round
         self.phase: Phase = "learning"
         self.message = "The round appears here by itself as soon as its images are ready."
         # Timing of the learning phase (a submission committed -> the next round up), so the page can say how long
@@ -103,14 +105,15 @@ class Session:
 
     # -- the loop's side -------------------------------------------------------------------------------------
 
-    def wait_for_feedback(self, spec: RoundSpec, alive: Callable[[], bool] = lambda: True,
+    def wait_for_feedback(self, spec: RoundSpec, record: Record, alive: Callable[[], bool] = lambda: True,
                           poll: float = 0.5) -> RoundFeedback:
-        """Show ``spec`` and block until it is submitted (and committed); ``alive()`` False aborts."""
+        """Show ``spec`` and block until it is submitted and committed with ``record`` (the loop's writer of the
+        round, ``hero.runs.RoundRecorder``); ``alive()`` False aborts."""
         with self._cond:
             if self._committed_at is not None:
                 self.last_learning_s = round(time.monotonic() - self._committed_at, 1)
                 self._committed_at = None
-            self._spec, self._answer, self.phase = spec, None, "judging"
+            self._spec, self._answer, self._record, self.phase = spec, None, record, "judging"
             self.message = ""
             self._cond.notify_all()
             while self._answer is None:
@@ -174,8 +177,7 @@ class Session:
         with self._cond:  # one submission at a time: the check and the write cannot interleave
             spec = self._waiting(rnd, pairwise=False)
             good = self._check_rules(spec, good_ids, best)
-            self._commit(rnd, lambda: self.log.record_round(rnd, spec.prompt, good, best, self.source),
-                         RoundFeedback(good=good, best=best, source=self.source))
+            self._commit(rnd, RoundFeedback(good=good, best=best, source=self.source))
         return {"ok": True, "round": rnd, "good": sum(good), "feedback": self.log.n_feedback()}
 
     def submit_pairs(self, payload: Any) -> dict[str, Any]:
@@ -184,8 +186,8 @@ class Session:
         with self._cond:
             spec = self._waiting(rnd, pairwise=True)
             pairs = check_pairs(spec.pairs, winners, ties)
-            self._commit(rnd, lambda: self.log.record_pairs(rnd, spec.prompt, pairs, spec.n_images, self.source),
-                         RoundFeedback(good=[], best=None, source=self.source, pairs=pairs, n_images=spec.n_images))
+            self._commit(rnd, RoundFeedback(good=[], best=None, source=self.source, pairs=pairs,
+                                            n_images=spec.n_images))
         return {"ok": True, "round": rnd, "pairs": len(pairs), "ties": len(ties), "feedback": self.log.n_feedback()}
 
     def _waiting(self, rnd: int, pairwise: bool) -> RoundSpec:
@@ -205,15 +207,15 @@ class Session:
                                                                else "for good/best marks (POST /api/submit)"))
         return spec
 
-    def _commit(self, rnd: int, record: Callable[[], None], answer: RoundFeedback) -> None:
-        """Write the round with ``record`` (committed on return), then hand ``answer`` to the waiting loop."""
+    def _commit(self, rnd: int, answer: RoundFeedback) -> None:
+        """Record ``answer`` with the loop's writer (committed on return), then hand it to the waiting loop."""
         try:
-            record()
+            self._record(answer)
         except DuplicateRound:  # e.g. recorded by `hero label` in another process meanwhile
             raise SubmitError(409, _already_submitted(rnd)) from None
         except InvalidFeedback as e:  # the log numbers rounds from 0; the person reads them from 1
             raise SubmitError(422, f"round {rnd + 1}: {str(e).removeprefix(f'round {rnd}: ')}") from None
-        self._answer = answer
+        self._answer, self._record = answer, None
         self._spec, self.phase = None, "learning"
         self._committed_at = self._learning_since = time.monotonic()
         self.message = (f"Round {rnd + 1} is saved. The model is learning from it; the next round appears "
