@@ -79,6 +79,10 @@ def test_the_pool_keeps_one_embedding_per_prompt_and_counts_the_best_as_good(tin
     assert torch.equal(x0[0], traj.final_latents[3]) and torch.equal(cond[0], traj.prompt_embeds[3])
     _, dropped = pool.batch(torch.tensor([3]), 1.0, torch.Generator().manual_seed(0))
     assert torch.equal(dropped[0], traj.negative_prompt_embeds[3])  # dropout 1: the empty prompt's embedding
+    # RAFT's likelihood.rejected = "unconditional": the not-good images train the empty prompt's branch.
+    _, mixed = pool.batch(torch.tensor([0, 1]), 0.0, torch.Generator().manual_seed(0),
+                          unconditional=~pool.labels()[torch.tensor([0, 1])])
+    assert torch.equal(mixed[0], traj.negative_prompt_embeds[0]) and torch.equal(mixed[1], traj.prompt_embeds[1])
     with pytest.raises(ValueError, match="marks"):
         pool.add_round(traj, [True], best=None)
 

@@ -118,6 +118,7 @@ class LikelihoodConfig:
     batch_size: int = 16
     min_snr_gamma: float | None = 5.0
     cond_dropout: float = 0.0
+    rejected_unconditional: bool = False  # not-good images are trained on the empty prompt's conditioning
     max_grad_norm: float = 1.0
     with_base: bool = True  # compute the base model's terms (the pull towards it, KTO's reference)
 
@@ -144,7 +145,8 @@ def likelihood_update(pipe, pool: ImagePool, candidates: torch.Tensor, optimizer
     optimizer.zero_grad(set_to_none=True)
     for _ in range(cfg.steps if len(candidates) else 0):
         idx = candidates[torch.randint(len(candidates), (cfg.batch_size,), generator=generator)]
-        x0, cond = pool.batch(idx, cfg.cond_dropout, generator)
+        x0, cond = pool.batch(idx, cfg.cond_dropout, generator,
+                              unconditional=~labels[idx] if cfg.rejected_unconditional else None)
         t = torch.randint(n_train, (len(idx),), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
         errors = denoising_errors(unet, pipe.scheduler, x0.to(device), cond.to(device), noise.to(device), t,
@@ -198,12 +200,15 @@ class ImagePool:
         """(N,) bool over every image so far: True = judged good (or best)."""
         return torch.cat(self.good) if self.good else torch.zeros(0, dtype=torch.bool)
 
-    def batch(self, idx: torch.Tensor, cond_dropout: float,
-              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, idx: torch.Tensor, cond_dropout: float, generator: torch.Generator,
+              unconditional: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(x₀, conditioning) of the images ``idx``; each conditioning is the empty prompt's with probability
-        ``cond_dropout`` (so the unconditional branch that guidance subtracts learns the images too)."""
+        ``cond_dropout`` (so the unconditional branch that guidance subtracts learns the images too), and always
+        where ``unconditional`` (B,) bool is True."""
         x0 = torch.cat(self.latents)[idx]
         drop = torch.rand(len(idx), generator=generator) < cond_dropout
+        if unconditional is not None:
+            drop |= unconditional.cpu()
         cond = torch.stack([self.embeds[self.prompts[i]][int(d)] for i, d in zip(idx.tolist(), drop.tolist(),
                                                                                  strict=True)])
         return x0, cond

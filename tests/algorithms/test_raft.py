@@ -72,3 +72,16 @@ def test_a_run_killed_mid_way_and_resumed_ends_with_the_uninterrupted_lora(algo,
     assert FeedbackLog(out / "feedback.sqlite").n_feedback() == 24
     final, again = (load_file(p / "lora" / "pytorch_lora_weights.safetensors") for p in (whole.path, out))
     assert final.keys() == again.keys() and all(torch.equal(final[k], again[k]) for k in final)
+
+
+@pytest.mark.parametrize("rejected, expected", [("unused", [1, 3]), ("unconditional", [0, 1, 2, 3])])
+def test_raft_trains_the_rejected_images_only_when_asked(tiny_pixel_pipeline, rejected, expected):
+    from hero.algorithms.raft import RaftTrainer
+    from hero.rollout import rollout
+
+    cfg = load_config(None, [f"likelihood.rejected={rejected}"], algo="raft", prompt="two red squares")
+    trainer = RaftTrainer(cfg, tiny_pixel_pipeline)
+    traj = rollout(tiny_pixel_pipeline, ["two red squares"] * 4, guidance_scale=2.0, num_steps=2, seed=0)
+    trainer.pool.add_round(traj, [False, True, False, True], best=None)
+    assert trainer.candidates().tolist() == expected
+    assert trainer.update.rejected_unconditional == (rejected == "unconditional")

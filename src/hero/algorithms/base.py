@@ -70,7 +70,8 @@ def likelihood_config(cfg, with_base: bool) -> LikelihoodConfig:
     """The likelihood update's settings from a TrainConfig's ``likelihood`` section."""
     s = cfg.likelihood
     return LikelihoodConfig(steps=s.steps_per_round, batch_size=s.batch_size, min_snr_gamma=s.min_snr_gamma,
-                            cond_dropout=s.cond_dropout, max_grad_norm=s.max_grad_norm, with_base=with_base)
+                            cond_dropout=s.cond_dropout, rejected_unconditional=s.rejected == "unconditional",
+                            max_grad_norm=s.max_grad_norm, with_base=with_base)
 
 
 class LoraPolicy:

@@ -11,8 +11,11 @@ where the second term (λ = ``likelihood.base_weight``) keeps the model near the
 collapse onto the few images it was shown: it is the per-step KL between the two models' reverse steps, up to a
 constant factor, on the same noised inputs (the regulariser of DPOK, Fan et al., NeurIPS 2023).
 
-Plain N(0, I) starting noise every round; the images that were judged not good are not used (see
-``hero.algorithms.kto`` for a method that learns from them too).
+Plain N(0, I) starting noise every round. The images judged not good are not used by default (see
+``hero.algorithms.kto`` and ``hero.algorithms.nft`` for methods that learn from them too). With
+``likelihood.rejected = "unconditional"`` they are trained as well, on the empty prompt's conditioning: classifier-
+free guidance, f_∅ + g·(f_c − f_∅), then steps from what the not-good images look like towards what the good ones
+do, as a negative prompt would (the sampler already guides at g = 2).
 """
 
 from __future__ import annotations
@@ -74,7 +77,10 @@ class RaftTrainer:
                 "pool_size": len(self.pool), "seconds_representation": t1 - t0, "seconds_update": t2 - t1}
 
     def candidates(self) -> torch.Tensor:
-        """The pool indices a training batch is drawn from: RAFT's are the good images."""
+        """The pool indices a training batch is drawn from: RAFT's are the good images (every judged image with
+        ``likelihood.rejected = "unconditional"``: the not-good ones on the empty prompt)."""
+        if self.update.rejected_unconditional:
+            return torch.arange(len(self.pool))
         return torch.nonzero(self.pool.labels()).flatten()
 
     def loss(self, errors: DenoisingErrors, labels: torch.Tensor) -> torch.Tensor:
