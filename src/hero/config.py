@@ -86,9 +86,8 @@ class PolicyGradientSettings(_Section):
     grad_accum: int = Field(4, ge=1)
     inner_epochs: int = Field(1, ge=1)
     per_prompt_advantages: bool = False
-    # Denoising steps with σ below this are never trained: their noise cannot change the image, yet their
-    # ∇ log p ∝ 1/σ swamps the gradient (docs/learning.md, "The last denoising step"). 0.01 leaves out tiny-shapes' last
-    # step (σ = 0.0064, under one uint8 level) and keeps its other 19 (σ ≥ 0.076); 0 trains every step.
+    # Steps with σ below this are never trained: their ∇ log p ∝ 1/σ swamps the gradient (docs/learning.md). 0.01
+    # leaves out tiny-shapes' last step (σ = 0.0064, under one uint8 level); 0 trains every step.
     min_sigma: float = Field(0.01, ge=0.0)
 
 
@@ -158,15 +157,9 @@ class LikelihoodSettings(_Section):
 
 
 class KtoSettings(_Section):
-    """Diffusion-KTO: the KTO utility of β·(implicit reward) for good and not-good images.
+    """Diffusion-KTO (experimental: leaves the base model within one round, docs/learning.md)."""
 
-    Experimental: with the shared likelihood settings (300 steps of lr 2e-3 per round) it leaves the base model
-    within one round at β = 500 and 5000 (docs/learning.md, "Diffusion-KTO diverges").
-    """
-
-    # Scales ℓ_ref − ℓ_θ (a per-element MSE, ~3e-3 on the built-in model) into the sigmoid, which saturates once
-    # |β·Δ| ≳ 4: β bounds how far an image is pushed. β = 500 let the not-good term raise the model's error ~3×
-    # and destroyed the model within one round (docs/learning.md); 5000 is Diffusion-DPO's β for SD 1.5.
+    # Scales ℓ_ref − ℓ_θ (~3e-3 here) into the sigmoid, saturating once |β·Δ| ≳ 4; 5000: Diffusion-DPO's for SD 1.5.
     beta: float = Field(5000.0, gt=0)
     good_weight: float = Field(1.0, gt=0)  # λ_D of KTO: weight of the good images' term
     bad_weight: float = Field(1.0, gt=0)  # λ_U: weight of the not-good images' term
@@ -273,8 +266,7 @@ class TrainConfig(_Section):
 
     # built-in name, a local diffusers pipeline folder, or a single-file SD 1.x/2.x checkpoint (.safetensors/.ckpt)
     model: str = Field("tiny-shapes", min_length=1)
-    # single-file checkpoints only: a local diffusers folder of the same architecture (model_index.json, the
-    # components' config.json, tokenizer/, scheduler/; its weights are not needed), since nothing is downloaded
+    # single-file checkpoints only: a local diffusers folder of the same architecture (configs, tokenizer/, no weights)
     model_config_dir: str | None = None
     prompt: str = Field(min_length=1)
     algo: Literal["hero", "ddpo", "d3po", "dpok", "seiko", "herd", "raft", "kto", "nft"] = "hero"
