@@ -150,7 +150,7 @@ class LikelihoodSettings(_Section):
     batch_size: int = Field(16, ge=1)  # judged images per step, drawn with replacement
     base_weight: float = Field(0.5, ge=0)  # λ on the distance to the base model's prediction (0: no pull)
     cond_dropout: float = Field(0.0, ge=0.0, le=1.0)  # share of a batch trained on the empty prompt
-    # RAFT: "unconditional" also trains the not-good images, on the empty prompt: guidance then steps away from them
+    # RAFT only: "unconditional" also trains the not-good images on the empty prompt (guidance steps away from them)
     rejected: Literal["unused", "unconditional"] = "unused"
     min_snr_gamma: float | None = Field(5.0, gt=0)  # loss weighting (None: plain MSE)
     max_grad_norm: float = Field(1.0, gt=0)
