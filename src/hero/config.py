@@ -101,8 +101,7 @@ class HeroSettings(_Section):
     encoder_epochs: int = Field(200, ge=1)  # the reference code uses 500-5000 at batch 2048; ours is a small CNN
     train_on: Literal["all", "round"] = "all"  # all feedback so far, or only this round's
     embed_dim: int = Field(512, ge=1)  # the reference code's output_dim
-    # What the embedding net sees: "features" (frozen UNet mid-block features, an MLP; our default, it learns
-    # from few labels) or "latent" (the paper's CNN over the final denoised latent).
+    # The embedding net's input: "features" (an MLP on frozen UNet mid-block features) or "latent" (the paper's CNN)
     encoder_input: Literal["features", "latent"] = "features"
     encoder_batch_size: int = Field(2048, ge=1)  # triplets per encoder step (the paper's 2048)
     # Where the reward's cosine to the best is taken: "embedding" E(f) (the paper) or "projection" g(E(f)), the
