@@ -41,8 +41,10 @@ import torch.nn.functional as F
 
 from hero.lora import add_lora
 from hero.models import load_pipeline
+from hero.models.ddim import step_sigmas
+from hero.models.denoiser import denoiser_for
 from hero.policy_gradient import standardise_advantages
-from hero.rollout import rollout, step_log_prob, step_sigmas
+from hero.rollout import rollout, step_log_prob
 from hero.toyworld import Judge, parse_task
 
 PROMPT = "three green triangles"
@@ -59,7 +61,7 @@ def per_trajectory_grads(pipe, traj, params) -> torch.Tensor:
     for i in range(n):
         for p in params:
             p.grad = None
-        logp = step_log_prob(pipe.unet, pipe.scheduler, traj, [i] * steps, torch.arange(steps))
+        logp = step_log_prob(denoiser_for(pipe), traj, [i] * steps, torch.arange(steps))
         logp.sum().backward()
         out.append(flat_grad(params))
     return torch.stack(out)
@@ -73,7 +75,7 @@ def per_step_grads(pipe, traj, params) -> torch.Tensor:
         for s in range(steps):
             for p in params:
                 p.grad = None
-            step_log_prob(pipe.unet, pipe.scheduler, traj, [i], s).sum().backward()
+            step_log_prob(denoiser_for(pipe), traj, [i], s).sum().backward()
             out[i, s] = flat_grad(params)
     return out
 
@@ -99,7 +101,7 @@ def minibatch_grad(pipe, traj, params, adv: torch.Tensor, idx: list[int], k: int
     cols = [s for _ in idx for s in rng.sample(range(steps), k)]
     for p in params:
         p.grad = None
-    logp = step_log_prob(pipe.unet, pipe.scheduler, traj, rows, torch.tensor(cols))
+    logp = step_log_prob(denoiser_for(pipe), traj, rows, torch.tensor(cols))
     (adv[rows] * logp).sum().backward()
     return flat_grad(params)
 

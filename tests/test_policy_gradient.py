@@ -9,6 +9,7 @@ import torch
 
 from hero.config import PolicyGradientSettings
 from hero.lora import add_lora
+from hero.models.denoiser import denoiser_for
 from hero.policy_gradient import clipped_surrogate_loss, make_optimizer, policy_gradient_update, standardise_advantages
 from hero.rollout import rollout, step_log_prob
 
@@ -49,7 +50,7 @@ def test_make_optimizer_needs_lora(tiny_pixel_pipeline):
 def _surrogate(pipe, traj, adv, clip_range):
     """The clipped loss over every sample and every step (no grad)."""
     with torch.no_grad():
-        losses = [clipped_surrogate_loss(step_log_prob(pipe, pipe.scheduler, traj, range(len(traj)), i),
+        losses = [clipped_surrogate_loss(step_log_prob(denoiser_for(pipe), traj, range(len(traj)), i),
                                          traj.log_probs[:, i], adv, clip_range) for i in range(traj.num_steps)]
     return torch.stack(losses).mean().item()
 
@@ -95,9 +96,9 @@ def test_near_deterministic_steps_are_never_trained():
     """tiny-shapes at 20 steps: the last DDIM step has σ ≈ 0.0064 (under one uint8 level); the others ≥ 0.07."""
     from types import SimpleNamespace
 
+    from hero.models.ddim import step_sigmas
     from hero.models.tiny_shapes import sampling_scheduler
     from hero.policy_gradient import accumulation_schedule, trainable_steps
-    from hero.rollout import step_sigmas
 
     scheduler = sampling_scheduler()
     scheduler.set_timesteps(20)
@@ -132,7 +133,7 @@ def test_the_last_step_dominates_the_gradient_unless_left_out(tiny_pixel_pipelin
     norms = []
     for s in range(20):
         pipe.unet.zero_grad(set_to_none=True)
-        step_log_prob(pipe.unet, pipe.scheduler, traj, [0, 1], s).mean().backward()
+        step_log_prob(denoiser_for(pipe), traj, [0, 1], s).mean().backward()
         norms.append(math.sqrt(sum(float((p.grad ** 2).sum()) for p in pipe.unet.parameters() if p.grad is not None)))
     assert norms[19] > 3 * max(norms[:19])
     assert norms[19] ** 2 > 0.8 * sum(n ** 2 for n in norms)  # over 80% of Σ_s ‖∇ log p_s‖²

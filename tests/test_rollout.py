@@ -8,7 +8,8 @@ import torch
 from diffusers import DDIMScheduler
 
 from hero.lora import add_lora, lora_parameters
-from hero.rollout import Trajectories, decode_latents, rollout, step_log_prob, to_uint8
+from hero.models.denoiser import denoiser_for
+from hero.rollout import Trajectories, rollout, step_log_prob, to_uint8
 
 PROMPTS = ["a red circle", "a blue square", "a green triangle on the left", "big"]
 PIPELINES = ["tiny_pixel_pipeline", "tiny_sd_pipeline"]
@@ -50,12 +51,12 @@ def test_reevaluation_gives_ratio_exactly_one(name, with_lora, request):
                 p.add_(0.1 * torch.randn_like(p))
     traj = _rollout(pipe, batch_size=2)
     for i in range(traj.num_steps):
-        logp = step_log_prob(pipe, pipe.scheduler, traj, range(len(traj)), i)
+        logp = step_log_prob(denoiser_for(pipe), traj, range(len(traj)), i)
         assert torch.equal(logp.detach(), traj.log_probs[:, i]), f"step {i}"
         assert logp.requires_grad  # differentiable w.r.t. the trainable weights
     # Per-sample steps in a different batch composition, as the policy-gradient update uses them.
     idx, steps = torch.tensor([3, 0, 2]), torch.tensor([1, 3, 0])
-    logp = step_log_prob(pipe.unet, pipe.scheduler, traj, idx, steps)
+    logp = step_log_prob(denoiser_for(pipe), traj, idx, steps)
     assert torch.equal(torch.exp(logp.detach() - traj.log_probs[idx, steps]), torch.ones(3))
 
 
@@ -64,7 +65,7 @@ def test_images_are_the_decoded_final_latents(name, request):
     pipe = request.getfixturevalue(name)
     traj = _rollout(pipe)
     with torch.no_grad():
-        assert np.array_equal(to_uint8(decode_latents(pipe, traj.final_latents)), traj.images)
+        assert np.array_equal(to_uint8(denoiser_for(pipe).decode(traj.final_latents)), traj.images)
 
 
 def _hand_step(pipe, traj: Trajectories, i: int, noise_from_traj: bool = True):
@@ -116,7 +117,7 @@ def test_eta_zero_matches_the_diffusers_pipeline(name, request):
     ours = traj.final_latents.clamp(-1, 1) if pipe.vae is None else traj.final_latents  # pixel pipe clamps
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="deterministic"):
-        step_log_prob(pipe, pipe.scheduler, traj, [0], 0)
+        step_log_prob(denoiser_for(pipe), traj, [0], 0)
 
 
 def test_refuses_a_deterministic_final_step(tiny_sd_pipeline):

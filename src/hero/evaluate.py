@@ -25,6 +25,7 @@ from hero.algorithms.base import rollout_kwargs
 from hero.config import TrainConfig
 from hero.diversity import diversity, memorisation
 from hero.models import load_pipeline
+from hero.models.denoiser import denoiser_for
 from hero.rollout import rollout
 from hero.runs.feedback_log import FeedbackLog
 from hero.runs.folder import RunFolder
@@ -110,6 +111,7 @@ def evaluate(run_dir: str | Path, n: int = 256, seed: int = EVAL_SEED, include_b
             raise FileNotFoundError(f"{run.path} has no checkpoint of round {round_index} (last complete: {last})")
         last = round_index
     pipe = load_pipeline(cfg.model, device=cfg.device, model_config_dir=cfg.model_config_dir)
+    model = denoiser_for(pipe)
     result: dict = {"run": str(run.path), "prompt": cfg.prompt, "algo": cfg.algo, "rounds": last + 1, "n": n}
     algo = make_algorithm(cfg, pipe)  # adds the LoRA (identity at init: the base model)
     guided = getattr(algo, "guided_noise", None)
@@ -119,16 +121,14 @@ def evaluate(run_dir: str | Path, n: int = 256, seed: int = EVAL_SEED, include_b
         if include_base and base_plain is not None:
             result["base_plain"] = base_plain
         elif include_base:
-            pipe.unet.disable_adapters()
-            report.add("base_plain", _samples(pipe, cfg, n, None, seed))
-            pipe.unet.enable_adapters()
+            with model.base_model():
+                report.add("base_plain", _samples(pipe, cfg, n, None, seed))
         algo.load(run.checkpoint_dir(last))
         report.add("plain", _samples(pipe, cfg, n, None, seed))
         if guided is not None:
             noise = guided(n, torch.Generator("cpu").manual_seed(seed + 1))
             report.add("guided", _samples(pipe, cfg, n, noise, seed))
             if include_base:
-                pipe.unet.disable_adapters()
-                report.add("base_guided", _samples(pipe, cfg, n, noise, seed))
-                pipe.unet.enable_adapters()
+                with model.base_model():
+                    report.add("base_guided", _samples(pipe, cfg, n, noise, seed))
     return result

@@ -24,6 +24,8 @@ from contextlib import contextmanager
 
 import torch
 
+from hero.models.denoiser import denoiser_for
+
 __all__ = ["FrozenFeatures", "pretrained_unet"]
 
 
@@ -71,9 +73,7 @@ class FrozenFeatures:
         self.timestep = min(n_train - 1, max(0, round(timestep_fraction * n_train)))
         abar = self.scheduler.alphas_cumprod[self.timestep].float()
         self.input_scale = float(abar.sqrt())
-        with torch.no_grad():
-            uncond, _ = pipe.encode_prompt([""], pipe._execution_device, 1, False)
-        self.uncond = uncond.detach()
+        self.uncond = denoiser_for(pipe).encode([""])[0].detach()
         self.dim = self.unet.config.block_out_channels[-1] * (2 if pool == "mean+max" else 1)
 
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,8 @@ import torch
 
 from hero.features import pretrained_unet
 from hero.policy_gradient import clip_and_step
-from hero.rollout import Trajectories, unet_output
+from hero.precision import unet_output
+from hero.rollout import Trajectories
 
 __all__ = ["DenoisingErrors", "ImagePool", "LikelihoodConfig", "denoising_errors", "likelihood_update",
            "min_snr_weight", "noised", "prediction_target"]

@@ -17,29 +17,13 @@ from diffusers import StableDiffusionPipeline
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
+from hero.models.denoiser import UNET_TARGET_PRESETS, resolve_targets
+
 __all__ = ["DEFAULT_TARGETS", "TARGET_PRESETS", "add_lora", "load_lora", "lora_parameters", "resolve_targets",
            "save_lora"]
 
-DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-TARGET_PRESETS: dict[str, tuple[str, ...]] = {
-    "attention": DEFAULT_TARGETS,
-    # Suffixes of diffusers UNet2DConditionModel module names: resnets (conv1, conv2, their time projection and
-    # shortcut), the transformer blocks' projections and feed-forwards, and the timestep embedding's MLP.
-    "wide": DEFAULT_TARGETS + ("conv1", "conv2", "time_emb_proj", "conv_shortcut", "proj_in", "proj_out",
-                               "ff.net.0.proj", "ff.net.2", "time_embedding.linear_1", "time_embedding.linear_2"),
-}
-
-
-def resolve_targets(targets: str | Sequence[str]) -> tuple[str, ...]:
-    """A preset name ("attention", "wide") or an explicit list of module-name suffixes → the suffixes."""
-    if isinstance(targets, str):
-        if targets not in TARGET_PRESETS:
-            raise ValueError(f"unknown LoRA target preset {targets!r}: use one of {', '.join(TARGET_PRESETS)} "
-                             "or a list of module names")
-        return TARGET_PRESETS[targets]
-    if not targets:
-        raise ValueError("the LoRA needs at least one target module")
-    return tuple(targets)
+TARGET_PRESETS = UNET_TARGET_PRESETS  # the UNet family's; each model family names its own (hero.models.denoiser)
+DEFAULT_TARGETS = TARGET_PRESETS["attention"]
 
 
 def _unet(pipe_or_unet):

@@ -11,7 +11,10 @@ import torch
 from hero import distributed
 from hero.config import PolicyGradientSettings
 from hero.lora import lora_parameters
-from hero.rollout import Trajectories, loss_scale, step_log_prob, step_sigmas
+from hero.models.ddim import step_sigmas
+from hero.models.denoiser import denoiser_for
+from hero.precision import loss_scale
+from hero.rollout import Trajectories, step_log_prob
 
 __all__ = ["accumulation_schedule", "clip_and_step", "clipped_surrogate_loss",
            "make_optimizer", "policy_gradient_update", "standardise_advantages", "trainable_steps"]
@@ -133,13 +136,14 @@ def policy_gradient_update(pipe, trajectories: Trajectories, rewards: Sequence[f
         generator = torch.Generator("cpu").manual_seed(0)
     prompts = traj.prompts if cfg.per_prompt_advantages else None
     adv = standardise_advantages(rewards, prompts, cfg.adv_clip)
-    device = pipe.unet.device
+    model = denoiser_for(pipe)
+    device = model.network.device
     stats: dict[str, list[float]] = {"loss": [], "approx_kl": [], "clipfrac": [], "grad_norm": []}
     optimizer.zero_grad(set_to_none=True)
     steps = trainable_steps(pipe.scheduler, traj, cfg.min_sigma)
     for group in accumulation_schedule(len(traj), steps, cfg, generator):
         for mb, s, weight in group:
-            logp = step_log_prob(pipe.unet, pipe.scheduler, traj, mb, s)
+            logp = step_log_prob(model, traj, mb, s)
             logp_old = traj.log_probs[mb, s].to(device)
             loss = clipped_surrogate_loss(logp, logp_old, adv[mb].to(device), cfg.clip_range)
             (loss * weight).backward()

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from diffusers.training_utils import EMAModel
 
+from hero.models.denoiser import denoiser_for
 from hero.models.pixel_pipeline import PixelStableDiffusionPipeline
 from hero.models.tiny_shapes import build_unet, load_text_encoder, sampling_scheduler, training_scheduler
 from hero.runs.atomic import atomic_torch_save
@@ -49,8 +50,7 @@ class CaptionEmbeddings:
     def __call__(self, captions: list[str]) -> torch.Tensor:
         missing = sorted({c for c in captions if c not in self.cache})
         if missing:
-            with torch.no_grad():
-                embeds = self.pipe.encode_prompt(missing, "cpu", 1, False)[0]
+            embeds = denoiser_for(self.pipe).encode(missing)[0]
             self.cache.update(zip(missing, embeds, strict=False))
         return torch.stack([self.cache[c] for c in captions])
 

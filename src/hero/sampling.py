@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline
 
+from hero.models.denoiser import denoiser_for
 from hero.models.loading import resolve_precision
 
 DEFAULT_STEPS = 20
@@ -35,7 +36,7 @@ def sample_images(pipe: StableDiffusionPipeline, prompt: str, n: int, seed: int 
                   batch_size: int = 64, precision: str = "fp32") -> np.ndarray:
     """n images for one prompt as (n, H, W, 3) uint8; the same seed gives the same images."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    size = denoiser_for(pipe).image_size()
     out = []
     for start in range(0, n, batch_size):
         k = min(batch_size, n - start)

@@ -35,7 +35,8 @@ from hero.feedback.sources import make_feedback_source
 from hero.lora import lora_parameters, save_lora
 from hero.models import load_pipeline
 from hero.models.loading import configure_memory, resolve_precision, weight_dtype
-from hero.rollout import Trajectories, loss_scale, rollout, unet_autocast
+from hero.precision import loss_scale, unet_autocast
+from hero.rollout import Trajectories, rollout
 from hero.runs.checks import ResumePlan, check_resume, settings_record
 from hero.runs.errors import RunFolderError
 from hero.runs.feedback_log import FeedbackLog, RoundRecorder
@@ -189,6 +190,8 @@ def run_round(cfg: TrainConfig, run: RunFolder, pipe, algo, source: FeedbackSour
     feedback = dist.broadcast(judge(cfg, algo, source, log, r, traj.images) if dist.is_main else None)
     t2 = time.perf_counter()
     stats = algo.learn(r, traj, feedback, round_generator(cfg.seed, r, 2))
+    if dist.is_main and log is not None and getattr(algo, "relabels", None) is not None:
+        log.record_relabels(r, sorted(algo.relabels.values(), key=lambda x: x.image))  # before the checkpoint
     if dist.is_main:
         folder = run.checkpoint_dir(r)
         folder.mkdir(parents=True, exist_ok=True)
@@ -197,8 +200,8 @@ def run_round(cfg: TrainConfig, run: RunFolder, pipe, algo, source: FeedbackSour
             loss_scale().save(folder)
         run.write_checkpoint_settings(r, settings_record(cfg))  # last: the checkpoint is complete
     pairwise = feedback.pairwise  # a pairwise round has no good marks: report its pairs instead
-    # Feedback = images judged: the log's, plus any an algorithm asks of the source itself (HERD's relabels).
-    n_feedback = None if log is None else log.n_feedback() + int(stats.get("extra_feedback_total", 0))
+    # Feedback = images judged: the log's rounds plus any an algorithm asked of a source itself (HERD's relabels).
+    n_feedback = None if log is None else log.n_feedback()
     record = {"round": r, "images": n, "feedback": n_feedback,
               "good": None if pairwise else sum(feedback.good),
               "good_rate": None if pairwise else sum(feedback.good) / n, "best": feedback.best,

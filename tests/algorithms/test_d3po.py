@@ -19,6 +19,7 @@ from hero.config import ConfigError, PolicyGradientSettings, load_config
 from hero.feedback import RewardFeedback, RoundFeedback, SimulatedHuman
 from hero.feedback.annotations import comparison_pairs, load_annotations
 from hero.lora import add_lora
+from hero.models.denoiser import denoiser_for
 from hero.policy_gradient import make_optimizer
 from hero.rollout import rollout, step_log_prob
 from hero.runs.feedback_log import FeedbackLog
@@ -119,8 +120,8 @@ def test_update_prefers_the_winners(tiny_pixel_pipeline):
         d3po_update(pipe, traj, pairs, opt, cfg, 0.1, 0.1, torch.Generator().manual_seed(0))
     with torch.no_grad():
         w, lo = torch.tensor([1, 2]), torch.tensor([0, 3])
-        margins = [(step_log_prob(pipe, pipe.scheduler, traj, w, s) - traj.log_probs[w, s]
-                    - step_log_prob(pipe, pipe.scheduler, traj, lo, s) + traj.log_probs[lo, s]).mean()
+        margins = [(step_log_prob(denoiser_for(pipe), traj, w, s) - traj.log_probs[w, s]
+                    - step_log_prob(denoiser_for(pipe), traj, lo, s) + traj.log_probs[lo, s]).mean()
                    for s in range(3)]
     assert torch.stack(margins).mean() > 0
     assert d3po_update(pipe, traj, [], opt, cfg, 0.1, 0.1, torch.Generator())["grad_steps"] == 0  # all ties

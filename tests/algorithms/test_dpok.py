@@ -19,6 +19,7 @@ from hero.algorithms.dpok import (
 from hero.config import load_config
 from hero.lora import add_lora, lora_parameters
 from hero.models import load_pipeline
+from hero.models.denoiser import denoiser_for
 from hero.rollout import rollout
 from hero.train import train
 
@@ -53,13 +54,13 @@ def test_kl_is_zero_for_the_identity_adapter_and_positive_after(name, request):
     add_lora(pipe.unet)
     traj = rollout(pipe, ["a red circle", "big"], guidance_scale=3.0, num_steps=3, seed=0)
     idx, steps = torch.tensor([0, 1]), torch.tensor([2, 0])
-    logp, kl = step_terms(pipe.unet, pipe.scheduler, traj, idx, steps)
+    logp, kl = step_terms(denoiser_for(pipe), traj, idx, steps)
     assert torch.equal(kl, torch.zeros(2))  # B = 0: the LoRA UNet *is* the pretrained one
     assert torch.equal(logp.detach(), traj.log_probs[idx, steps]) and logp.requires_grad  # ratio exactly 1
     with torch.no_grad():
         for p in lora_parameters(pipe):
             p.add_(0.1 * torch.randn_like(p))
-    logp, kl = step_terms(pipe.unet, pipe.scheduler, traj, idx, steps)
+    logp, kl = step_terms(denoiser_for(pipe), traj, idx, steps)
     assert (kl > 0).all() and kl.requires_grad
     assert all(p.requires_grad for p in lora_parameters(pipe))  # the adapter is back on, and trainable
     kl.sum().backward()

@@ -15,8 +15,10 @@ from hero.algorithms import ALGORITHMS, make_algorithm
 from hero.algorithms.herd import HerdTrainer, describe, recompute_log_probs, relabel, relabel_prompt
 from hero.config import load_config
 from hero.feedback import RoundFeedback, SimulatedHuman
+from hero.models.denoiser import denoiser_for
 from hero.policy_gradient import standardise_advantages
 from hero.rollout import rollout, step_log_prob
+from hero.runs.feedback_log import FeedbackLog
 from hero.toyworld import parse_task, random_scene, render
 from hero.toyworld.judge import analyse, verdict
 from hero.train import train
@@ -54,7 +56,7 @@ def test_relabelled_log_probs_are_recomputed_under_the_new_prompt(tiny_pixel_pip
     assert torch.isnan(moved.log_probs).all()  # the stale ones cannot be used by mistake
     lp = recompute_log_probs(pipe, moved, batch_size=1)
     with torch.no_grad():  # a fresh evaluation of step 1 under the new prompt
-        assert torch.allclose(lp[:, 1], step_log_prob(pipe, pipe.scheduler, moved, [0, 1], 1))
+        assert torch.allclose(lp[:, 1], step_log_prob(denoiser_for(pipe), moved, [0, 1], 1))
     assert (lp - traj.log_probs).abs().min() > 1e-3  # differs from the stale log-probs of the old prompt
     # Relabelled back to the prompts it was sampled with: exactly the sampler's own log-probs.
     back = recompute_log_probs(pipe, relabel(pipe, moved, traj.prompts))
@@ -79,6 +81,11 @@ def test_learn_replays_relabelled_failures_with_joint_advantages(tiny_pixel_pipe
     # each judged by the simulated human for what it shows: a success.
     assert stats["herd_relabel_feedback"] == 3 and stats["herd_relabelled"] == 2
     assert trainer.replay.prompts == ["three blue circles on white", "one green triangle on black"]
+    # Every image looked at is a judgement for the log: the smear with no prompt, the two with theirs.
+    assert sorted(trainer.relabels) == [1, 2, 3]
+    assert sorted(r.prompt for r in trainer.relabels.values() if r.prompt) == trainer.replay.prompts[::-1]
+    assert [r.good for r in trainer.relabels.values() if r.prompt] == [True, True]
+    assert sum(r.prompt is None and r.good is None for r in trainer.relabels.values()) == 1
     assert trainer.replay_rewards.tolist() == pytest.approx([1.0, 1.0])
 
     fb1 = RoundFeedback(good=[False] * 4, best=None, source="sim", scores=[0.0, 0.0, 0.5, 0.5])
@@ -87,7 +94,7 @@ def test_learn_replays_relabelled_failures_with_joint_advantages(tiny_pixel_pipe
     assert stats["herd_replayed"] == 2 and stats["herd_relabel_feedback_total"] == 3 + 4
     assert batch.prompts[4:] == ["three blue circles on white", "one green triangle on black"]
     with torch.no_grad():  # old log-probs of the replay: the current model under the relabel prompt
-        fresh = torch.stack([step_log_prob(tiny_pixel_pipeline, tiny_pixel_pipeline.scheduler, batch, [4, 5], s)
+        fresh = torch.stack([step_log_prob(denoiser_for(tiny_pixel_pipeline), batch, [4, 5], s)
                              for s in range(4)], dim=1)
     assert torch.allclose(batch.log_probs[4:], fresh, atol=1e-6)
     assert not torch.allclose(batch.log_probs[4:], traj.log_probs[[1, 3]], atol=1e-3)  # not the stale ones
@@ -127,6 +134,9 @@ def test_short_run_writes_a_loadable_lora_and_resumes(tmp_path, never_ask):
     assert all(0 < r["herd_relabel_feedback"] <= 4 for r in m)  # at most replay_fraction × 8 feedback
     # The run's feedback column charges the relabels: 8 round images each round plus every image examined.
     assert [r["feedback"] for r in m] == [8 + m[0]["herd_relabel_feedback"], 16 + m[1]["herd_relabel_feedback_total"]]
+    with FeedbackLog(run.feedback_db) as log:  # the relabels are in the log itself, one row per image examined
+        assert [len(log.relabels(r)) for r in (0, 1)] == [m[0]["herd_relabel_feedback"], m[1]["herd_relabel_feedback"]]
+        assert all(x.prompt is None or x.good is not None for r in (0, 1) for x in log.relabels(r))
     assert_lora_loads(run)
     # Resumed after round 0's checkpoint: round 1 trains on the replay loaded from it, to the same LoRA.
     final = load_file(run.path / "lora" / "pytorch_lora_weights.safetensors")

@@ -16,9 +16,11 @@ from safetensors.torch import load_file, save_file
 from hero.config import ConfigError, PolicyGradientSettings, load_config
 from hero.lora import add_lora, lora_parameters
 from hero.models import PixelStableDiffusionPipeline, load_pipeline
+from hero.models.denoiser import denoiser_for
 from hero.models.loading import configure_memory, weight_dtype
 from hero.policy_gradient import clip_and_step, make_optimizer, policy_gradient_update
-from hero.rollout import loss_scale, rollout, step_log_prob, unet_autocast
+from hero.precision import loss_scale, unet_autocast
+from hero.rollout import rollout, step_log_prob
 from hero.sampling import sample_images
 from hero.train import train
 
@@ -179,7 +181,7 @@ def test_bf16_weights_autocast_unet_fp32_log_probs_and_lora(tiny_sd_pipeline):
                        batch_size=2)
         assert traj.log_probs.dtype == torch.float32 and traj.latents.dtype == torch.float32
         assert torch.isfinite(traj.log_probs).all()
-        logp = step_log_prob(pipe, pipe.scheduler, traj, [0, 1], 1)
+        logp = step_log_prob(denoiser_for(pipe), traj, [0, 1], 1)
         assert logp.dtype == torch.float32 and torch.equal(logp.detach(), traj.log_probs[:, 1])  # ratio exactly 1
         opt = make_optimizer(pipe.unet, lr=3e-4)
         before = [p.detach().clone() for p in lora_parameters(pipe)]
@@ -196,7 +198,7 @@ def test_bf16_weights_autocast_unet_fp32_log_probs_and_lora(tiny_sd_pipeline):
 def _lora_grads(pipe, traj) -> list[torch.Tensor]:
     for p in lora_parameters(pipe):
         p.grad = None
-    step_log_prob(pipe, pipe.scheduler, traj, [0, 1], 2).sum().backward()
+    step_log_prob(denoiser_for(pipe), traj, [0, 1], 2).sum().backward()
     return [p.grad.clone() for p in lora_parameters(pipe)]
 
 
@@ -265,7 +267,7 @@ def test_fp16_scales_the_gradients_through_the_unet_and_unscales_them_for_the_st
 
     def grad_norm(pipe) -> float:
         opt = make_optimizer(pipe.unet, lr=3e-4)
-        step_log_prob(pipe, pipe.scheduler, traj, [0, 1], 1).sum().backward()
+        step_log_prob(denoiser_for(pipe), traj, [0, 1], 1).sum().backward()
         return clip_and_step(opt, cfg.max_grad_norm)
 
     exact = grad_norm(ref)

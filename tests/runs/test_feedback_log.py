@@ -17,6 +17,7 @@ from hero.runs import (
     DuplicateRound,
     FeedbackLog,
     InvalidFeedback,
+    Relabel,
     RoundFeedback,
     atomic_torch_save,
     atomic_write_bytes,
@@ -45,6 +46,21 @@ def test_record_and_read_back(log: FeedbackLog):
     assert log.get_round(7) is None
     assert log.rounds() == [0, 1]
     assert log.n_feedback() == 6  # one image judged = one feedback
+
+
+def test_relabels_count_as_feedback_and_a_rerun_replaces_them(log: FeedbackLog):
+    log.record_round(0, "three green triangles", [True, False, False, False], best=0, source="sim")
+    looked = [Relabel(1, "two blue circles on white", True, 0.9, "sim"), Relabel(3, None, None, None, "sim")]
+    with pytest.raises(InvalidFeedback, match="not recorded"):
+        log.record_relabels(1, looked)  # round 1 was never judged
+    with pytest.raises(InvalidFeedback, match=r"distinct images in \[0, 4\)"):
+        log.record_relabels(0, [Relabel(4, None, None, None, "sim")])
+    assert log.relabels(0) == [] and log.n_feedback() == 4  # the refused calls wrote nothing
+    log.record_relabels(0, looked)
+    assert log.relabels(0) == looked and log.n_feedback() == 6  # each image looked at is one feedback
+    log.record_relabels(0, looked[:1])  # the round learned again after a crash: its relabels replace the old
+    assert log.relabels(0) == looked[:1] and log.n_feedback() == 5
+    assert FeedbackLog(log.path).relabels(0) == looked[:1]  # committed, visible to a second connection
 
 
 def test_duplicate_round_is_refused_and_changes_nothing(log: FeedbackLog):

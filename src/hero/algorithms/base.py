@@ -12,6 +12,7 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from hero.feedback.base import RoundFeedback
 from hero.likelihood import LikelihoodConfig
 from hero.lora import add_lora, save_lora
+from hero.models.denoiser import denoiser_for
 from hero.policy_gradient import make_optimizer
 from hero.rollout import Trajectories
 from hero.runs.atomic import atomic_torch_save
@@ -22,6 +23,8 @@ class Algorithm(Protocol):
     # Optional: "good_best" (the default when absent) or "pairs". A "pairs" algorithm (D3PO) also has
     # comparison_pairs(n) -> [(i, j), ...], the image pairs the round loop asks the source to compare.
     feedback_kind: str
+    # Optional: relabels, {image: hero.runs.feedback_log.Relabel} of the judgements the last learn() asked of a
+    # source itself (HERD); the round loop writes them to the feedback log before the round's checkpoint.
 
     def start_noise(self, round_index: int, n: int, generator: torch.Generator) -> torch.Tensor | None:
         """z_T for this round's images, or None for plain N(0, I) noise."""
@@ -80,17 +83,18 @@ class LoraPolicy:
 
     def __init__(self, cfg, pipe, lr: float | None = None):
         """``lr``: the optimiser's rate when not ``lora.lr`` (the likelihood methods have their own)."""
-        self.pipe = pipe
+        self.pipe, self.model = pipe, denoiser_for(pipe)
         self.pg = cfg.pg  # the policy-gradient settings, for the methods that use them
         self.lr = cfg.lora.lr if lr is None else lr
-        add_lora(pipe.unet, rank=cfg.lora.rank, alpha=cfg.lora.alpha, targets=lora_targets(cfg))
-        self.optimizer = make_optimizer(pipe.unet, self.lr)
+        add_lora(self.model.network, rank=cfg.lora.rank, alpha=cfg.lora.alpha,
+                 targets=self.model.lora_targets(lora_targets(cfg)))
+        self.optimizer = make_optimizer(self.model.network, self.lr)
 
     def state_dict(self) -> dict:
-        return {"lora": get_peft_model_state_dict(self.pipe.unet), "optimizer": self.optimizer.state_dict()}
+        return {"lora": get_peft_model_state_dict(self.model.network), "optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        set_peft_model_state_dict(self.pipe.unet, state["lora"])
+        set_peft_model_state_dict(self.model.network, state["lora"])
         self.optimizer.load_state_dict(state["optimizer"])
 
     def save(self, folder: Path, extra: dict) -> None:

@@ -40,6 +40,7 @@ from hero.algorithms.base import LoraPolicy
 from hero.config import PolicyGradientSettings
 from hero.feedback.annotations import comparison_pairs
 from hero.feedback.base import RoundFeedback
+from hero.models.denoiser import denoiser_for
 from hero.policy_gradient import accumulation_schedule, clip_and_step, trainable_steps
 from hero.rollout import Trajectories, step_log_prob
 
@@ -79,14 +80,15 @@ def d3po_update(pipe, traj: Trajectories, pairs: list[tuple[int, int]], optimize
         return {"loss": float("nan"), "clipfrac": float("nan"), "margin": float("nan"), "grad_norm": 0.0,
                 "grad_steps": 0, "backward_passes": 0}
     p = torch.tensor(pairs, dtype=torch.long)
-    device = pipe.unet.device
+    model = denoiser_for(pipe)
+    device = model.network.device
     optimizer.zero_grad(set_to_none=True)
     steps = trainable_steps(pipe.scheduler, traj, cfg.min_sigma)  # per-step DPO: the same σ floor as DDPO's
     for group in accumulation_schedule(len(p), steps, cfg, generator):
         for mb, s, weight in group:
             # Winner and loser at the same step index, in one batched forward pass.
             idx, ss = torch.cat([p[mb, 0], p[mb, 1]]), torch.cat([s, s])
-            logp = step_log_prob(pipe.unet, pipe.scheduler, traj, idx, ss)
+            logp = step_log_prob(model, traj, idx, ss)
             ref = traj.log_probs[idx, ss].to(device)
             (lw, ll), (rw, rl) = logp.chunk(2), ref.chunk(2)
             loss = d3po_loss(lw, ll, rw, rl, beta, ratio_clip)
@@ -109,9 +111,8 @@ class D3POTrainer:
     def __init__(self, cfg, pipe):
         self.cfg, self.settings = cfg, cfg.d3po
         self.policy = LoraPolicy(cfg, pipe)
-        unet, scale = pipe.unet.config, pipe.vae_scale_factor
-        h = (cfg.sampler.resolution or unet.sample_size * scale) // scale  # as ``rollout`` sizes its latents
-        self.latent_shape = (unet.in_channels, h, h)
+        res = cfg.sampler.resolution
+        self.latent_shape = denoiser_for(pipe).latent_shape(1, res, res)[1:]  # as ``rollout`` sizes its latents
         self.best_image: np.ndarray | None = None
 
     def start_noise(self, round_index: int, n: int, generator: torch.Generator) -> torch.Tensor | None:

@@ -35,6 +35,7 @@ from hero.feedback.annotations import SAMPLE_META, Annotations, comparison_pairs
 from hero.feedback.base import RoundFeedback
 from hero.lora import save_lora
 from hero.models import load_pipeline
+from hero.models.denoiser import denoiser_for
 from hero.rollout import rollout
 from hero.runs.atomic import atomic_write_text
 from hero.runs.feedback_log import FeedbackLog, RoundRecorder
@@ -54,9 +55,8 @@ def sample_pairs(pipe, prompt: str, n: int, out: str | Path, *, model: str, seed
     run = RunFolder(out)
     if (run.path / SAMPLE_META).exists() or run.round_dir(0).exists():
         raise FileExistsError(f"{run.path} already holds samples: choose another --out")
-    unet = pipe.unet.config
     generator = torch.Generator("cpu").manual_seed(seed)
-    noise = paired_noise(n, (unet.in_channels, unet.sample_size, unet.sample_size), generator)
+    noise = paired_noise(n, denoiser_for(pipe).latent_shape(1)[1:], generator)
     traj = rollout(pipe, [prompt] * n, guidance_scale=guidance, num_steps=steps, eta=eta, generator=generator,
                    start_noise=noise, batch_size=batch_size)
     run.save_round(0, traj)

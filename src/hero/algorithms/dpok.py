@@ -32,8 +32,10 @@ from hero.algorithms.base import LoraPolicy
 from hero.algorithms.ddpo import ddpo_rewards
 from hero.config import PolicyGradientSettings
 from hero.feedback.base import RoundFeedback
+from hero.models.ddim import gaussian_log_prob, step_alphas
+from hero.models.denoiser import Denoiser, denoiser_for
 from hero.policy_gradient import accumulation_schedule, clip_and_step, clipped_surrogate_loss, trainable_steps
-from hero.rollout import Trajectories, ddim_posterior, gaussian_log_prob, guided_output, step_alphas
+from hero.rollout import Trajectories
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -101,27 +103,24 @@ def noise_from_output(scheduler, out: torch.Tensor, x: torch.Tensor, abar_t: tor
     raise ValueError(f"unsupported prediction_type {kind!r}")
 
 
-def step_terms(unet, scheduler, traj: Trajectories, idx: torch.Tensor,
+def step_terms(model: Denoiser, traj: Trajectories, idx: torch.Tensor,
                steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(log π_θ of the stored transitions with grad, ε-MSE to the adapter-free UNet) per sample, (B,) each.
 
     The log-prob is computed with the sampler's own functions (as ``step_log_prob`` does), so unchanged
     weights reproduce the stored log-probs exactly; one forward pass serves both terms.
     """
-    device = unet.device
-    abar_t, abar_prev = step_alphas(scheduler, traj.timesteps)
+    device, scheduler = model.network.device, model.pipe.scheduler
+    abar_t = step_alphas(scheduler, traj.timesteps)[0]
     x, x_prev = traj.latents[idx, steps].to(device), traj.latents[idx, steps + 1].to(device)
     t = traj.timesteps.cpu()[steps].to(device)
     cond, uncond = traj.prompt_embeds[idx].to(device), traj.negative_prompt_embeds[idx].to(device)
-    with torch.no_grad():  # the pretrained reference first: toggling the adapter changes requires_grad flags
-        unet.disable_adapters()
-        try:
-            eps_ref = noise_from_output(scheduler, guided_output(unet, x, t, cond, uncond, traj.guidance_scale),
-                                        x, abar_t[steps])
-        finally:
-            unet.enable_adapters()
-    out = guided_output(unet, x, t, cond, uncond, traj.guidance_scale)
-    mu, sigma = ddim_posterior(scheduler, out, x, abar_t[steps], abar_prev[steps], traj.eta)
+    # The pretrained reference first: toggling the adapter changes requires_grad flags.
+    with torch.no_grad(), model.base_model():
+        eps_ref = noise_from_output(scheduler, model.prediction(x, t, cond, uncond, traj.guidance_scale),
+                                    x, abar_t[steps])
+    out = model.prediction(x, t, cond, uncond, traj.guidance_scale)
+    mu, sigma = model.posterior(out, x, traj.timesteps, steps, traj.eta)
     kl = ((noise_from_output(scheduler, out, x, abar_t[steps]) - eps_ref) ** 2).mean(dim=tuple(range(1, x.ndim)))
     return gaussian_log_prob(x_prev, mu, sigma), kl
 
@@ -135,12 +134,13 @@ def dpok_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tens
 def dpok_update(pipe, traj: Trajectories, advantages: torch.Tensor, optimizer: torch.optim.Optimizer,
                 cfg: PolicyGradientSettings, kl_weight: float, generator: torch.Generator) -> dict[str, float]:
     """One DPOK policy update; ``advantages`` (N, T) are per trajectory and step (baseline already applied)."""
-    device = pipe.unet.device
+    model = denoiser_for(pipe)
+    device = model.network.device
     stats: dict[str, list[float]] = {"loss": [], "kl": [], "approx_kl": [], "clipfrac": [], "grad_norm": []}
     optimizer.zero_grad(set_to_none=True)
     for group in accumulation_schedule(len(traj), trainable_steps(pipe.scheduler, traj, cfg.min_sigma), cfg, generator):
         for mb, s, weight in group:
-            logp, kl = step_terms(pipe.unet, pipe.scheduler, traj, mb, s)
+            logp, kl = step_terms(model, traj, mb, s)
             logp_old = traj.log_probs[mb, s].to(device)
             loss = dpok_loss(logp, logp_old, advantages[mb, s].to(device), kl, cfg.clip_range, kl_weight)
             (loss * weight).backward()  # mean over the group's samples and K steps
@@ -163,7 +163,7 @@ class DPOKTrainer:
     def __init__(self, cfg, pipe):
         self.cfg, self.settings = cfg, cfg.dpok
         self.policy = LoraPolicy(cfg, pipe)
-        self.value = ValueNet(pipe.unet.config.in_channels)
+        self.value = ValueNet(denoiser_for(pipe).latent_shape(1)[1])
         self.value_opt = torch.optim.Adam(self.value.parameters(), lr=self.settings.value_lr)
         self.best_image: np.ndarray | None = None
 

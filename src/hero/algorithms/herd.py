@@ -34,8 +34,9 @@ look at an image, not something the round's good/best marks already said. So eve
 plots against) counts them too: the feedback log's round images plus the relabels. ``budget`` caps only the
 round images, so at equal spend HERD runs with a lower ``budget``. The web page asks a person only for good/best
 marks, never a description, so ``--algo herd`` refuses ``--feedback web``. Relabel judgements come from
-automatic sources and are kept in the checkpoint (the replay and its rewards), not the feedback log: a run
-resumed from a checkpoint asks none again.
+automatic sources; the round loop writes each examined image (its relabel prompt, or none, and its judgement)
+into the feedback log's ``relabels`` table before the round's checkpoint, so the log's ``n_feedback`` counts
+them, and the checkpoint keeps the replay and its rewards: a run resumed from a checkpoint asks none again.
 """
 
 from __future__ import annotations
@@ -52,8 +53,10 @@ from hero.algorithms.ddpo import ddpo_rewards
 from hero.config import parse_feedback
 from hero.feedback.base import RoundFeedback
 from hero.feedback.sources import make_feedback_source
+from hero.models.denoiser import denoiser_for
 from hero.policy_gradient import policy_gradient_update
 from hero.rollout import Trajectories, step_log_prob
+from hero.runs.feedback_log import Relabel
 from hero.toyworld.judge import analyse
 from hero.toyworld.scenes import caption
 
@@ -94,8 +97,7 @@ def relabel(pipe, traj: Trajectories, prompts: list[str]) -> Trajectories:
     """
     if len(prompts) != len(traj):
         raise ValueError(f"{len(prompts)} prompts for {len(traj)} trajectories")
-    with torch.no_grad():
-        cond, _ = pipe.encode_prompt(list(prompts), pipe._execution_device, 1, False)
+    cond, _ = denoiser_for(pipe).encode(prompts)
     return dataclasses.replace(traj, prompts=list(prompts), log_probs=torch.full_like(traj.log_probs, float("nan")),
                                prompt_embeds=cond.to(device=traj.prompt_embeds.device,
                                                      dtype=traj.prompt_embeds.dtype))
@@ -108,11 +110,11 @@ def recompute_log_probs(pipe, traj: Trajectories, batch_size: int = 8) -> torch.
     The same code path as the rollout's (``step_log_prob``), so for the prompt the trajectory was sampled with
     and unchanged weights this reproduces the sampler's own log-probs.
     """
-    out = torch.empty(traj.log_probs.shape, dtype=torch.float32)
+    model, out = denoiser_for(pipe), torch.empty(traj.log_probs.shape, dtype=torch.float32)
     for lo in range(0, len(traj), batch_size):
         idx = torch.arange(lo, min(lo + batch_size, len(traj)))
         for s in range(traj.num_steps):
-            out[idx, s] = step_log_prob(pipe, pipe.scheduler, traj, idx, s).float().cpu()
+            out[idx, s] = step_log_prob(model, traj, idx, s).float().cpu()
     return out.to(traj.log_probs.device)
 
 
@@ -132,6 +134,7 @@ class HerdTrainer:
         self.replay: Trajectories | None = None  # round r − 1's relabelled trajectories (log-probs: NaN)
         self.replay_rewards: torch.Tensor | None = None
         self.relabel_feedback_total = 0
+        self.relabels: dict[int, Relabel] = {}  # the last learn()'s, by image: the round loop logs them
         self._reward_judge = None  # one reward-model source, loaded on first use, scores any prompt
 
     def start_noise(self, round_index: int, n: int, generator: torch.Generator) -> torch.Tensor | None:
@@ -164,7 +167,6 @@ class HerdTrainer:
                 "herd_replayed": n_replay, **replay_mean,
                 "herd_relabelled": 0 if self.replay is None else len(self.replay), "herd_relabel_feedback": examined,
                 "herd_relabel_feedback_total": self.relabel_feedback_total,
-                "extra_feedback_total": self.relabel_feedback_total,  # counted in the round's "feedback" column
                 "seconds_representation": (t1 - t0) + (t3 - t2), "seconds_update": t2 - t1}
 
     def hindsight(self, round_index: int, traj: Trajectories, feedback: RoundFeedback,
@@ -173,7 +175,7 @@ class HerdTrainer:
         those that have a hindsight prompt and judge them for it; return (replay or None, rewards, images examined)."""
         want = int(round(self.cfg.herd.replay_fraction * len(traj)))
         chosen: list[tuple[int, str]] = []
-        examined = 0
+        examined, self.relabels = 0, {}
         for i in torch.randperm(len(traj), generator=generator).tolist():
             if examined == want:
                 break
@@ -183,6 +185,8 @@ class HerdTrainer:
             prompt = relabel_prompt(traj.images[i], self.cfg.prompt, generator)
             if prompt is not None and prompt != self.cfg.prompt:
                 chosen.append((i, prompt))
+            else:  # looked at and not described: still one feedback, so still in the log
+                self.relabels[i] = Relabel(i, None, None, None, self.cfg.feedback)
         if not chosen:
             return None, None, examined
         idx, prompts = [i for i, _ in sorted(chosen)], [p for _, p in sorted(chosen)]
@@ -190,8 +194,11 @@ class HerdTrainer:
         for j, prompt in enumerate(dict.fromkeys(prompts)):  # one judgement call per distinct relabel prompt
             rows = [k for k, p in enumerate(prompts) if p == prompt]
             images = traj.images[[idx[k] for k in rows]]
-            rewards[rows] = ddpo_rewards(self._judge(round_index, j, prompt).judge_round(round_index, prompt, images,
-                                                                                         None), self.use_scores)
+            judged = self._judge(round_index, j, prompt).judge_round(round_index, prompt, images, None)
+            rewards[rows] = ddpo_rewards(judged, self.use_scores)
+            for n, k in enumerate(rows):
+                self.relabels[idx[k]] = Relabel(idx[k], prompt, judged.good[n],
+                                                None if judged.scores is None else judged.scores[n], judged.source)
         return relabel(self.policy.pipe, traj.to("cpu").subset(idx), prompts), rewards, examined
 
     def _judge(self, round_index: int, j: int, prompt: str):

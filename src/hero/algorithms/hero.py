@@ -44,6 +44,7 @@ from hero.algorithms.raft import raft_loss
 from hero.features import FrozenFeatures
 from hero.feedback.base import RoundFeedback
 from hero.likelihood import DenoisingErrors, ImagePool, likelihood_update
+from hero.models.denoiser import denoiser_for
 from hero.policy_gradient import policy_gradient_update
 from hero.rollout import Trajectories, rollout
 
@@ -211,7 +212,7 @@ class HeroTrainer:
             self.encoder = FeatureTripletEncoder(self.features.dim, embed_dim=self.settings.embed_dim)
         else:
             self.features = None
-            self.encoder = TripletEncoder(pipe.unet.config.out_channels, embed_dim=self.settings.embed_dim)
+            self.encoder = TripletEncoder(denoiser_for(pipe).latent_shape(1)[1], embed_dim=self.settings.embed_dim)
         # Standardisation of φ, fixed from the first round so rewards of later rounds stay comparable.
         self.feature_stats: tuple[torch.Tensor, torch.Tensor] | None = None
         self.encoder_opt = torch.optim.Adam(self.encoder.parameters(), lr=self.settings.encoder_lr)

@@ -40,6 +40,7 @@ from hero.algorithms.ddpo import ddpo_rewards
 from hero.algorithms.seiko_reward import RewardModel, fit_reward
 from hero.features import FrozenFeatures
 from hero.feedback.base import RoundFeedback
+from hero.models.denoiser import denoiser_for
 from hero.policy_gradient import clip_and_step
 from hero.rollout import Trajectories, step_posterior
 
@@ -87,20 +88,20 @@ def differentiable_rollout(pipe, prev_unet, spec: SamplerSpec, noise: torch.Tens
 
     ``prev_unet`` None skips the KL (returned as zeros). ``step_noise`` is (B, T, C, H, W).
     """
-    unet, scheduler, ts = pipe.unet, pipe.scheduler, spec.timesteps
+    model, ts = denoiser_for(pipe), spec.timesteps
     args = (spec.cond, spec.uncond, spec.guidance_scale, spec.eta)
-    x = noise * scheduler.init_noise_sigma
+    x = noise * model.init_noise_sigma()
     first = len(ts) - min(spec.backprop_steps, len(ts))
     kl = torch.zeros(len(x), device=x.device)
     with torch.no_grad():
         for i in range(first):
-            mu, sigma = step_posterior(unet, scheduler, x, ts, i, *args)
+            mu, sigma = step_posterior(model, x, ts, i, *args)
             x = mu + sigma * step_noise[:, i]
     for i in range(first, len(ts)):
-        mu, sigma = checkpoint(step_posterior, unet, scheduler, x, ts, i, *args, use_reentrant=False)
+        mu, sigma = checkpoint(step_posterior, model, x, ts, i, *args, use_reentrant=False)
         if prev_unet is not None:
             with torch.no_grad():
-                mu_prev, _ = step_posterior(prev_unet, scheduler, x.detach(), ts, i, *args)
+                mu_prev, _ = step_posterior(model, x.detach(), ts, i, *args, network=prev_unet)
             kl = kl + step_kl(mu, mu_prev, sigma)
         x = mu + sigma * step_noise[:, i]
     return x, kl
@@ -162,21 +163,18 @@ class SeikoTrainer:
 
     def sampler_spec(self) -> SamplerSpec:
         pipe, s = self.policy.pipe, self.cfg.sampler
-        device = pipe._execution_device
-        with torch.no_grad():
-            cond, uncond = pipe.encode_prompt([self.cfg.prompt] * self.settings.batch_size, device, 1, True)
-        pipe.scheduler.set_timesteps(s.steps, device=device)
-        return SamplerSpec(cond, uncond, pipe.scheduler.timesteps.clone(), s.guidance_scale, s.eta,
+        model = denoiser_for(pipe)
+        cond, uncond = model.encode([self.cfg.prompt] * self.settings.batch_size)
+        return SamplerSpec(cond, uncond, model.timesteps(s.steps, s.eta), s.guidance_scale, s.eta,
                            self.settings.backprop_steps)
 
     def draw_noise(self, spec: SamplerSpec, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """z_T (B, C, H, W) and the per-step noise (B, T, C, H, W) of one differentiable rollout."""
-        pipe, res = self.policy.pipe, self.cfg.sampler.resolution
-        size = (res or pipe.unet.config.sample_size * pipe.vae_scale_factor) // pipe.vae_scale_factor
-        shape = (self.settings.batch_size, pipe.unet.config.in_channels, size, size)
+        model, res = denoiser_for(self.policy.pipe), self.cfg.sampler.resolution
+        shape = model.latent_shape(self.settings.batch_size, res, res)
         noise = torch.randn(shape, generator=generator)
         steps = torch.randn((shape[0], len(spec.timesteps), *shape[1:]), generator=generator)
-        device = pipe._execution_device
+        device = model.device
         return noise.to(device), steps.to(device)
 
     def objective(self, spec: SamplerSpec, prev_unet, generator: torch.Generator) -> tuple[torch.Tensor, ...]:

@@ -6,11 +6,12 @@ from hero.runs.feedback_log import (
     DuplicateRound,
     FeedbackLog,
     InvalidFeedback,
+    Relabel,
     RoundFeedback,
     RoundRecorder,
     read_jsonl,
 )
 
 __all__ = ["atomic_torch_save", "atomic_write", "atomic_write_bytes", "atomic_write_text", "fsync_dir",
-           "DuplicateRound", "FeedbackLog", "InvalidFeedback", "RoundFeedback", "RoundRecorder", "RunFolderError",
-           "read_jsonl"]
+           "DuplicateRound", "FeedbackLog", "InvalidFeedback", "Relabel", "RoundFeedback", "RoundRecorder",
+           "RunFolderError", "read_jsonl"]

@@ -32,7 +32,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from hero.rollout import LossScale
+from hero.precision import LossScale
 from hero.runs.errors import RunFolderError
 from hero.runs.folder import LORA_FILE, SETTINGS_FILE, RunFolder, read_metrics
 from hero.runs.readers import (

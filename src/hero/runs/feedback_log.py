@@ -17,7 +17,8 @@ from pathlib import Path
 
 from hero.runs.atomic import atomic_write_text
 
-__all__ = ["DuplicateRound", "FeedbackLog", "InvalidFeedback", "RoundFeedback", "RoundRecorder", "read_jsonl"]
+__all__ = ["DuplicateRound", "FeedbackLog", "InvalidFeedback", "Relabel", "RoundFeedback", "RoundRecorder",
+           "read_jsonl"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rounds (
@@ -32,6 +33,9 @@ CREATE TABLE IF NOT EXISTS pairs (
 CREATE TABLE IF NOT EXISTS scores (
     round INTEGER NOT NULL REFERENCES rounds(round), image INTEGER NOT NULL, score REAL NOT NULL,
     PRIMARY KEY (round, image));
+CREATE TABLE IF NOT EXISTS relabels (
+    round INTEGER NOT NULL REFERENCES rounds(round), image INTEGER NOT NULL, prompt TEXT NULL, good INTEGER NULL,
+    score REAL NULL, source TEXT NOT NULL, PRIMARY KEY (round, image));
 """
 
 
@@ -73,6 +77,21 @@ class RoundFeedback:
     def pairwise(self) -> bool:
         """Whether this round holds pairwise preferences instead of good/best marks."""
         return self.pairs is not None
+
+
+@dataclass(frozen=True)
+class Relabel:
+    """A second look at one of a round's images, for another prompt (HERD's hindsight relabels).
+
+    It costs one feedback whether or not it found a prompt: ``prompt`` is the description the image was relabelled
+    with (None: it could not be described), ``good``/``score`` the judgement of the image for that prompt.
+    """
+
+    image: int
+    prompt: str | None
+    good: bool | None
+    score: float | None
+    source: str
 
 
 class FeedbackLog:
@@ -172,6 +191,32 @@ class FeedbackLog:
                 self._conn.execute("ROLLBACK")
                 raise
 
+    def record_relabels(self, round: int, relabels: Sequence[Relabel]) -> None:
+        """Store the relabels made of ``round``'s images, replacing any stored before, in one committed transaction.
+
+        Replacing (not refusing) because a round whose checkpoint a crash interrupted is learned again on resume,
+        from the same state and seeds, and so relabels the same images the same way.
+        """
+        round = _check_round(round)
+        rows = [(round, int(x.image), x.prompt, None if x.good is None else int(x.good), x.score, str(x.source))
+                for x in relabels]
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                n = self._conn.execute("SELECT n_images FROM rounds WHERE round = ?", (round,)).fetchone()
+                if n is None:
+                    raise InvalidFeedback(f"round {round}: relabels of a round that is not recorded")
+                bad = [r[1] for r in rows if not 0 <= r[1] < n[0]]
+                if bad or len({r[1] for r in rows}) != len(rows):
+                    raise InvalidFeedback(f"round {round}: relabelled images {sorted(r[1] for r in rows)} are not "
+                                          f"distinct images in [0, {n[0]})")
+                self._conn.execute("DELETE FROM relabels WHERE round = ?", (round,))
+                self._conn.executemany("INSERT INTO relabels VALUES (?, ?, ?, ?, ?, ?)", rows)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
     # -- reading -------------------------------------------------------------------------------------------
 
     def get_round(self, round: int) -> RoundFeedback | None:
@@ -200,11 +245,19 @@ class FeedbackLog:
         """Every recorded round, ascending."""
         return [fb for r in self.rounds() if (fb := self.get_round(r)) is not None]
 
+    def relabels(self, round: int) -> list[Relabel]:
+        """The relabels stored for ``round``, by image."""
+        with self._lock:
+            rows = self._conn.execute("SELECT image, prompt, good, score, source FROM relabels WHERE round = ? "
+                                      "ORDER BY image", (round,)).fetchall()
+        return [Relabel(i, p, None if g is None else bool(g), x, src) for i, p, g, x, src in rows]
+
     def n_feedback(self) -> int:
-        """Images judged so far (one image judged = one feedback, the paper's unit)."""
+        """Images judged so far, relabels included (one image judged = one feedback, the paper's unit)."""
         with self._lock:
             (n,) = self._conn.execute("SELECT COALESCE(SUM(n_images), 0) FROM rounds").fetchone()
-        return int(n)
+            (k,) = self._conn.execute("SELECT COUNT(*) FROM relabels").fetchone()
+        return int(n) + int(k)
 
     def preference_pairs(self) -> list[tuple[int, int, int]]:
         """(round, winner, loser): best beats every other image, good beats not-good, plus explicit pairs."""

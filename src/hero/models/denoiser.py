@@ -1,0 +1,195 @@
+"""What the engine needs from a model family, in one class: ``Denoiser``.
+
+The rollout, the updates, the learned rewards and the evaluation talk to a ``Denoiser`` instead of reaching into
+a diffusers pipeline. It owns what differs between families:
+
+- encoding prompts (``encode``), with the unconditional embedding classifier-free guidance needs;
+- the shape of the starting noise (``latent_shape``) and the sampler's timesteps (``timesteps``);
+- the guided prediction at x_t (``prediction``) and the stochastic step's mean and σ (``posterior``, ``sigmas``),
+  from which ``hero.rollout`` takes every log-prob;
+- decoding the final latent to pixels (``decode``);
+- where a LoRA goes (``network``, ``lora_targets``), and switching it off for the base model (``base_model``).
+
+``UNetDenoiser`` is the SD 1.x/2.x family (a UNet2DConditionModel, one CLIP text encoder, DDIM with η > 0) and
+the pixel-space tiny-shapes, which is the same pipeline without a VAE. A new family (SDXL's pooled embeddings
+and time ids, a flow-matching transformer with its SDE sampler) is a new subclass plus a line in ``denoiser_for``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+from diffusers import StableDiffusionPipeline
+
+from hero.models.ddim import check_stochastic, ddim_posterior, guided_output, step_alphas, step_sigmas
+
+__all__ = ["UNET_TARGET_PRESETS", "Denoiser", "UNetDenoiser", "denoiser_for", "resolve_targets"]
+
+_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
+UNET_TARGET_PRESETS: dict[str, tuple[str, ...]] = {
+    "attention": _ATTENTION,
+    # Suffixes of diffusers UNet2DConditionModel module names: resnets (conv1, conv2, their time projection and
+    # shortcut), the transformer blocks' projections and feed-forwards, and the timestep embedding's MLP.
+    "wide": _ATTENTION + ("conv1", "conv2", "time_emb_proj", "conv_shortcut", "proj_in", "proj_out",
+                          "ff.net.0.proj", "ff.net.2", "time_embedding.linear_1", "time_embedding.linear_2"),
+}
+
+
+def resolve_targets(targets: str | Sequence[str],
+                    presets: dict[str, tuple[str, ...]] = UNET_TARGET_PRESETS) -> tuple[str, ...]:
+    """A preset name (e.g. "attention", "wide") or an explicit list of module-name suffixes -> the suffixes."""
+    if isinstance(targets, str):
+        if targets not in presets:
+            raise ValueError(f"unknown LoRA target preset {targets!r}: use one of {', '.join(presets)} "
+                             "or a list of module names")
+        return presets[targets]
+    if not targets:
+        raise ValueError("the LoRA needs at least one target module")
+    return tuple(targets)
+
+
+class Denoiser:
+    """The engine's view of one model family; subclasses implement every method for their pipeline.
+
+    Args:
+        pipe: the family's diffusers pipeline (weights, tokenizer, scheduler); the denoiser keeps no other state.
+    """
+
+    target_presets: dict[str, tuple[str, ...]] = {}
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+    @property
+    def network(self) -> torch.nn.Module:
+        """The module the LoRA adapts and the optimiser trains."""
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipe._execution_device
+
+    def encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(conditional, unconditional) prompt embeddings (N, L, D) each; the unconditional is the empty prompt's."""
+        raise NotImplementedError
+
+    def latent_shape(self, n: int, height: int | None = None, width: int | None = None) -> tuple[int, ...]:
+        """Shape of n starting noises for images of ``height`` × ``width`` pixels (None: the model's own size)."""
+        raise NotImplementedError
+
+    def image_size(self) -> int:
+        """The side in pixels of the images the model was trained at."""
+        raise NotImplementedError
+
+    def timesteps(self, num_steps: int, eta: float) -> torch.Tensor:
+        """The sampler's timesteps (T,) for ``num_steps`` steps; refuses a schedule with a σ = 0 step when η > 0."""
+        raise NotImplementedError
+
+    def init_noise_sigma(self) -> float:
+        """The factor the starting noise is scaled by before the first step."""
+        raise NotImplementedError
+
+    def prediction(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+                   guidance_scale: float, network=None) -> torch.Tensor:
+        """The guided prediction (fp32) at latents x (B, ...) and per-sample timesteps t (B,).
+
+        ``network``: the network or any callable with its signature (e.g. under other weights); default ours.
+        """
+        raise NotImplementedError
+
+    def posterior(self, prediction: torch.Tensor, x: torch.Tensor, timesteps: torch.Tensor, steps: torch.Tensor,
+                  eta: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and σ (fp32) of the step from x at ``timesteps[steps]`` (steps: (B,) indices into timesteps)."""
+        raise NotImplementedError
+
+    def sigmas(self, timesteps: torch.Tensor, eta: float) -> torch.Tensor:
+        """σ (T,) of each step of a rollout with these timesteps and η."""
+        raise NotImplementedError
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Final latents -> pixels in [-1, 1] (N, 3, H, W) fp32. Differentiable."""
+        raise NotImplementedError
+
+    def lora_targets(self, targets: str | Sequence[str]) -> tuple[str, ...]:
+        """A preset name of this family (``target_presets``) or explicit module-name suffixes -> the suffixes."""
+        return resolve_targets(targets, self.target_presets)
+
+    @contextlib.contextmanager
+    def base_model(self) -> Iterator[None]:
+        """Inside: the network without its LoRA adapters (a no-op when it has none)."""
+        network = self.network
+        if not getattr(network, "peft_config", None):
+            yield
+            return
+        network.disable_adapters()
+        try:
+            yield
+        finally:
+            network.enable_adapters()
+
+
+class UNetDenoiser(Denoiser):
+    """SD 1.x/2.x (latent space, a VAE) and the pixel-space tiny-shapes (no VAE): a UNet, CLIP, DDIM with η > 0."""
+
+    target_presets = UNET_TARGET_PRESETS
+
+    @property
+    def network(self) -> torch.nn.Module:
+        return self.pipe.unet
+
+    def encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            cond, uncond = self.pipe.encode_prompt(list(prompts), self.device, 1, True)
+        return cond, uncond
+
+    def image_size(self) -> int:
+        return self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+
+    def latent_shape(self, n: int, height: int | None = None, width: int | None = None) -> tuple[int, ...]:
+        scale = self.pipe.vae_scale_factor
+        h, w = (height or self.image_size()) // scale, (width or self.image_size()) // scale
+        return (n, self.pipe.unet.config.in_channels, h, w)
+
+    def timesteps(self, num_steps: int, eta: float) -> torch.Tensor:
+        scheduler = self.pipe.scheduler
+        scheduler.set_timesteps(num_steps, device=self.device)
+        timesteps = scheduler.timesteps.clone()
+        check_stochastic(scheduler, timesteps, eta)
+        return timesteps
+
+    def init_noise_sigma(self) -> float:
+        return float(self.pipe.scheduler.init_noise_sigma)
+
+    def prediction(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+                   guidance_scale: float, network=None) -> torch.Tensor:
+        return guided_output(self.network if network is None else network, x, t, cond, uncond, guidance_scale)
+
+    def posterior(self, prediction: torch.Tensor, x: torch.Tensor, timesteps: torch.Tensor, steps: torch.Tensor,
+                  eta: float) -> tuple[torch.Tensor, torch.Tensor]:
+        abar_t, abar_prev = step_alphas(self.pipe.scheduler, timesteps)
+        steps = steps.cpu()
+        return ddim_posterior(self.pipe.scheduler, prediction, x, abar_t[steps], abar_prev[steps], eta)
+
+    def sigmas(self, timesteps: torch.Tensor, eta: float) -> torch.Tensor:
+        return step_sigmas(self.pipe.scheduler, timesteps, eta)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        vae = getattr(self.pipe, "vae", None)
+        if vae is None:  # the pixel pipeline: the latent is the image
+            pixels = latents
+        else:
+            z = latents.to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor
+            if getattr(vae.config, "shift_factor", None):  # SD3-style VAEs; None/0 for SD 1.x/2.x
+                z = z + vae.config.shift_factor
+            pixels = vae.decode(z).sample
+        return pixels.float().clamp(-1, 1)
+
+
+def denoiser_for(pipe) -> Denoiser:
+    """The ``Denoiser`` of a loaded pipeline's family; a clear error for a family the engine does not serve yet."""
+    if isinstance(pipe, StableDiffusionPipeline):  # SD 1.x/2.x and PixelStableDiffusionPipeline
+        return UNetDenoiser(pipe)
+    raise ValueError(f"{type(pipe).__name__} is not a model family hero trains yet: use an SD 1.x/2.x pipeline "
+                     "(StableDiffusionPipeline) or the built-in tiny-shapes")

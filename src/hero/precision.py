@@ -1,0 +1,125 @@
+"""Mixed precision of the engine's network calls: ``unet_autocast``, the fp16 loss scale and ``unet_call``.
+
+The precision in force is a context variable set by ``unet_autocast`` (``hero.train`` wraps the round loop in
+it), so the sampler, the log-prob re-evaluation and the likelihood losses all run the network the same way
+without passing a flag through every call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from hero.runs.atomic import atomic_write_text
+
+__all__ = ["LossScale", "loss_scale", "unet_autocast", "unet_call", "unet_output"]
+
+_HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class LossScale:
+    """Dynamic loss scaling for fp16 (``torch.amp.GradScaler``'s rule), applied at the UNet's boundary.
+
+    Gradients entering a half-precision UNet call are multiplied by ``scale`` (so that small ones do not flush
+    to zero in fp16) and those leaving it through its inputs are divided again; the LoRA gradients therefore
+    arrive ``scale`` times too large, and ``policy_gradient.clip_and_step`` divides them before clipping. A
+    non-finite gradient skips the optimiser step and halves the scale; ``growth_interval`` finite steps double it.
+    """
+
+    scale: float = 2.0**16
+    growth_interval: int = 200
+    good_steps: int = 0
+
+    FILE = "loss_scale.json"  # in each checkpoint folder of an fp16 run, so --resume goes on at the same scale
+
+    def save(self, folder: str | Path) -> None:
+        atomic_write_text(Path(folder) / self.FILE, json.dumps({"scale": self.scale, "good_steps": self.good_steps}))
+
+    def load(self, folder: str | Path) -> None:
+        """Take the scale a checkpoint was written at (a checkpoint from before fp16 or this file: keep ours)."""
+        path = Path(folder) / self.FILE
+        if path.is_file():
+            state = json.loads(path.read_text())
+            self.scale, self.good_steps = float(state["scale"]), int(state["good_steps"])
+
+    def update(self, finite: bool) -> None:
+        if not finite:
+            self.scale, self.good_steps = self.scale / 2, 0
+            return
+        self.good_steps += 1
+        if self.good_steps >= self.growth_interval:
+            self.scale, self.good_steps = self.scale * 2, 0
+
+
+_PRECISION: ContextVar[tuple[torch.dtype | None, LossScale | None]] = ContextVar("hero_unet_precision",
+                                                                                  default=(None, None))
+
+
+@contextlib.contextmanager
+def unet_autocast(precision: str | None) -> Iterator[None]:
+    """Mixed precision for the engine's UNet calls (rollout, ``step_log_prob``, ``step_posterior``).
+
+    "bf16"/"fp16": each UNet forward runs under ``torch.autocast`` in that dtype, and its output is cast back to
+    fp32 before the DDIM posterior, so log-probs, latents and ratios stay fp32; trainable LoRA parameters stay
+    fp32 (``hero.lora.add_lora``), their gradients too. "fp16" also scales the gradients that cross the UNet
+    (``LossScale``; bf16 has fp32's range and needs none). "fp32" or None: nothing changes. ``hero.train`` wraps
+    the round loop in it with the run's ``precision``.
+    """
+    if precision not in (None, "fp32", *_HALF):
+        raise ValueError(f"precision={precision!r}: expected one of fp32, bf16, fp16")
+    token = _PRECISION.set((_HALF.get(precision), LossScale() if precision == "fp16" else None))
+    try:
+        yield
+    finally:
+        _PRECISION.reset(token)
+
+
+def loss_scale() -> LossScale | None:
+    """The fp16 loss scale in force (inside ``unet_autocast("fp16")``), else None."""
+    return _PRECISION.get()[1]
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; the gradient times ``factor`` backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, factor: float) -> torch.Tensor:
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.factor, None
+
+
+def _scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
+    return _ScaleGrad.apply(x, factor) if torch.is_grad_enabled() and x.requires_grad else x
+
+
+def unet_call(unet, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """unet(x, t, context).sample in fp32, under the precision in force (``unet_autocast``).
+
+    Every engine call of a denoising network goes through here, so that one context manager sets its precision.
+    """
+    half, scaler = _PRECISION.get()
+    if half is None:
+        return unet(x.to(unet.dtype), t, encoder_hidden_states=context.to(unet.dtype)).sample.float()
+    if scaler is not None:  # gradients leave through the inputs unscaled again
+        x, context = _scale_grad(x, 1.0 / scaler.scale), _scale_grad(context, 1.0 / scaler.scale)
+    with torch.autocast(x.device.type, dtype=half):
+        out = unet(x.to(unet.dtype), t, encoder_hidden_states=context.to(unet.dtype)).sample.float()
+    return out if scaler is None else _scale_grad(out, scaler.scale)
+
+
+def unet_output(unet, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """One unguided UNet prediction (fp32) at per-sample timesteps t (B,), under the precision in force
+    (``unet_autocast``): for the likelihood updates (``hero.likelihood``), which train on single predictions."""
+    out = unet_call(unet, x, t, context)
+    return out[:, : x.shape[1]] if out.shape[1] == 2 * x.shape[1] else out  # learned variance: keep the mean
