@@ -33,7 +33,7 @@ from PIL import Image
 
 import hero.train as train_module
 from hero.config import PolicyGradientSettings, load_config
-from hero.distributed import SINGLE, Dist, activate, current, shard_range
+from hero.distributed import SINGLE, Dist, shard_range
 from hero.policy_gradient import accumulation_schedule
 from hero.rollout import Trajectories, rollout
 
@@ -67,10 +67,10 @@ def count_passes(*a, **kw):
     return step_log_prob(*a, **kw)
 
 
-def capture(cfg, pipe):
+def capture(cfg, pipe, dist):
     pipes.append(pipe)
     work["world_size"] = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-    return make(cfg, pipe)
+    return make(cfg, pipe, dist)
 
 
 T.make_algorithm, T.rollout, PG.step_log_prob = capture, count_rollout, count_passes
@@ -153,12 +153,10 @@ def test_the_update_schedule_is_split_over_processes_with_the_same_draws():
     cfg = PolicyGradientSettings(timesteps_per_traj=3, batch_size=2, grad_accum=2)
 
     def schedule(dist: Dist) -> list:
-        with activate(dist):
-            assert current() is dist
-            return list(accumulation_schedule(7, 5, cfg, torch.Generator().manual_seed(0)))
+        return list(accumulation_schedule(7, 5, cfg, torch.Generator().manual_seed(0), dist))
 
     whole = schedule(SINGLE)
-    assert current() is SINGLE
+    assert whole == list(accumulation_schedule(7, 5, cfg, torch.Generator().manual_seed(0)))  # SINGLE: the default
     shares = [schedule(Dist(rank=r, world_size=2)) for r in range(2)]
     assert len(shares[0]) == len(shares[1]) == len(whole)  # every process takes every optimiser step
     for step, (a, b) in enumerate(zip(*shares, strict=True)):

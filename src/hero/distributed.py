@@ -12,11 +12,14 @@ How ``hero.train`` splits a round over N processes (ranks; rank 0 is the main pr
 - **Learning.** Every process runs the algorithm's ``learn`` on the whole round. The LoRA updates are the
   data-parallel part: ``policy_gradient.accumulation_schedule`` gives each process every N-th backward pass
   (minibatch × timestep) with its loss weight × N, and ``policy_gradient.clip_and_step`` averages the LoRA
-  gradients over the processes before clipping and stepping. Each step is therefore the one-process step (up to
-  the order of float additions) and is the *same* on every process, so the LoRA weights stay identical without
-  being broadcast again. An algorithm whose update does not use the schedule (SEIKO) computes the whole gradient
-  on every process; the average of equal gradients is that gradient. Small nets outside the LoRA (HERO's
-  embedding net, DPOK's value net) are trained on every process from the same data; rank 0's are checkpointed.
+  gradients over the processes before clipping and stepping. Both take the ``Dist`` as an argument: the trainer
+  gets it from ``make_algorithm(cfg, pipe, dist)`` and passes ``self.policy.dist`` to every update, so each call
+  site shows whether it all-reduces (the default, ``SINGLE``, keeps a library call local). Each step is therefore
+  the one-process step (up to the order of float additions) and is the *same* on every process, so the LoRA
+  weights stay identical without being broadcast again. An algorithm whose update does not use the schedule
+  (SEIKO) computes the whole gradient on every process; the average of equal gradients is that gradient. Small
+  nets outside the LoRA (HERO's embedding net, DPOK's value net) are trained on every process from the same data;
+  rank 0's are checkpointed.
 - **Checkpoints.** Written by rank 0 only; the processes meet at a barrier after every round. ``--resume`` reads
   the checkpoint on every process, so the run folder must be on a filesystem all processes see (always true on
   one machine; on several machines, a shared filesystem).
@@ -31,15 +34,14 @@ from __future__ import annotations
 
 import atexit
 import os
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
 
-__all__ = ["Dist", "SINGLE", "activate", "current", "init_distributed", "is_main_process", "launched_world_size",
+__all__ = ["Dist", "SINGLE", "init_distributed", "is_main_process", "launched_world_size",
            "shard_range"]
 
 T = TypeVar("T")
@@ -157,24 +159,7 @@ class Dist:
 
 
 SINGLE = Dist()
-_active: Dist = SINGLE
 _object_group = None  # one per process: later runs in the same launched process reuse it
-
-
-def current() -> Dist:
-    """The run's processes while ``activate`` is in force (``SINGLE`` otherwise: library calls stay local)."""
-    return _active
-
-
-@contextmanager
-def activate(dist: Dist) -> Iterator[Dist]:
-    """Make ``dist`` the one the engine's updates shard over and average across (``hero.policy_gradient``)."""
-    global _active
-    previous, _active = _active, dist
-    try:
-        yield dist
-    finally:
-        _active = previous
 
 
 def init_distributed(device: str) -> tuple[Dist, str]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from hero.distributed import SINGLE, Dist
 from hero.features import pretrained_unet
 from hero.policy_gradient import clip_and_step
 from hero.precision import unet_output
@@ -126,7 +127,7 @@ class LikelihoodConfig:
 
 def likelihood_update(pipe, pool: ImagePool, candidates: torch.Tensor, optimizer: torch.optim.Optimizer,
                       cfg: LikelihoodConfig, loss_fn: Callable[[DenoisingErrors, torch.Tensor], torch.Tensor],
-                      generator: torch.Generator) -> dict[str, float]:
+                      generator: torch.Generator, dist: Dist = SINGLE) -> dict[str, float]:
     """``cfg.steps`` optimiser steps, each on a batch drawn uniformly (with replacement) from ``candidates``.
 
     Args:
@@ -154,7 +155,7 @@ def likelihood_update(pipe, pool: ImagePool, candidates: torch.Tensor, optimizer
                                   cfg.min_snr_gamma, cfg.with_base)
         loss = loss_fn(errors, labels[idx].to(device))
         loss.backward()
-        stats["grad_norm"].append(clip_and_step(optimizer, cfg.max_grad_norm))
+        stats["grad_norm"].append(clip_and_step(optimizer, cfg.max_grad_norm, dist))
         stats["loss"].append(loss.item())
         stats["model_error"].append(errors.model.mean().item())
         if errors.to_base is not None:

@@ -8,8 +8,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from hero import distributed
 from hero.config import PolicyGradientSettings
+from hero.distributed import SINGLE, Dist
 from hero.lora import lora_parameters
 from hero.models.ddim import step_sigmas
 from hero.models.denoiser import denoiser_for
@@ -81,7 +81,8 @@ def trainable_steps(scheduler, traj: Trajectories, min_sigma: float) -> torch.Te
 
 
 def accumulation_schedule(n: int, n_steps: int | torch.Tensor, cfg: PolicyGradientSettings,
-                          generator: torch.Generator) -> Iterator[list[tuple[torch.Tensor, torch.Tensor, float]]]:
+                          generator: torch.Generator,
+                          dist: Dist = SINGLE) -> Iterator[list[tuple[torch.Tensor, torch.Tensor, float]]]:
     """The DDPO training schedule shared by every policy update here.
 
     ``n_steps``: the number of denoising steps T (all trainable), or the indices of the trainable ones
@@ -96,7 +97,6 @@ def accumulation_schedule(n: int, n_steps: int | torch.Tensor, cfg: PolicyGradie
     """
     allowed = torch.arange(n_steps) if isinstance(n_steps, int) else torch.as_tensor(n_steps, dtype=torch.long)
     k = min(cfg.timesteps_per_traj, len(allowed))
-    dist = distributed.current()
     for _ in range(cfg.inner_epochs):
         steps = torch.stack([allowed[torch.randperm(len(allowed), generator=generator)[:k]] for _ in range(n)])
         for group in _accumulation_groups(n, cfg, generator):
@@ -104,7 +104,7 @@ def accumulation_schedule(n: int, n_steps: int | torch.Tensor, cfg: PolicyGradie
             yield dist.share([(mb, steps[mb, j], len(mb) / (n_group * k)) for mb in group for j in range(k)])
 
 
-def clip_and_step(optimizer: torch.optim.Optimizer, max_grad_norm: float) -> float:
+def clip_and_step(optimizer: torch.optim.Optimizer, max_grad_norm: float, dist: Dist = SINGLE) -> float:
     """Clip the accumulated gradient's norm, take the optimiser step, clear; return the norm before clipping.
 
     Data-parallel: the gradients are first averaged over the processes (``hero.distributed``). fp16
@@ -117,7 +117,7 @@ def clip_and_step(optimizer: torch.optim.Optimizer, max_grad_norm: float) -> flo
         for p in params:
             if p.grad is not None:
                 p.grad.div_(scaler.scale)
-    distributed.current().average_gradients(params)
+    dist.average_gradients(params)
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
     if scaler is not None:
         scaler.update(math.isfinite(grad_norm))
@@ -129,7 +129,7 @@ def clip_and_step(optimizer: torch.optim.Optimizer, max_grad_norm: float) -> flo
 
 def policy_gradient_update(pipe, trajectories: Trajectories, rewards: Sequence[float] | np.ndarray | torch.Tensor,
                            optimizer: torch.optim.Optimizer, cfg: PolicyGradientSettings,
-                           generator: torch.Generator | None = None) -> dict[str, float]:
+                           generator: torch.Generator | None = None, dist: Dist = SINGLE) -> dict[str, float]:
     """One DDPO update on these trajectories; returns mean loss, approx_kl, clipfrac, grad_norm and counts."""
     traj = trajectories
     if generator is None:
@@ -141,7 +141,7 @@ def policy_gradient_update(pipe, trajectories: Trajectories, rewards: Sequence[f
     stats: dict[str, list[float]] = {"loss": [], "approx_kl": [], "clipfrac": [], "grad_norm": []}
     optimizer.zero_grad(set_to_none=True)
     steps = trainable_steps(pipe.scheduler, traj, cfg.min_sigma)
-    for group in accumulation_schedule(len(traj), steps, cfg, generator):
+    for group in accumulation_schedule(len(traj), steps, cfg, generator, dist):
         for mb, s, weight in group:
             logp = step_log_prob(model, traj, mb, s)
             logp_old = traj.log_probs[mb, s].to(device)
@@ -152,9 +152,9 @@ def policy_gradient_update(pipe, trajectories: Trajectories, rewards: Sequence[f
                 stats["loss"].append(loss.item())
                 stats["approx_kl"].append(0.5 * (diff**2).mean().item())
                 stats["clipfrac"].append(((diff.exp() - 1).abs() > cfg.clip_range).float().mean().item())
-        stats["grad_norm"].append(clip_and_step(optimizer, cfg.max_grad_norm))
+        stats["grad_norm"].append(clip_and_step(optimizer, cfg.max_grad_norm, dist))
     # Data-parallel: every process's passes (the grad norms are the same on all of them).
-    stats.update(distributed.current().merge_lists({k: stats[k] for k in ("loss", "approx_kl", "clipfrac")}))
+    stats.update(dist.merge_lists({k: stats[k] for k in ("loss", "approx_kl", "clipfrac")}))
     out = {key: float(np.mean(v)) for key, v in stats.items()}
     out.update(grad_steps=len(stats["grad_norm"]), backward_passes=len(stats["loss"]),
                reward_mean=float(np.mean(np.asarray(rewards, dtype=np.float64))))

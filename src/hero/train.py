@@ -29,7 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from hero.algorithms import make_algorithm
 from hero.algorithms.base import rollout_kwargs, round_generator
 from hero.config import TrainConfig, save_config
-from hero.distributed import SINGLE, Dist, activate, init_distributed
+from hero.distributed import SINGLE, Dist, init_distributed
 from hero.feedback.base import FeedbackSource, RoundFeedback
 from hero.feedback.sources import make_feedback_source
 from hero.lora import lora_parameters, save_lora
@@ -84,7 +84,7 @@ def train(cfg: TrainConfig, resume: bool = False, source: FeedbackSource | None 
     pipe = load_pipeline(cfg.model, device=device, dtype=weight_dtype(cfg.precision),
                          model_config_dir=cfg.model_config_dir)
     configure_memory(pipe, cfg.memory.gradient_checkpointing, cfg.memory.attention)
-    algo = make_algorithm(cfg, pipe)
+    algo = make_algorithm(cfg, pipe, dist)  # its updates average over these processes
     dist.broadcast_parameters(lora_parameters(pipe))  # as DDP does: every process starts from rank 0's LoRA
     log = None
     if dist.is_main:  # the feedback source (web server, reward model) and the log live on rank 0 only
@@ -105,7 +105,7 @@ def _run_rounds(cfg: TrainConfig, run: RunFolder, pipe, algo, source, log, start
                 dist: Dist, show_progress: bool) -> None:
     """Rounds ``start``..end, then the final LoRA; the tracker is closed either way."""
     tracker = Tracker(run.path / "logs", cfg)  # on every process: accelerate writes from the main one only
-    with activate(dist), unet_autocast(cfg.precision), _progress(show_progress and dist.is_main) as progress:
+    with unet_autocast(cfg.precision), _progress(show_progress and dist.is_main) as progress:
         if start > 0 and loss_scale() is not None:  # fp16: go on at the scale the last checkpoint reached
             loss_scale().load(run.checkpoint_dir(start - 1))
         task = progress.add_task("rounds", total=len(sizes), completed=start, info="")

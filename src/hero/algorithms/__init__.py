@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hero.distributed import SINGLE, Dist
+
 ALGORITHMS = {
     "hero": "HERO: feedback-guided noise + triplet-learned reward + DDPO (Hiranaka et al., ICLR 2025)",
     "ddpo": "DDPO: clipped policy gradient on per-image rewards/scores from the feedback (Black et al., 2023)",
@@ -25,42 +27,42 @@ ALGORITHMS = {
 }
 
 
-def make_algorithm(cfg, pipe):
-    """The trainer for ``cfg.algo``."""
+def make_algorithm(cfg, pipe, dist: Dist = SINGLE):
+    """The trainer for ``cfg.algo``; its updates average their gradients over ``dist``'s processes."""
     if cfg.algo == "hero":
         from hero.algorithms.hero import HeroTrainer
 
-        return HeroTrainer(cfg, pipe)
+        return HeroTrainer(cfg, pipe, dist)
     if cfg.algo == "ddpo":
         from hero.algorithms.ddpo import DDPOTrainer
 
-        return DDPOTrainer(cfg, pipe)
+        return DDPOTrainer(cfg, pipe, dist)
     if cfg.algo == "d3po":
         from hero.algorithms.d3po import D3POTrainer
 
-        return D3POTrainer(cfg, pipe)
+        return D3POTrainer(cfg, pipe, dist)
     if cfg.algo == "dpok":
         from hero.algorithms.dpok import DPOKTrainer
 
-        return DPOKTrainer(cfg, pipe)
+        return DPOKTrainer(cfg, pipe, dist)
     if cfg.algo == "seiko":
         from hero.algorithms.seiko import SeikoTrainer
 
-        return SeikoTrainer(cfg, pipe)
+        return SeikoTrainer(cfg, pipe, dist)
     if cfg.algo == "herd":
         from hero.algorithms.herd import HerdTrainer
 
-        return HerdTrainer(cfg, pipe)
+        return HerdTrainer(cfg, pipe, dist)
     if cfg.algo == "raft":
         from hero.algorithms.raft import RaftTrainer
 
-        return RaftTrainer(cfg, pipe)
+        return RaftTrainer(cfg, pipe, dist)
     if cfg.algo == "kto":
         from hero.algorithms.kto import KtoTrainer
 
-        return KtoTrainer(cfg, pipe)
+        return KtoTrainer(cfg, pipe, dist)
     if cfg.algo == "nft":
         from hero.algorithms.nft import NftTrainer
 
-        return NftTrainer(cfg, pipe)
+        return NftTrainer(cfg, pipe, dist)
     raise ValueError(f"algo {cfg.algo!r} is not available yet; available: {', '.join(ALGORITHMS)}")

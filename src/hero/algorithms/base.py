@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
+from hero.distributed import SINGLE, Dist
 from hero.feedback.base import RoundFeedback
 from hero.likelihood import LikelihoodConfig
 from hero.lora import add_lora, save_lora
@@ -81,9 +82,10 @@ def likelihood_config(cfg, with_base: bool) -> LikelihoodConfig:
 class LoraPolicy:
     """The trainable part every algorithm shares: a LoRA on the UNet and its AdamW optimiser."""
 
-    def __init__(self, cfg, pipe, lr: float | None = None):
-        """``lr``: the optimiser's rate when not ``lora.lr`` (the likelihood methods have their own)."""
-        self.pipe, self.model = pipe, denoiser_for(pipe)
+    def __init__(self, cfg, pipe, dist: Dist = SINGLE, lr: float | None = None):
+        """``dist``: the processes every update averages its gradients over (``SINGLE``: this one);
+        ``lr``: the optimiser's rate when not ``lora.lr`` (the likelihood methods have their own)."""
+        self.pipe, self.model, self.dist = pipe, denoiser_for(pipe), dist
         self.pg = cfg.pg  # the policy-gradient settings, for the methods that use them
         self.lr = cfg.lora.lr if lr is None else lr
         add_lora(self.model.network, rank=cfg.lora.rank, alpha=cfg.lora.alpha,

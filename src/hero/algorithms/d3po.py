@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from hero.algorithms.base import LoraPolicy
 from hero.config import PolicyGradientSettings
+from hero.distributed import SINGLE, Dist
 from hero.feedback.annotations import comparison_pairs
 from hero.feedback.base import RoundFeedback
 from hero.models.denoiser import denoiser_for
@@ -73,7 +74,7 @@ def d3po_loss(logp_w: torch.Tensor, logp_l: torch.Tensor, ref_w: torch.Tensor, r
 
 def d3po_update(pipe, traj: Trajectories, pairs: list[tuple[int, int]], optimizer: torch.optim.Optimizer,
                 cfg: PolicyGradientSettings, beta: float, ratio_clip: float,
-                generator: torch.Generator) -> dict[str, float]:
+                generator: torch.Generator, dist: Dist = SINGLE) -> dict[str, float]:
     """One D3PO update over a round's (winner, loser) pairs; minibatches of ``cfg.batch_size`` pairs."""
     stats: dict[str, list[float]] = {"loss": [], "clipfrac": [], "margin": [], "grad_norm": []}
     if not pairs:  # every pair a tie: nothing to learn from this round
@@ -84,7 +85,7 @@ def d3po_update(pipe, traj: Trajectories, pairs: list[tuple[int, int]], optimize
     device = model.network.device
     optimizer.zero_grad(set_to_none=True)
     steps = trainable_steps(pipe.scheduler, traj, cfg.min_sigma)  # per-step DPO: the same σ floor as DDPO's
-    for group in accumulation_schedule(len(p), steps, cfg, generator):
+    for group in accumulation_schedule(len(p), steps, cfg, generator, dist):
         for mb, s, weight in group:
             # Winner and loser at the same step index, in one batched forward pass.
             idx, ss = torch.cat([p[mb, 0], p[mb, 1]]), torch.cat([s, s])
@@ -97,7 +98,7 @@ def d3po_update(pipe, traj: Trajectories, pairs: list[tuple[int, int]], optimize
                 stats["loss"].append(loss.item())
                 stats["clipfrac"].append(((logp - ref).exp().sub(1).abs() > ratio_clip).float().mean().item())
                 stats["margin"].append(((lw - rw) - (ll - rl)).mean().item())
-        stats["grad_norm"].append(clip_and_step(optimizer, cfg.max_grad_norm))
+        stats["grad_norm"].append(clip_and_step(optimizer, cfg.max_grad_norm, dist))
     out = {key: float(np.mean(v)) for key, v in stats.items()}
     return {**out, "grad_steps": len(stats["grad_norm"]), "backward_passes": len(stats["loss"])}
 
@@ -108,9 +109,9 @@ class D3POTrainer:
     name = "d3po"
     feedback_kind = "pairs"
 
-    def __init__(self, cfg, pipe):
+    def __init__(self, cfg, pipe, dist: Dist = SINGLE):
         self.cfg, self.settings = cfg, cfg.d3po
-        self.policy = LoraPolicy(cfg, pipe)
+        self.policy = LoraPolicy(cfg, pipe, dist=dist)
         res = cfg.sampler.resolution
         self.latent_shape = denoiser_for(pipe).latent_shape(1, res, res)[1:]  # as ``rollout`` sizes its latents
         self.best_image: np.ndarray | None = None
@@ -135,7 +136,7 @@ class D3POTrainer:
                 self.best_image = traj.images[feedback.best]
         t1 = time.perf_counter()
         stats = d3po_update(self.policy.pipe, traj, list(pairs), self.policy.optimizer, self.policy.pg,
-                            self.settings.beta, self.settings.ratio_clip, generator)
+                            self.settings.beta, self.settings.ratio_clip, generator, dist=self.policy.dist)
         t2 = time.perf_counter()
         return {**{f"d3po_{k}": v for k, v in stats.items()}, "preference_pairs": len(pairs),
                 "seconds_representation": t1 - t0, "seconds_update": t2 - t1}

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from hero.algorithms.base import LoraPolicy
+from hero.distributed import SINGLE, Dist
 from hero.feedback.base import RoundFeedback
 from hero.policy_gradient import policy_gradient_update
 from hero.rollout import Trajectories
@@ -40,10 +41,10 @@ class DDPOTrainer:
 
     name = "ddpo"
 
-    def __init__(self, cfg, pipe):
+    def __init__(self, cfg, pipe, dist: Dist = SINGLE):
         self.cfg = cfg
         self.use_scores = cfg.ddpo.reward == "score"
-        self.policy = LoraPolicy(cfg, pipe)
+        self.policy = LoraPolicy(cfg, pipe, dist=dist)
         self.best_image: np.ndarray | None = None
 
     def start_noise(self, round_index: int, n: int, generator: torch.Generator) -> torch.Tensor | None:
@@ -61,7 +62,7 @@ class DDPOTrainer:
         rewards = ddpo_rewards(feedback, self.use_scores)
         t1 = time.perf_counter()
         stats = policy_gradient_update(self.policy.pipe, traj, rewards, self.policy.optimizer, self.policy.pg,
-                                       generator)
+                                       generator, dist=self.policy.dist)
         t2 = time.perf_counter()
         return {**{f"pg_{k}": v for k, v in stats.items()}, "reward_std": float(rewards.std(unbiased=False)),
                 "seconds_representation": t1 - t0, "seconds_update": t2 - t1}

@@ -31,6 +31,7 @@ from torch import nn
 from hero.algorithms.base import LoraPolicy
 from hero.algorithms.ddpo import ddpo_rewards
 from hero.config import PolicyGradientSettings
+from hero.distributed import SINGLE, Dist
 from hero.feedback.base import RoundFeedback
 from hero.models.ddim import gaussian_log_prob, step_alphas
 from hero.models.denoiser import Denoiser, denoiser_for
@@ -132,13 +133,15 @@ def dpok_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tens
 
 
 def dpok_update(pipe, traj: Trajectories, advantages: torch.Tensor, optimizer: torch.optim.Optimizer,
-                cfg: PolicyGradientSettings, kl_weight: float, generator: torch.Generator) -> dict[str, float]:
+                cfg: PolicyGradientSettings, kl_weight: float, generator: torch.Generator,
+                dist: Dist = SINGLE) -> dict[str, float]:
     """One DPOK policy update; ``advantages`` (N, T) are per trajectory and step (baseline already applied)."""
     model = denoiser_for(pipe)
     device = model.network.device
     stats: dict[str, list[float]] = {"loss": [], "kl": [], "approx_kl": [], "clipfrac": [], "grad_norm": []}
     optimizer.zero_grad(set_to_none=True)
-    for group in accumulation_schedule(len(traj), trainable_steps(pipe.scheduler, traj, cfg.min_sigma), cfg, generator):
+    for group in accumulation_schedule(len(traj), trainable_steps(pipe.scheduler, traj, cfg.min_sigma), cfg, generator,
+                                       dist):
         for mb, s, weight in group:
             logp, kl = step_terms(model, traj, mb, s)
             logp_old = traj.log_probs[mb, s].to(device)
@@ -150,7 +153,7 @@ def dpok_update(pipe, traj: Trajectories, advantages: torch.Tensor, optimizer: t
                 stats["kl"].append(kl.mean().item())
                 stats["approx_kl"].append(0.5 * (diff**2).mean().item())
                 stats["clipfrac"].append(((diff.exp() - 1).abs() > cfg.clip_range).float().mean().item())
-        stats["grad_norm"].append(clip_and_step(optimizer, cfg.max_grad_norm))
+        stats["grad_norm"].append(clip_and_step(optimizer, cfg.max_grad_norm, dist))
     out = {key: float(np.mean(v)) for key, v in stats.items()}
     return {**out, "grad_steps": len(stats["grad_norm"]), "backward_passes": len(stats["loss"])}
 
@@ -160,9 +163,9 @@ class DPOKTrainer:
 
     name = "dpok"
 
-    def __init__(self, cfg, pipe):
+    def __init__(self, cfg, pipe, dist: Dist = SINGLE):
         self.cfg, self.settings = cfg, cfg.dpok
-        self.policy = LoraPolicy(cfg, pipe)
+        self.policy = LoraPolicy(cfg, pipe, dist=dist)
         self.value = ValueNet(denoiser_for(pipe).latent_shape(1)[1])
         self.value_opt = torch.optim.Adam(self.value.parameters(), lr=self.settings.value_lr)
         self.best_image: np.ndarray | None = None
@@ -193,7 +196,7 @@ class DPOKTrainer:
         adv = self.advantages(traj, rewards)
         t1 = time.perf_counter()
         stats = dpok_update(self.policy.pipe, traj, adv, self.policy.optimizer, self.policy.pg,
-                            self.settings.kl_weight, generator)
+                            self.settings.kl_weight, generator, dist=self.policy.dist)
         t2 = time.perf_counter()
         return {**value_stats, **{f"dpok_{k}": v for k, v in stats.items()}, "reward_mean": float(rewards.mean()),
                 "seconds_representation": t1 - t0, "seconds_update": t2 - t1}

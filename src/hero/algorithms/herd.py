@@ -51,6 +51,7 @@ import torch
 from hero.algorithms.base import LoraPolicy
 from hero.algorithms.ddpo import ddpo_rewards
 from hero.config import parse_feedback
+from hero.distributed import SINGLE, Dist
 from hero.feedback.base import RoundFeedback
 from hero.feedback.sources import make_feedback_source
 from hero.models.denoiser import denoiser_for
@@ -123,13 +124,13 @@ class HerdTrainer:
 
     name = "herd"
 
-    def __init__(self, cfg, pipe):
+    def __init__(self, cfg, pipe, dist: Dist = SINGLE):
         if parse_feedback(cfg.feedback)[0] == "web":
             raise ValueError("--algo herd judges each replayed image again for its relabel prompt, which the web "
                              "page cannot ask a person: use --feedback sim or reward:<name>")
         self.cfg = cfg
         self.use_scores = cfg.ddpo.reward == "score"
-        self.policy = LoraPolicy(cfg, pipe)
+        self.policy = LoraPolicy(cfg, pipe, dist=dist)
         self.best_image: np.ndarray | None = None
         self.replay: Trajectories | None = None  # round r − 1's relabelled trajectories (log-probs: NaN)
         self.replay_rewards: torch.Tensor | None = None
@@ -157,7 +158,7 @@ class HerdTrainer:
             all_rewards, n_replay = torch.cat([rewards, self.replay_rewards]), len(replay)
         t1 = time.perf_counter()
         stats = policy_gradient_update(self.policy.pipe, batch, all_rewards, self.policy.optimizer, self.policy.pg,
-                                       generator)
+                                       generator, dist=self.policy.dist)
         t2 = time.perf_counter()
         self.replay, self.replay_rewards, examined = self.hindsight(round_index, traj, feedback, generator)
         self.relabel_feedback_total += examined

@@ -41,6 +41,7 @@ from torch import nn
 
 from hero.algorithms.base import LoraPolicy, likelihood_config, rollout_kwargs
 from hero.algorithms.raft import raft_loss
+from hero.distributed import SINGLE, Dist
 from hero.features import FrozenFeatures
 from hero.feedback.base import RoundFeedback
 from hero.likelihood import DenoisingErrors, ImagePool, likelihood_update
@@ -200,10 +201,10 @@ class HeroTrainer:
 
     name = "hero"
 
-    def __init__(self, cfg, pipe):
+    def __init__(self, cfg, pipe, dist: Dist = SINGLE):
         self.cfg, self.settings = cfg, cfg.hero
         likelihood = self.settings.update == "likelihood"
-        self.policy = LoraPolicy(cfg, pipe, lr=cfg.likelihood.lr if likelihood else None)
+        self.policy = LoraPolicy(cfg, pipe, dist=dist, lr=cfg.likelihood.lr if likelihood else None)
         # The likelihood update's training set: judged images (good = judged good or best) + accepted unjudged ones.
         self.pool = ImagePool() if likelihood else None
         self.likelihood = likelihood_config(cfg, with_base=cfg.likelihood.base_weight > 0) if likelihood else None
@@ -258,7 +259,8 @@ class HeroTrainer:
                 self.pool.add_round(extra.subset(torch.nonzero(accepted).flatten()), [True] * int(accepted.sum()),
                                     None)
             stats = likelihood_update(self.policy.pipe, self.pool, torch.nonzero(self.pool.labels()).flatten(),
-                                      self.policy.optimizer, self.likelihood, self.likelihood_loss, generator)
+                                      self.policy.optimizer, self.likelihood, self.likelihood_loss, generator,
+                                      dist=self.policy.dist)
             prefix = "lik"
             extra_stats = {**extra_stats, "pool_good": int(self.pool.labels().sum()), "pool_size": len(self.pool)}
         else:
@@ -269,7 +271,7 @@ class HeroTrainer:
                 batch, batch_rewards = Trajectories.concat([traj, extra]), torch.cat([rewards, extra_rewards])
                 extra_stats = {"unjudged_samples": len(extra)}
             stats = policy_gradient_update(self.policy.pipe, batch, batch_rewards, self.policy.optimizer,
-                                           self.policy.pg, generator)
+                                           self.policy.pg, generator, dist=self.policy.dist)
             prefix = "pg"
         t2 = time.perf_counter()
         good = torch.tensor(feedback.good)

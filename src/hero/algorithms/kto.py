@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from hero.algorithms.raft import RaftTrainer
+from hero.distributed import SINGLE, Dist
 from hero.likelihood import DenoisingErrors
 
 
@@ -48,8 +49,8 @@ class KtoTrainer(RaftTrainer):
 
     name = "kto"
 
-    def __init__(self, cfg, pipe):
-        super().__init__(cfg, pipe, with_base=True)  # the base model is KTO's reference: always computed
+    def __init__(self, cfg, pipe, dist: Dist = SINGLE):
+        super().__init__(cfg, pipe, dist, with_base=True)  # the base model is KTO's reference: always computed
         self.kto = cfg.kto
 
     def candidates(self) -> torch.Tensor:

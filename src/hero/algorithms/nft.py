@@ -34,6 +34,7 @@ from __future__ import annotations
 import torch
 
 from hero.algorithms.raft import RaftTrainer
+from hero.distributed import SINGLE, Dist
 from hero.likelihood import DenoisingErrors
 
 
@@ -63,8 +64,8 @@ class NftTrainer(RaftTrainer):
 
     name = "nft"
 
-    def __init__(self, cfg, pipe):
-        super().__init__(cfg, pipe, with_base=True)  # f_ref is part of the loss: always computed
+    def __init__(self, cfg, pipe, dist: Dist = SINGLE):
+        super().__init__(cfg, pipe, dist, with_base=True)  # f_ref is part of the loss: always computed
         self.beta = cfg.nft.beta
 
     def candidates(self) -> torch.Tensor:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from hero.algorithms.base import LoraPolicy, likelihood_config
+from hero.distributed import SINGLE, Dist
 from hero.feedback.base import RoundFeedback
 from hero.likelihood import DenoisingErrors, ImagePool, likelihood_update
 from hero.rollout import Trajectories
@@ -45,10 +46,10 @@ class RaftTrainer:
 
     name = "raft"
 
-    def __init__(self, cfg, pipe, with_base: bool | None = None):
+    def __init__(self, cfg, pipe, dist: Dist = SINGLE, with_base: bool | None = None):
         """``with_base``: run the base model in each step (default: when the pull towards it is on)."""
         self.cfg, self.settings = cfg, cfg.likelihood
-        self.policy = LoraPolicy(cfg, pipe, lr=self.settings.lr)
+        self.policy = LoraPolicy(cfg, pipe, dist=dist, lr=self.settings.lr)
         with_base = self.settings.base_weight > 0 if with_base is None else with_base
         self.update = likelihood_config(cfg, with_base=with_base)
         self.pool = ImagePool()
@@ -71,7 +72,7 @@ class RaftTrainer:
         candidates = self.candidates()
         t1 = time.perf_counter()
         stats = likelihood_update(self.policy.pipe, self.pool, candidates, self.policy.optimizer, self.update,
-                                  self.loss, generator)
+                                  self.loss, generator, dist=self.policy.dist)
         t2 = time.perf_counter()
         return {**{f"lik_{k}": v for k, v in stats.items()}, "pool_good": int(self.pool.labels().sum()),
                 "pool_size": len(self.pool), "seconds_representation": t1 - t0, "seconds_update": t2 - t1}

@@ -38,6 +38,7 @@ from torch.utils.checkpoint import checkpoint
 from hero.algorithms.base import LoraPolicy
 from hero.algorithms.ddpo import ddpo_rewards
 from hero.algorithms.seiko_reward import RewardModel, fit_reward
+from hero.distributed import SINGLE, Dist
 from hero.features import FrozenFeatures
 from hero.feedback.base import RoundFeedback
 from hero.models.denoiser import denoiser_for
@@ -132,12 +133,12 @@ class SeikoTrainer:
 
     name = "seiko"
 
-    def __init__(self, cfg, pipe):
+    def __init__(self, cfg, pipe, dist: Dist = SINGLE):
         self.cfg, self.settings = cfg, cfg.seiko
         if cfg.sampler.eta <= 0 and self.settings.kl_weight > 0:
             raise ValueError("seiko's KL to the previous round needs a stochastic sampler: set sampler.eta > 0 "
                              "(or seiko.kl_weight=0)")
-        self.policy = LoraPolicy(cfg, pipe)
+        self.policy = LoraPolicy(cfg, pipe, dist=dist)
         self.features = FrozenFeatures(pipe)
         self.data = FeedbackData()
         self.reward: RewardModel | None = None
@@ -193,7 +194,7 @@ class SeikoTrainer:
         for _ in range(self.settings.updates_per_round):
             loss, reward, kl = self.objective(spec, prev, generator)
             loss.backward()
-            stats["grad_norm"].append(clip_and_step(optimizer, self.policy.pg.max_grad_norm))
+            stats["grad_norm"].append(clip_and_step(optimizer, self.policy.pg.max_grad_norm, self.policy.dist))
             stats["reward"].append(float(reward.detach().mean()))
             stats["kl"].append(float(kl.detach().mean()))
         if not stats["reward"]:
