@@ -26,6 +26,7 @@ import torch
 
 from hero.distributed import SINGLE, Dist
 from hero.features import pretrained_unet
+from hero.models.denoiser import denoiser_for
 from hero.policy_gradient import clip_and_step
 from hero.precision import unet_output
 from hero.rollout import Trajectories
@@ -140,7 +141,8 @@ def likelihood_update(pipe, pool: ImagePool, candidates: torch.Tensor, optimizer
         generator: draws the batches, timesteps and noise (a resumed round draws the same).
     Returns the mean loss, ℓ_θ and distance to the base model over the steps, and the last grad norm.
     """
-    unet, device = pipe.unet, pipe.unet.device
+    unet = denoiser_for(pipe).network
+    device = unet.device
     labels = pool.labels()
     stats: dict[str, list[float]] = {"loss": [], "model_error": [], "to_base": [], "grad_norm": []}
     n_train = pipe.scheduler.config.num_train_timesteps

@@ -186,7 +186,7 @@ class SeikoTrainer:
 
     def finetune(self, generator: torch.Generator) -> dict[str, float]:
         """``updates_per_round`` optimiser steps on the objective; the KL is to the weights at entry."""
-        unet, optimizer = self.policy.pipe.unet, self.policy.optimizer
+        unet, optimizer = self.policy.model.network, self.policy.optimizer
         prev = UnetWithWeights(unet, lora_snapshot(unet)) if self.settings.kl_weight > 0 else None
         spec = self.sampler_spec()
         stats: dict[str, list[float]] = {"reward": [], "kl": [], "grad_norm": []}

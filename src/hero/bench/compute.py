@@ -112,11 +112,13 @@ def _sampling(pipe, n: int, steps: int, guidance: float, batch: int, repeats: in
 def _update(pipe, traj, batch: int, k: int, repeats: int, sync) -> dict:
     from hero.config import PolicyGradientSettings
     from hero.lora import add_lora
+    from hero.models.denoiser import denoiser_for
     from hero.policy_gradient import make_optimizer, policy_gradient_update
 
-    add_lora(pipe.unet, rank=8, alpha=8)
+    network = denoiser_for(pipe).network
+    add_lora(network, rank=8, alpha=8)
     cfg = PolicyGradientSettings(batch_size=batch, grad_accum=1, timesteps_per_traj=k, inner_epochs=1)
-    optimizer = make_optimizer(pipe.unet, lr=3e-4)
+    optimizer = make_optimizer(network, lr=3e-4)
     rewards = torch.linspace(0, 1, len(traj))
     stats: dict = {}
     flops = _flops(lambda: stats.update(policy_gradient_update(pipe, traj, rewards, optimizer, cfg)))  # warm-up
@@ -129,21 +131,24 @@ def _update(pipe, traj, batch: int, k: int, repeats: int, sync) -> dict:
 def measure(pipe, setting: str, n: int, steps: int, guidance: float, batch: int, update_batch: int,
             repeats: int = 2) -> dict:
     """Time sampling and the update for one pipeline (see the module docstring); returns one result row."""
+    from hero.models.denoiser import denoiser_for
+
     device = pipe.device
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    model = denoiser_for(pipe)
+    size = model.image_size()
     name = torch.cuda.get_device_name(device) if cuda else f"cpu ({torch.get_num_threads()} threads)"
-    row = {"setting": setting, "device": name, "dtype": str(pipe.unet.dtype).removeprefix("torch."),
+    row = {"setting": setting, "device": name, "dtype": str(model.network.dtype).removeprefix("torch."),
            "resolution": size, "n": n, "steps": steps, "guidance": guidance, "batch": batch}
     with torch.no_grad():
         sampled = _sampling(pipe, n, steps, guidance, batch, repeats, sync)
     traj = sampled.pop("traj")
     row.update(sampled)
     row.update(_update(pipe, traj, min(update_batch, n), min(5, steps), repeats, sync))
-    peak = peak_tflops(row["device"]) if cuda and pipe.unet.dtype in (torch.bfloat16, torch.float16) else None
+    peak = peak_tflops(row["device"]) if cuda and model.network.dtype in (torch.bfloat16, torch.float16) else None
     if peak:
         row.update(peak_tflops=peak, peak_fraction=row["rollout_tflops_per_s"] / peak,
                    update_peak_fraction=row["update_tflops_per_s"] / peak)
