@@ -24,8 +24,8 @@ import torch
 from PIL import Image
 
 from hero.algorithms.hero import FeatureTripletEncoder, FeedbackMemory, TripletEncoder, hero_rewards, train_encoder
-from hero.features import FrozenFeatures
 from hero.models import load_pipeline
+from hero.models.features import FrozenFeatures
 
 
 def auc(scores: np.ndarray, good: np.ndarray) -> float:

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import torch
 
 from hero.distributed import SINGLE, Dist
-from hero.features import pretrained_unet
 from hero.models.denoiser import denoiser_for
+from hero.models.features import pretrained_unet
 from hero.policy_gradient import clip_and_step
 from hero.precision import unet_output
 from hero.rollout import Trajectories

@@ -109,7 +109,7 @@ def load_lora(pipe, directory: str | Path, adapter_name: str | None = None, trai
         diffusers_logging.set_verbosity(verbosity)
     # diffusers leaves whatever requires_grad the modules had (base and adapter alike): make it explicit.
     if trainable:  # resuming training: as after add_lora, only the (fp32) adapter trains
-        pipe.unet.requires_grad_(False)
+        _unet(pipe).requires_grad_(False)
     for p in lora_parameters(pipe):
         if trainable:
             p.data = p.data.float()

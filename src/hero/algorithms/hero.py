@@ -17,7 +17,7 @@ judgements, scored by the encoder *before* it learns from them (so they are held
 ``hero.unjudged_precision`` good (``precision_threshold``).
 
 What E sees (``hero.encoder_input``): the paper's CNN over the final latent f ("latent"), or, our default, an
-MLP over frozen features φ(f) of the pretrained UNet's mid block ("features", ``hero.features``). On the
+MLP over frozen features φ(f) of the pretrained UNet's mid block ("features", ``hero.models.features``). On the
 built-in model a CNN over 32×32 pixels cannot learn to count from ~100 labels (held-out AUC of its reward,
 good vs not good: 0.50–0.56), while the MLP over φ reaches 0.45–0.85, mean 0.67–0.75, from the same labels
 (docs/hero.md, benchmarks/reward_auc.py).
@@ -42,10 +42,10 @@ from torch import nn
 from hero.algorithms.base import LoraPolicy, likelihood_config, rollout_kwargs
 from hero.algorithms.raft import raft_loss
 from hero.distributed import SINGLE, Dist
-from hero.features import FrozenFeatures
 from hero.feedback.base import RoundFeedback
 from hero.likelihood import DenoisingErrors, ImagePool, likelihood_update
 from hero.models.denoiser import denoiser_for
+from hero.models.features import FrozenFeatures
 from hero.policy_gradient import policy_gradient_update
 from hero.rollout import Trajectories, rollout
 
@@ -73,7 +73,7 @@ class TripletEncoder(nn.Module):
 
 
 class FeatureTripletEncoder(TripletEncoder):
-    """E_θ as a small MLP over frozen image features φ(f) (``hero.features``) instead of a CNN over f itself."""
+    """E_θ as a small MLP over frozen image features φ(f) (``hero.models.features``) instead of a CNN over f itself."""
 
     def __init__(self, in_dim: int, embed_dim: int = 64, proj_dim: int = 32, width: int = 256):
         nn.Module.__init__(self)

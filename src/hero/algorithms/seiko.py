@@ -1,7 +1,7 @@
 """SEIKO: Feedback Efficient Online Fine-Tuning of Diffusion Models (Uehara et al., ICML 2024), on the shared engine.
 
 Per round:
-1. data: φ of this round's final latents under the frozen features (``hero.features``: the pretrained UNet's
+1. data: φ of this round's final latents under the frozen features (``hero.models.features``: the pretrained UNet's
    pooled mid-block activation; computed once per image and stored) with y = the source's graded score when it
    gives one, else good = 1 / not good = 0 (as for DDPO). One image judged = one feedback.
 2. reward: fitted on ALL feedback so far, in closed form (``seiko_reward``): ridge on φ plus the variant's
@@ -39,9 +39,9 @@ from hero.algorithms.base import LoraPolicy
 from hero.algorithms.ddpo import ddpo_rewards
 from hero.algorithms.seiko_reward import RewardModel, fit_reward
 from hero.distributed import SINGLE, Dist
-from hero.features import FrozenFeatures
 from hero.feedback.base import RoundFeedback
 from hero.models.denoiser import denoiser_for
+from hero.models.features import FrozenFeatures
 from hero.policy_gradient import clip_and_step
 from hero.rollout import Trajectories, step_posterior
 
@@ -50,14 +50,14 @@ class UnetWithWeights:
     """The UNet evaluated under other values of some of its parameters, callable where the UNet is."""
 
     def __init__(self, unet, params: dict[str, torch.Tensor]):
-        self.unet, self.params = unet, params
+        self.network, self.params = unet, params
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.unet.dtype
+        return self.network.dtype
 
     def __call__(self, *args, **kwargs):
-        return functional_call(self.unet, self.params, args, kwargs, strict=False)
+        return functional_call(self.network, self.params, args, kwargs, strict=False)
 
 
 def lora_snapshot(unet) -> dict[str, torch.Tensor]:

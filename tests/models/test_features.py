@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from hero.features import FrozenFeatures
 from hero.lora import add_lora, lora_parameters
+from hero.models.features import FrozenFeatures
 
 PIPES = ["tiny_pixel_pipeline", "tiny_sd_pipeline"]  # pixel space (no VAE) and latent space
 
