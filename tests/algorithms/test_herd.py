@@ -1,6 +1,7 @@
 """HERD: descriptions as hindsight prompts, log-probs recomputed under the relabel prompt, the joint update, a run."""
 
 import dataclasses
+import json
 import math
 import shutil
 
@@ -69,7 +70,7 @@ def test_learn_replays_relabelled_failures_with_joint_advantages(tiny_pixel_pipe
     trainer = make_algorithm(cfg, tiny_pixel_pipeline)
     assert isinstance(trainer, HerdTrainer) and "herd" in ALGORITHMS
     calls = []
-    monkeypatch.setattr(herd, "policy_gradient_update", lambda pipe, batch, rewards, *a: calls.append(
+    monkeypatch.setattr(herd, "policy_gradient_update", lambda pipe, batch, rewards, *a, **kw: calls.append(
         (batch, rewards)) or {"loss": 0.0})
     traj = rollout(tiny_pixel_pipeline, [cfg.prompt] * 4, guidance_scale=2.0, num_steps=4, seed=0)
     traj = dataclasses.replace(traj, images=_scenes())
@@ -137,6 +138,10 @@ def test_short_run_writes_a_loadable_lora_and_resumes(tmp_path, never_ask):
     with FeedbackLog(run.feedback_db) as log:  # the relabels are in the log itself, one row per image examined
         assert [len(log.relabels(r)) for r in (0, 1)] == [m[0]["herd_relabel_feedback"], m[1]["herd_relabel_feedback"]]
         assert all(x.prompt is None or x.good is not None for r in (0, 1) for x in log.relabels(r))
+        n_lines = log.export_jsonl(tmp_path / "export.jsonl")  # what `hero export` writes: every judgement
+    lines = [json.loads(x) for x in (tmp_path / "export.jsonl").read_text().splitlines()]
+    assert n_lines == len(lines) == m[1]["feedback"]
+    assert sum(bool(x.get("relabel")) for x in lines) == m[1]["herd_relabel_feedback_total"]
     assert_lora_loads(run)
     # Resumed after round 0's checkpoint: round 1 trains on the replay loaded from it, to the same LoRA.
     final = load_file(run.path / "lora" / "pytorch_lora_weights.safetensors")

@@ -268,7 +268,11 @@ class FeedbackLog:
         return out
 
     def export_jsonl(self, path: str | Path) -> int:
-        """Write one JSON object per judged image to ``path`` (atomically); returns the number of lines."""
+        """Write one JSON object per judged image to ``path`` (atomically); returns the number of lines.
+
+        A relabel (a second look at a round's image for another prompt, HERD's) is a line of its own, after its
+        round's, with ``"relabel": true``, the prompt it was judged for (null: not described) and its judgement.
+        """
         lines = []
         for fb in self.all_rounds():
             beats: dict[int, list[int]] = {}
@@ -284,6 +288,9 @@ class FeedbackLog:
                 else:
                     rec["beats"] = beats.get(i, [])
                 lines.append(json.dumps(rec) + "\n")
+            for x in self.relabels(fb.round):
+                lines.append(json.dumps({"round": fb.round, "image": x.image, "relabel": True, "prompt": x.prompt,
+                                         "good": x.good, "score": x.score, "source": x.source}) + "\n")
         atomic_write_text(path, "".join(lines))
         return len(lines)
 
@@ -309,12 +316,14 @@ class RoundRecorder:
 
 
 def read_jsonl(path: str | Path) -> list[RoundFeedback]:
-    """Rebuild the rounds from an ``export_jsonl`` file (the inverse of the export)."""
+    """Rebuild the rounds from an ``export_jsonl`` file (the inverse of the export; relabel lines are skipped)."""
     by_round: dict[int, list[dict]] = {}
     with open(path, encoding="utf-8") as f:
         for line in f:
             if line.strip():
                 rec = json.loads(line)
+                if rec.get("relabel"):
+                    continue
                 by_round.setdefault(rec["round"], []).append(rec)
     out = []
     for r in sorted(by_round):
