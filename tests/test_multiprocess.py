@@ -156,7 +156,9 @@ def test_the_update_schedule_is_split_over_processes_with_the_same_draws():
         return list(accumulation_schedule(7, 5, cfg, torch.Generator().manual_seed(0), dist))
 
     whole = schedule(SINGLE)
-    assert whole == list(accumulation_schedule(7, 5, cfg, torch.Generator().manual_seed(0)))  # SINGLE: the default
+    default = list(accumulation_schedule(7, 5, cfg, torch.Generator().manual_seed(0)))  # SINGLE: the default
+    assert [[(mb.tolist(), s.tolist(), w) for mb, s, w in g] for g in default] == [
+        [(mb.tolist(), s.tolist(), w) for mb, s, w in g] for g in whole]
     shares = [schedule(Dist(rank=r, world_size=2)) for r in range(2)]
     assert len(shares[0]) == len(shares[1]) == len(whole)  # every process takes every optimiser step
     for step, (a, b) in enumerate(zip(*shares, strict=True)):
@@ -172,7 +174,7 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mp")
     pipes = []
     make = train_module.make_algorithm
-    train_module.make_algorithm = lambda cfg, pipe: pipes.append(pipe) or make(cfg, pipe)
+    train_module.make_algorithm = lambda cfg, pipe, dist: pipes.append(pipe) or make(cfg, pipe, dist)
     try:
         one = train_module.train(load_config(None, OVERRIDES, **VALUES, out=str(tmp / "one")), show_progress=False)
     finally:
