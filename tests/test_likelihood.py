@@ -16,6 +16,7 @@ from hero.likelihood import (
     prediction_target,
 )
 from hero.lora import add_lora
+from hero.models.denoiser import UNetDenoiser, denoiser_for
 from hero.policy_gradient import make_optimizer
 from hero.rollout import rollout
 
@@ -61,8 +62,9 @@ def test_denoising_errors_by_hand():
             return SimpleNamespace(sample=self.value * torch.ones_like(x))
 
     unet = Constant()
+    model = UNetDenoiser(SimpleNamespace(unet=unet, scheduler=_scheduler("epsilon")))
     x0, eps, t = torch.ones(1, 1, 1, 1), torch.full((1, 1, 1, 1), 2.0), torch.tensor([0])
-    e = denoising_errors(unet, _scheduler("epsilon"), x0, torch.zeros(1, 1, 1), eps, t, None, with_base=False)
+    e = denoising_errors(model, x0, torch.zeros(1, 1, 1), eps, t, None, with_base=False)
     assert e.model.item() == pytest.approx(1.0) and e.base is None  # (3 − 2)²
     e.model.sum().backward()
     assert unet.value.grad.item() == pytest.approx(2.0)  # d(v − 2)²/dv at v = 3
@@ -100,7 +102,7 @@ def test_an_update_lowers_the_denoising_error_on_the_images_it_trains(tiny_pixel
 
     def error() -> float:
         with torch.no_grad():
-            return float(denoising_errors(pipe.unet, pipe.scheduler, x0, cond, noise, t, 5.0, False).model.mean())
+            return float(denoising_errors(denoiser_for(pipe), x0, cond, noise, t, 5.0, False).model.mean())
 
     before = error()
     stats = likelihood_update(pipe, pool, torch.arange(4), opt, LikelihoodConfig(steps=60, batch_size=4),

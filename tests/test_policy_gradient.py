@@ -92,20 +92,21 @@ def test_update_counts_follow_the_config(tiny_pixel_pipeline):
     assert all(math.isfinite(v) for v in stats.values())
 
 
-def test_near_deterministic_steps_are_never_trained():
+def test_near_deterministic_steps_are_never_trained(tiny_pixel_pipeline):
     """tiny-shapes at 20 steps: the last DDIM step has σ ≈ 0.0064 (under one uint8 level); the others ≥ 0.07."""
     from types import SimpleNamespace
 
-    from hero.models.ddim import step_sigmas
+    from hero.models.denoiser import denoiser_for
     from hero.models.tiny_shapes import sampling_scheduler
     from hero.policy_gradient import accumulation_schedule, trainable_steps
 
-    scheduler = sampling_scheduler()
-    scheduler.set_timesteps(20)
-    sigmas = step_sigmas(scheduler, scheduler.timesteps, 1.0)
+    tiny_pixel_pipeline.scheduler = sampling_scheduler()  # the built-in model's schedule, on a tiny network
+    model = denoiser_for(tiny_pixel_pipeline)
+    timesteps = model.timesteps(20, 1.0)
+    sigmas = model.sigmas(timesteps, 1.0)
     assert sigmas[-1] < 2 / 255 < 0.07 < sigmas[:-1].min()
-    traj = SimpleNamespace(timesteps=scheduler.timesteps, eta=1.0)
-    keep = trainable_steps(scheduler, traj, 0.01)
+    traj = SimpleNamespace(timesteps=timesteps, eta=1.0)
+    keep = trainable_steps(model, traj, 0.01)
     assert keep.tolist() == list(range(19))
     cfg = PolicyGradientSettings(timesteps_per_traj=19, batch_size=4, grad_accum=2, inner_epochs=3)
     drawn = {int(s) for group in accumulation_schedule(16, keep, cfg, torch.Generator().manual_seed(0))
@@ -119,7 +120,7 @@ def test_near_deterministic_steps_are_never_trained():
     b = list(accumulation_schedule(8, torch.arange(20), cfg, torch.Generator().manual_seed(3)))
     assert all(torch.equal(x[1], y[1]) for ga, gb in zip(a, b, strict=True) for x, y in zip(ga, gb, strict=True))
     with pytest.raises(ValueError, match="pg.min_sigma=2.0 leaves no denoising step"):
-        trainable_steps(scheduler, traj, 2.0)
+        trainable_steps(model, traj, 2.0)
 
 
 def test_the_last_step_dominates_the_gradient_unless_left_out(tiny_pixel_pipeline):

@@ -25,10 +25,8 @@ from dataclasses import dataclass, field
 import torch
 
 from hero.distributed import SINGLE, Dist
-from hero.models.denoiser import denoiser_for
-from hero.models.features import pretrained_unet
+from hero.models.denoiser import Denoiser, as_denoiser
 from hero.policy_gradient import clip_and_step
-from hero.precision import unet_output
 from hero.rollout import Trajectories
 
 __all__ = ["DenoisingErrors", "ImagePool", "LikelihoodConfig", "denoising_errors", "likelihood_update",
@@ -83,17 +81,19 @@ class DenoisingErrors:
     weight: torch.Tensor | None = None  # w(t) (B,)
 
 
-def denoising_errors(unet, scheduler, x0: torch.Tensor, cond: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+def denoising_errors(model: Denoiser, x0: torch.Tensor, cond: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
                      gamma: float | None, with_base: bool) -> DenoisingErrors:
     """ℓ_θ per sample, and with ``with_base`` the base model's ℓ_ref and the distance to its prediction.
 
     Args:
-        unet: the UNet with its (trainable) adapter; the base model is the same UNet with the adapter off.
-        scheduler: the pipeline's scheduler (its ``alphas_cumprod`` and ``prediction_type``).
+        model: the trainer's ``Denoiser``: its network carries the (trainable) adapter, the base model is the same
+            network with the adapter off (``base_model``), both run at ``model.precision``; its scheduler gives
+            ``alphas_cumprod`` and ``prediction_type``.
         x0, cond, noise, t: judged latents (B, ...), their conditioning (B, L, D), ε and timesteps (B,).
         gamma: min-SNR γ of the loss weighting (None: plain MSE).
         with_base: also run the base model (one more forward pass, without gradients).
     """
+    scheduler = model.pipe.scheduler
     x_t = noised(scheduler, x0, noise, t)
     t = t.to(x0.device)
     weight = min_snr_weight(scheduler, t, gamma).to(x0.device)
@@ -101,11 +101,11 @@ def denoising_errors(unet, scheduler, x0: torch.Tensor, cond: torch.Tensor, nois
     dims = tuple(range(1, x0.ndim))
     errors = DenoisingErrors(model=torch.zeros(0), target=target, weight=weight)
     if with_base:
-        with torch.no_grad(), pretrained_unet(unet):
-            ref = unet_output(unet, x_t, t, cond)
+        with torch.no_grad(), model.base_model():
+            ref = model.output(x_t, t, cond)
         errors.base = weight * ((ref - target) ** 2).mean(dim=dims)
         errors.base_prediction = ref
-    out = unet_output(unet, x_t, t, cond)
+    out = model.output(x_t, t, cond)
     errors.prediction = out
     errors.model = weight * ((out - target) ** 2).mean(dim=dims)
     if with_base:
@@ -126,13 +126,14 @@ class LikelihoodConfig:
     with_base: bool = True  # compute the base model's terms (the pull towards it, KTO's reference)
 
 
-def likelihood_update(pipe, pool: ImagePool, candidates: torch.Tensor, optimizer: torch.optim.Optimizer,
+def likelihood_update(model: Denoiser, pool: ImagePool, candidates: torch.Tensor, optimizer: torch.optim.Optimizer,
                       cfg: LikelihoodConfig, loss_fn: Callable[[DenoisingErrors, torch.Tensor], torch.Tensor],
                       generator: torch.Generator, dist: Dist = SINGLE) -> dict[str, float]:
     """``cfg.steps`` optimiser steps, each on a batch drawn uniformly (with replacement) from ``candidates``.
 
     Args:
-        pipe: the pipeline whose UNet carries the trainable adapter.
+        model: the trainer's ``Denoiser`` (its network carries the trainable adapter; its precision is used), or a
+            bare pipeline (fp32).
         pool: the judged images; ``candidates`` (int64) are the pool indices a batch may hold.
         optimizer: over the adapter's parameters; steps go through ``policy_gradient.clip_and_step`` (grad-norm
             clip, the fp16 loss scale, the data-parallel average).
@@ -141,11 +142,11 @@ def likelihood_update(pipe, pool: ImagePool, candidates: torch.Tensor, optimizer
         generator: draws the batches, timesteps and noise (a resumed round draws the same).
     Returns the mean loss, ℓ_θ and distance to the base model over the steps, and the last grad norm.
     """
-    unet = denoiser_for(pipe).network
-    device = unet.device
+    model = as_denoiser(model)
+    device = model.network.device
     labels = pool.labels()
     stats: dict[str, list[float]] = {"loss": [], "model_error": [], "to_base": [], "grad_norm": []}
-    n_train = pipe.scheduler.config.num_train_timesteps
+    n_train = model.pipe.scheduler.config.num_train_timesteps
     optimizer.zero_grad(set_to_none=True)
     for _ in range(cfg.steps if len(candidates) else 0):
         idx = candidates[torch.randint(len(candidates), (cfg.batch_size,), generator=generator)]
@@ -153,11 +154,11 @@ def likelihood_update(pipe, pool: ImagePool, candidates: torch.Tensor, optimizer
                               unconditional=~labels[idx] if cfg.rejected_unconditional else None)
         t = torch.randint(n_train, (len(idx),), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
-        errors = denoising_errors(unet, pipe.scheduler, x0.to(device), cond.to(device), noise.to(device), t,
-                                  cfg.min_snr_gamma, cfg.with_base)
+        errors = denoising_errors(model, x0.to(device), cond.to(device), noise.to(device), t, cfg.min_snr_gamma,
+                                  cfg.with_base)
         loss = loss_fn(errors, labels[idx].to(device))
         loss.backward()
-        stats["grad_norm"].append(clip_and_step(optimizer, cfg.max_grad_norm, dist))
+        stats["grad_norm"].append(clip_and_step(optimizer, cfg.max_grad_norm, dist, model.precision.scaler))
         stats["loss"].append(loss.item())
         stats["model_error"].append(errors.model.mean().item())
         if errors.to_base is not None:

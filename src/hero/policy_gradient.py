@@ -11,9 +11,8 @@ import torch
 from hero.config import PolicyGradientSettings
 from hero.distributed import SINGLE, Dist
 from hero.lora import lora_parameters
-from hero.models.ddim import step_sigmas
-from hero.models.denoiser import denoiser_for
-from hero.precision import loss_scale
+from hero.models.denoiser import Denoiser, as_denoiser
+from hero.precision import LossScale
 from hero.rollout import Trajectories, step_log_prob
 
 __all__ = ["accumulation_schedule", "clip_and_step", "clipped_surrogate_loss",
@@ -67,12 +66,13 @@ def _accumulation_groups(n: int, cfg: PolicyGradientSettings, generator: torch.G
     return [minibatches[i: i + cfg.grad_accum] for i in range(0, len(minibatches), cfg.grad_accum)]
 
 
-def trainable_steps(scheduler, traj: Trajectories, min_sigma: float) -> torch.Tensor:
-    """Indices (int64) of the rollout's steps with σ ≥ ``min_sigma``: the ones a policy update may train.
+def trainable_steps(model: Denoiser, traj: Trajectories, min_sigma: float) -> torch.Tensor:
+    """Indices (int64) of the rollout's steps with σ ≥ ``min_sigma`` (the model's ``sigmas``): the ones a policy
+    update may train.
 
     Raises a ValueError naming the setting when no step is left.
     """
-    sigmas = step_sigmas(scheduler, traj.timesteps, traj.eta)
+    sigmas = model.sigmas(traj.timesteps, traj.eta)
     keep = torch.nonzero(sigmas >= min_sigma).flatten()
     if len(keep) == 0:
         raise ValueError(f"pg.min_sigma={min_sigma} leaves no denoising step to train (the largest σ is "
@@ -104,15 +104,15 @@ def accumulation_schedule(n: int, n_steps: int | torch.Tensor, cfg: PolicyGradie
             yield dist.share([(mb, steps[mb, j], len(mb) / (n_group * k)) for mb in group for j in range(k)])
 
 
-def clip_and_step(optimizer: torch.optim.Optimizer, max_grad_norm: float, dist: Dist = SINGLE) -> float:
+def clip_and_step(optimizer: torch.optim.Optimizer, max_grad_norm: float, dist: Dist = SINGLE,
+                  scaler: LossScale | None = None) -> float:
     """Clip the accumulated gradient's norm, take the optimiser step, clear; return the norm before clipping.
 
-    Data-parallel: the gradients are first averaged over the processes (``hero.distributed``). fp16
-    (``rollout.unet_autocast``): they are first divided by the loss scale, and a non-finite gradient skips the
-    step (the same on every process: the average is non-finite everywhere) and lowers the scale.
+    Data-parallel: the gradients are first averaged over the processes (``hero.distributed``). fp16 (``scaler``,
+    the trainer's ``model.precision.scaler``): they are first divided by the loss scale, and a non-finite gradient
+    skips the step (the same on every process: the average is non-finite everywhere) and lowers the scale.
     """
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    scaler = loss_scale()
     if scaler is not None:
         for p in params:
             if p.grad is not None:
@@ -127,20 +127,24 @@ def clip_and_step(optimizer: torch.optim.Optimizer, max_grad_norm: float, dist: 
     return grad_norm
 
 
-def policy_gradient_update(pipe, trajectories: Trajectories, rewards: Sequence[float] | np.ndarray | torch.Tensor,
+def policy_gradient_update(model: Denoiser, trajectories: Trajectories,
+                           rewards: Sequence[float] | np.ndarray | torch.Tensor,
                            optimizer: torch.optim.Optimizer, cfg: PolicyGradientSettings,
                            generator: torch.Generator | None = None, dist: Dist = SINGLE) -> dict[str, float]:
-    """One DDPO update on these trajectories; returns mean loss, approx_kl, clipfrac, grad_norm and counts."""
+    """One DDPO update on these trajectories; returns mean loss, approx_kl, clipfrac, grad_norm and counts.
+
+    ``model``: the trainer's ``Denoiser`` (with its precision), or a bare pipeline (fp32).
+    """
     traj = trajectories
     if generator is None:
         generator = torch.Generator("cpu").manual_seed(0)
     prompts = traj.prompts if cfg.per_prompt_advantages else None
     adv = standardise_advantages(rewards, prompts, cfg.adv_clip)
-    model = denoiser_for(pipe)
+    model = as_denoiser(model)
     device = model.network.device
     stats: dict[str, list[float]] = {"loss": [], "approx_kl": [], "clipfrac": [], "grad_norm": []}
     optimizer.zero_grad(set_to_none=True)
-    steps = trainable_steps(pipe.scheduler, traj, cfg.min_sigma)
+    steps = trainable_steps(model, traj, cfg.min_sigma)
     for group in accumulation_schedule(len(traj), steps, cfg, generator, dist):
         for mb, s, weight in group:
             logp = step_log_prob(model, traj, mb, s)
@@ -152,7 +156,7 @@ def policy_gradient_update(pipe, trajectories: Trajectories, rewards: Sequence[f
                 stats["loss"].append(loss.item())
                 stats["approx_kl"].append(0.5 * (diff**2).mean().item())
                 stats["clipfrac"].append(((diff.exp() - 1).abs() > cfg.clip_range).float().mean().item())
-        stats["grad_norm"].append(clip_and_step(optimizer, cfg.max_grad_norm, dist))
+        stats["grad_norm"].append(clip_and_step(optimizer, cfg.max_grad_norm, dist, model.precision.scaler))
     # Data-parallel: every process's passes (the grad norms are the same on all of them).
     stats.update(dist.merge_lists({k: stats[k] for k in ("loss", "approx_kl", "clipfrac")}))
     out = {key: float(np.mean(v)) for key, v in stats.items()}

@@ -1,16 +1,12 @@
-"""Mixed precision of the engine's network calls: ``unet_autocast``, the fp16 loss scale and ``unet_call``.
+"""Mixed precision of the engine's network calls: ``Precision``, the fp16 loss scale and ``unet_call``.
 
-The precision in force is a context variable set by ``unet_autocast`` (``hero.train`` wraps the round loop in
-it), so the sampler, the log-prob re-evaluation and the likelihood losses all run the network the same way
-without passing a flag through every call.
+A ``Precision`` is a value, held by the trainer's ``Denoiser`` (``model.precision``) and passed to every network
+call (``unet_call``); nothing is set globally.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
-from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +14,7 @@ import torch
 
 from hero.runs.atomic import atomic_write_text
 
-__all__ = ["LossScale", "loss_scale", "unet_autocast", "unet_call", "unet_output"]
+__all__ = ["FP32", "LossScale", "Precision", "unet_call", "unet_output"]
 
 _HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -58,32 +54,34 @@ class LossScale:
             self.scale, self.good_steps = self.scale * 2, 0
 
 
-_PRECISION: ContextVar[tuple[torch.dtype | None, LossScale | None]] = ContextVar("hero_unet_precision",
-                                                                                  default=(None, None))
+@dataclass(frozen=True)
+class Precision:
+    """How the engine runs its denoising network: in fp32, or under ``torch.autocast`` in bf16 or fp16.
 
-
-@contextlib.contextmanager
-def unet_autocast(precision: str | None) -> Iterator[None]:
-    """Mixed precision for the engine's UNet calls (rollout, ``step_log_prob``, ``step_posterior``).
-
-    "bf16"/"fp16": each UNet forward runs under ``torch.autocast`` in that dtype, and its output is cast back to
-    fp32 before the DDIM posterior, so log-probs, latents and ratios stay fp32; trainable LoRA parameters stay
-    fp32 (``hero.lora.add_lora``), their gradients too. "fp16" also scales the gradients that cross the UNet
-    (``LossScale``; bf16 has fp32's range and needs none). "fp32" or None: nothing changes. ``hero.train`` wraps
-    the round loop in it with the run's ``precision``.
+    The trainer's ``Denoiser`` holds one (``hero.models.denoiser.denoiser_for(pipe, precision)``), so the sampler,
+    the log-prob re-evaluation and the likelihood losses all run the network the same way, and a call site shows
+    it: ``model.precision``. Half precision: each forward runs under autocast and its output is cast back to fp32
+    before the DDIM posterior, so log-probs, latents and ratios stay fp32; trainable LoRA parameters stay fp32
+    (``hero.lora.add_lora``), their gradients too. fp16 also carries the dynamic loss scale (``scaler``) that
+    ``policy_gradient.clip_and_step`` divides out; bf16 has fp32's exponent range and needs none.
     """
-    if precision not in (None, "fp32", *_HALF):
-        raise ValueError(f"precision={precision!r}: expected one of fp32, bf16, fp16")
-    token = _PRECISION.set((_HALF.get(precision), LossScale() if precision == "fp16" else None))
-    try:
-        yield
-    finally:
-        _PRECISION.reset(token)
+
+    dtype: torch.dtype | None = None  # the autocast dtype; None: fp32, no autocast
+    scaler: LossScale | None = None  # fp16 only
+
+    @classmethod
+    def named(cls, name: str | None) -> Precision:
+        """"fp32" (or None), "bf16" or "fp16" -> its Precision; fp16 gets a fresh loss scale."""
+        if name not in (None, "fp32", *_HALF):
+            raise ValueError(f"precision={name!r}: expected one of fp32, bf16, fp16")
+        return cls(_HALF.get(name), LossScale() if name == "fp16" else None)
+
+    @property
+    def name(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
 
 
-def loss_scale() -> LossScale | None:
-    """The fp16 loss scale in force (inside ``unet_autocast("fp16")``), else None."""
-    return _PRECISION.get()[1]
+FP32 = Precision()
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -103,12 +101,10 @@ def _scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
     return _ScaleGrad.apply(x, factor) if torch.is_grad_enabled() and x.requires_grad else x
 
 
-def unet_call(unet, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-    """unet(x, t, context).sample in fp32, under the precision in force (``unet_autocast``).
-
-    Every engine call of a denoising network goes through here, so that one context manager sets its precision.
-    """
-    half, scaler = _PRECISION.get()
+def unet_call(unet, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+              precision: Precision = FP32) -> torch.Tensor:
+    """unet(x, t, context).sample in fp32, run at ``precision``: every engine call of a denoising network."""
+    half, scaler = precision.dtype, precision.scaler
     if half is None:
         return unet(x.to(unet.dtype), t, encoder_hidden_states=context.to(unet.dtype)).sample.float()
     if scaler is not None:  # gradients leave through the inputs unscaled again
@@ -118,8 +114,9 @@ def unet_call(unet, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> 
     return out if scaler is None else _scale_grad(out, scaler.scale)
 
 
-def unet_output(unet, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-    """One unguided UNet prediction (fp32) at per-sample timesteps t (B,), under the precision in force
-    (``unet_autocast``): for the likelihood updates (``hero.likelihood``), which train on single predictions."""
-    out = unet_call(unet, x, t, context)
+def unet_output(unet, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                precision: Precision = FP32) -> torch.Tensor:
+    """One unguided UNet prediction (fp32) at per-sample timesteps t (B,), run at ``precision``: for the likelihood
+    updates (``hero.likelihood``), which train on single predictions."""
+    out = unet_call(unet, x, t, context, precision)
     return out[:, : x.shape[1]] if out.shape[1] == 2 * x.shape[1] else out  # learned variance: keep the mean

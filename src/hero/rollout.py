@@ -18,7 +18,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from hero.models.ddim import gaussian_log_prob
-from hero.models.denoiser import Denoiser, denoiser_for
+from hero.models.denoiser import Denoiser, as_denoiser
 
 __all__ = ["Trajectories", "rollout", "step_log_prob", "step_posterior", "to_uint8"]
 
@@ -150,7 +150,7 @@ def rollout(pipe, prompts: Sequence[str], *, guidance_scale: float, num_steps: i
         raise ValueError("pass either generator or seed, not both")
     if seed is not None:
         generator = torch.Generator("cpu").manual_seed(seed)
-    model = pipe if isinstance(pipe, Denoiser) else denoiser_for(pipe)
+    model = as_denoiser(pipe)
     prompts, device = list(prompts), model.device
     shape = model.latent_shape(len(prompts), height, width)
     if start_noise is None:

@@ -34,8 +34,8 @@ from hero.feedback.base import FeedbackSource, RoundFeedback
 from hero.feedback.sources import make_feedback_source
 from hero.lora import lora_parameters, save_lora
 from hero.models import load_pipeline
+from hero.models.denoiser import Denoiser
 from hero.models.loading import configure_memory, resolve_precision, weight_dtype
-from hero.precision import loss_scale, unet_autocast
 from hero.rollout import Trajectories, rollout
 from hero.runs.checks import ResumePlan, check_resume, settings_record
 from hero.runs.errors import RunFolderError
@@ -105,12 +105,13 @@ def _run_rounds(cfg: TrainConfig, run: RunFolder, pipe, algo, source, log, start
                 dist: Dist, show_progress: bool) -> None:
     """Rounds ``start``..end, then the final LoRA; the tracker is closed either way."""
     tracker = Tracker(run.path / "logs", cfg)  # on every process: accelerate writes from the main one only
-    with unet_autocast(cfg.precision), _progress(show_progress and dist.is_main) as progress:
-        if start > 0 and loss_scale() is not None:  # fp16: go on at the scale the last checkpoint reached
-            loss_scale().load(run.checkpoint_dir(start - 1))
+    scaler = algo.model.precision.scaler  # fp16 only
+    with _progress(show_progress and dist.is_main) as progress:
+        if start > 0 and scaler is not None:  # fp16: go on at the scale the last checkpoint reached
+            scaler.load(run.checkpoint_dir(start - 1))
         task = progress.add_task("rounds", total=len(sizes), completed=start, info="")
         for r in range(start, len(sizes)):
-            record = run_round(cfg, run, pipe, algo, source, log, r, sizes[r], dist)
+            record = run_round(cfg, run, algo, source, log, r, sizes[r], dist)
             tracker.log(record, step=r)
             said = f"good {record['good_rate']:.2f}" if record["good_rate"] is not None else \
                 f"pairs {record['pairs']}"
@@ -168,7 +169,7 @@ def _load_checkpoint(algo, folder: Path) -> None:
         raise RunFolderError(folder / "state.pt", f"cannot be loaded into this run's model ({e})") from None
 
 
-def run_round(cfg: TrainConfig, run: RunFolder, pipe, algo, source: FeedbackSource | None, log: FeedbackLog | None,
+def run_round(cfg: TrainConfig, run: RunFolder, algo, source: FeedbackSource | None, log: FeedbackLog | None,
               r: int, n: int, dist: Dist = SINGLE) -> dict:
     """Sample (or reload), judge (or reload), learn and checkpoint one round; return its metrics.
 
@@ -180,7 +181,8 @@ def run_round(cfg: TrainConfig, run: RunFolder, pipe, algo, source: FeedbackSour
     traj = run.load_round(r) if sampled else None  # sampled before a crash: the images already on show
     if traj is None:
         noise = algo.start_noise(r, n, round_generator(cfg.seed, r, 0))
-        traj = sample_round(pipe, [cfg.prompt] * n, noise, round_generator(cfg.seed, r, 1), rollout_kwargs(cfg), dist)
+        traj = sample_round(algo.model, [cfg.prompt] * n, noise, round_generator(cfg.seed, r, 1), rollout_kwargs(cfg),
+                            dist)
         differs = dist.broadcast(_replay_differs(run, log, r, traj.images) if dist.is_main else None)
         if differs is not None:
             raise differs
@@ -196,8 +198,8 @@ def run_round(cfg: TrainConfig, run: RunFolder, pipe, algo, source: FeedbackSour
         folder = run.checkpoint_dir(r)
         folder.mkdir(parents=True, exist_ok=True)
         algo.save(folder)
-        if loss_scale() is not None:
-            loss_scale().save(folder)
+        if algo.model.precision.scaler is not None:
+            algo.model.precision.scaler.save(folder)
         run.write_checkpoint_settings(r, settings_record(cfg))  # last: the checkpoint is complete
     pairwise = feedback.pairwise  # a pairwise round has no good marks: report its pairs instead
     # Feedback = images judged: the log's rounds plus any an algorithm asked of a source itself (HERD's relabels).
@@ -231,15 +233,15 @@ def _replay_differs(run: RunFolder, log: FeedbackLog, r: int, images) -> RunFold
                           "(the machine or the software changed?): its judgement cannot be applied to it")
 
 
-def sample_round(pipe, prompts: list[str], start_noise: torch.Tensor | None, generator: torch.Generator,
+def sample_round(model: Denoiser, prompts: list[str], start_noise: torch.Tensor | None, generator: torch.Generator,
                  kwargs: dict, dist: Dist = SINGLE) -> Trajectories:
     """The round's rollout. Several processes: each samples its contiguous share (the noise is drawn for the whole
     round, so the images are the one-process run's), and every process gets the whole round, on the CPU."""
     if not dist.enabled:
-        return rollout(pipe, prompts, start_noise=start_noise, generator=generator, **kwargs)
+        return rollout(model, prompts, start_noise=start_noise, generator=generator, **kwargs)
     part = None
     if dist.shard(len(prompts)):  # a round smaller than the number of processes leaves some without images
-        part = rollout(pipe, prompts, start_noise=start_noise, generator=generator,
+        part = rollout(model, prompts, start_noise=start_noise, generator=generator,
                        shard=(dist.rank, dist.world_size), **kwargs).to("cpu")
     return Trajectories.concat([p for p in dist.all_gather(part) if p is not None])
 

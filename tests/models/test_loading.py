@@ -19,7 +19,7 @@ from hero.models import PixelStableDiffusionPipeline, load_pipeline
 from hero.models.denoiser import denoiser_for
 from hero.models.loading import configure_memory, weight_dtype
 from hero.policy_gradient import clip_and_step, make_optimizer, policy_gradient_update
-from hero.precision import loss_scale, unet_autocast
+from hero.precision import FP32, Precision
 from hero.rollout import rollout, step_log_prob
 from hero.sampling import sample_images
 from hero.train import train
@@ -176,17 +176,17 @@ def test_bf16_weights_autocast_unet_fp32_log_probs_and_lora(tiny_sd_pipeline):
             p.add_(0.1 * torch.randn_like(p))
     assert all(p.dtype == torch.float32 for p in lora_parameters(pipe))
     assert pipe.unet.conv_in.weight.dtype == torch.bfloat16
-    with unet_autocast("bf16"):
-        traj = rollout(pipe, ["a red circle", "a blue square"], guidance_scale=3.0, num_steps=3, seed=0,
-                       batch_size=2)
-        assert traj.log_probs.dtype == torch.float32 and traj.latents.dtype == torch.float32
-        assert torch.isfinite(traj.log_probs).all()
-        logp = step_log_prob(denoiser_for(pipe), traj, [0, 1], 1)
-        assert logp.dtype == torch.float32 and torch.equal(logp.detach(), traj.log_probs[:, 1])  # ratio exactly 1
-        opt = make_optimizer(pipe.unet, lr=3e-4)
-        before = [p.detach().clone() for p in lora_parameters(pipe)]
-        stats = policy_gradient_update(pipe, traj, torch.tensor([1.0, 0.0]), opt,
-                                       PolicyGradientSettings(timesteps_per_traj=2, clip_range=10.0, min_sigma=0.0))
+    model = denoiser_for(pipe, Precision.named("bf16"))
+    assert model.precision.dtype == torch.bfloat16 and model.precision.scaler is None  # bf16: fp32's exponent range
+    traj = rollout(model, ["a red circle", "a blue square"], guidance_scale=3.0, num_steps=3, seed=0, batch_size=2)
+    assert traj.log_probs.dtype == torch.float32 and traj.latents.dtype == torch.float32
+    assert torch.isfinite(traj.log_probs).all()
+    logp = step_log_prob(model, traj, [0, 1], 1)
+    assert logp.dtype == torch.float32 and torch.equal(logp.detach(), traj.log_probs[:, 1])  # ratio exactly 1
+    opt = make_optimizer(pipe.unet, lr=3e-4)
+    before = [p.detach().clone() for p in lora_parameters(pipe)]
+    stats = policy_gradient_update(model, traj, torch.tensor([1.0, 0.0]), opt,
+                                   PolicyGradientSettings(timesteps_per_traj=2, clip_range=10.0, min_sigma=0.0))
     assert np.isfinite(stats["loss"]) and stats["grad_norm"] > 0
     after = list(lora_parameters(pipe))
     assert all(p.dtype == torch.float32 for p in after)
@@ -265,22 +265,22 @@ def test_fp16_scales_the_gradients_through_the_unet_and_unscales_them_for_the_st
     traj = rollout(ref, ["a red circle", "a blue square"], guidance_scale=3.0, num_steps=3, seed=0)
     cfg = PolicyGradientSettings(max_grad_norm=1e9, min_sigma=0.0)  # no clipping: compare the norms themselves
 
-    def grad_norm(pipe) -> float:
+    def grad_norm(pipe, precision=FP32) -> float:
         opt = make_optimizer(pipe.unet, lr=3e-4)
-        step_log_prob(denoiser_for(pipe), traj, [0, 1], 1).sum().backward()
-        return clip_and_step(opt, cfg.max_grad_norm)
+        step_log_prob(denoiser_for(pipe, precision), traj, [0, 1], 1).sum().backward()
+        return clip_and_step(opt, cfg.max_grad_norm, scaler=precision.scaler)
 
     exact = grad_norm(ref)
-    with unet_autocast("fp16"):
-        assert loss_scale() is not None and loss_scale().scale > 1
-        assert grad_norm(half) == pytest.approx(exact, rel=0.05)  # scaled through the UNet, unscaled for the step
-        loss_scale().scale = 1e38  # overflows: the step is skipped and the scale halved
-        before = [p.detach().clone() for p in lora_parameters(half)]
-        assert not np.isfinite(grad_norm(half)) and loss_scale().scale == 5e37
-        assert all(torch.equal(a, b) for a, b in zip(lora_parameters(half), before, strict=True))
-    assert loss_scale() is None
-    with unet_autocast("bf16"):
-        assert loss_scale() is None  # bf16 has fp32's exponent range
+    fp16 = Precision.named("fp16")
+    assert fp16.scaler is not None and fp16.scaler.scale > 1
+    assert grad_norm(half, fp16) == pytest.approx(exact, rel=0.05)  # scaled through the UNet, unscaled for the step
+    fp16.scaler.scale = 1e38  # overflows: the step is skipped and the scale halved
+    before = [p.detach().clone() for p in lora_parameters(half)]
+    assert not np.isfinite(grad_norm(half, fp16)) and fp16.scaler.scale == 5e37
+    assert all(torch.equal(a, b) for a, b in zip(lora_parameters(half), before, strict=True))
+    assert Precision.named("fp32") == FP32 and FP32.scaler is None
+    with pytest.raises(ValueError, match="precision='fp8'"):
+        Precision.named("fp8")
 
 
 def test_auto_precision_picks_bf16_only_where_the_cpu_has_it(tmp_path, monkeypatch):

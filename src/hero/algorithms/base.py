@@ -13,14 +13,16 @@ from hero.distributed import SINGLE, Dist
 from hero.feedback.base import RoundFeedback
 from hero.likelihood import LikelihoodConfig
 from hero.lora import add_lora, save_lora
-from hero.models.denoiser import denoiser_for
+from hero.models.denoiser import Denoiser, denoiser_for
 from hero.policy_gradient import make_optimizer
+from hero.precision import Precision
 from hero.rollout import Trajectories
 from hero.runs.atomic import atomic_torch_save
 
 
 class Algorithm(Protocol):
     name: str
+    model: Denoiser  # the model it trains, with the run's precision: the round loop samples with it
     # Optional: "good_best" (the default when absent) or "pairs". A "pairs" algorithm (D3PO) also has
     # comparison_pairs(n) -> [(i, j), ...], the image pairs the round loop asks the source to compare.
     feedback_kind: str
@@ -80,12 +82,14 @@ def likelihood_config(cfg, with_base: bool) -> LikelihoodConfig:
 
 
 class LoraPolicy:
-    """The trainable part every algorithm shares: a LoRA on the UNet and its AdamW optimiser."""
+    """The trainable part every algorithm shares: the family's ``Denoiser`` at the run's precision, a LoRA on its
+    network and the AdamW optimiser."""
 
     def __init__(self, cfg, pipe, dist: Dist = SINGLE, lr: float | None = None):
         """``dist``: the processes every update averages its gradients over (``SINGLE``: this one);
         ``lr``: the optimiser's rate when not ``lora.lr`` (the likelihood methods have their own)."""
-        self.pipe, self.model, self.dist = pipe, denoiser_for(pipe), dist
+        self.pipe, self.dist = pipe, dist
+        self.model = denoiser_for(pipe, Precision.named(cfg.precision))  # how every network call runs: visible here
         self.pg = cfg.pg  # the policy-gradient settings, for the methods that use them
         self.lr = cfg.lora.lr if lr is None else lr
         add_lora(self.model.network, rank=cfg.lora.rank, alpha=cfg.lora.alpha,

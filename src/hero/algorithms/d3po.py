@@ -41,7 +41,7 @@ from hero.config import PolicyGradientSettings
 from hero.distributed import SINGLE, Dist
 from hero.feedback.annotations import comparison_pairs
 from hero.feedback.base import RoundFeedback
-from hero.models.denoiser import denoiser_for
+from hero.models.denoiser import Denoiser, as_denoiser
 from hero.policy_gradient import accumulation_schedule, clip_and_step, trainable_steps
 from hero.rollout import Trajectories, step_log_prob
 
@@ -72,19 +72,22 @@ def d3po_loss(logp_w: torch.Tensor, logp_l: torch.Tensor, ref_w: torch.Tensor, r
     return -F.logsigmoid(beta * (torch.log(rho_w) - torch.log(rho_l))).mean()
 
 
-def d3po_update(pipe, traj: Trajectories, pairs: list[tuple[int, int]], optimizer: torch.optim.Optimizer,
+def d3po_update(model: Denoiser, traj: Trajectories, pairs: list[tuple[int, int]], optimizer: torch.optim.Optimizer,
                 cfg: PolicyGradientSettings, beta: float, ratio_clip: float,
                 generator: torch.Generator, dist: Dist = SINGLE) -> dict[str, float]:
-    """One D3PO update over a round's (winner, loser) pairs; minibatches of ``cfg.batch_size`` pairs."""
+    """One D3PO update over a round's (winner, loser) pairs; minibatches of ``cfg.batch_size`` pairs.
+
+    ``model``: the trainer's ``Denoiser`` (with its precision), or a bare pipeline (fp32).
+    """
     stats: dict[str, list[float]] = {"loss": [], "clipfrac": [], "margin": [], "grad_norm": []}
     if not pairs:  # every pair a tie: nothing to learn from this round
         return {"loss": float("nan"), "clipfrac": float("nan"), "margin": float("nan"), "grad_norm": 0.0,
                 "grad_steps": 0, "backward_passes": 0}
     p = torch.tensor(pairs, dtype=torch.long)
-    model = denoiser_for(pipe)
+    model = as_denoiser(model)
     device = model.network.device
     optimizer.zero_grad(set_to_none=True)
-    steps = trainable_steps(pipe.scheduler, traj, cfg.min_sigma)  # per-step DPO: the same σ floor as DDPO's
+    steps = trainable_steps(model, traj, cfg.min_sigma)  # per-step DPO: the same σ floor as DDPO's
     for group in accumulation_schedule(len(p), steps, cfg, generator, dist):
         for mb, s, weight in group:
             # Winner and loser at the same step index, in one batched forward pass.
@@ -98,7 +101,7 @@ def d3po_update(pipe, traj: Trajectories, pairs: list[tuple[int, int]], optimize
                 stats["loss"].append(loss.item())
                 stats["clipfrac"].append(((logp - ref).exp().sub(1).abs() > ratio_clip).float().mean().item())
                 stats["margin"].append(((lw - rw) - (ll - rl)).mean().item())
-        stats["grad_norm"].append(clip_and_step(optimizer, cfg.max_grad_norm, dist))
+        stats["grad_norm"].append(clip_and_step(optimizer, cfg.max_grad_norm, dist, model.precision.scaler))
     out = {key: float(np.mean(v)) for key, v in stats.items()}
     return {**out, "grad_steps": len(stats["grad_norm"]), "backward_passes": len(stats["loss"])}
 
@@ -113,7 +116,8 @@ class D3POTrainer:
         self.cfg, self.settings = cfg, cfg.d3po
         self.policy = LoraPolicy(cfg, pipe, dist=dist)
         res = cfg.sampler.resolution
-        self.latent_shape = denoiser_for(pipe).latent_shape(1, res, res)[1:]  # as ``rollout`` sizes its latents
+        self.model = self.policy.model  # the round loop samples with it
+        self.latent_shape = self.model.latent_shape(1, res, res)[1:]  # as ``rollout`` sizes its latents
         self.best_image: np.ndarray | None = None
 
     def start_noise(self, round_index: int, n: int, generator: torch.Generator) -> torch.Tensor | None:
@@ -135,7 +139,7 @@ class D3POTrainer:
             if feedback.best is not None:
                 self.best_image = traj.images[feedback.best]
         t1 = time.perf_counter()
-        stats = d3po_update(self.policy.pipe, traj, list(pairs), self.policy.optimizer, self.policy.pg,
+        stats = d3po_update(self.model, traj, list(pairs), self.policy.optimizer, self.policy.pg,
                             self.settings.beta, self.settings.ratio_clip, generator, dist=self.policy.dist)
         t2 = time.perf_counter()
         return {**{f"d3po_{k}": v for k, v in stats.items()}, "preference_pairs": len(pairs),

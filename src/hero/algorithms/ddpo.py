@@ -45,6 +45,7 @@ class DDPOTrainer:
         self.cfg = cfg
         self.use_scores = cfg.ddpo.reward == "score"
         self.policy = LoraPolicy(cfg, pipe, dist=dist)
+        self.model = self.policy.model  # the round loop samples with it
         self.best_image: np.ndarray | None = None
 
     def start_noise(self, round_index: int, n: int, generator: torch.Generator) -> torch.Tensor | None:
@@ -61,7 +62,7 @@ class DDPOTrainer:
             self.best_image = traj.images[feedback.best]
         rewards = ddpo_rewards(feedback, self.use_scores)
         t1 = time.perf_counter()
-        stats = policy_gradient_update(self.policy.pipe, traj, rewards, self.policy.optimizer, self.policy.pg,
+        stats = policy_gradient_update(self.model, traj, rewards, self.policy.optimizer, self.policy.pg,
                                        generator, dist=self.policy.dist)
         t2 = time.perf_counter()
         return {**{f"pg_{k}": v for k, v in stats.items()}, "reward_std": float(rewards.std(unbiased=False)),

@@ -34,7 +34,7 @@ from hero.config import PolicyGradientSettings
 from hero.distributed import SINGLE, Dist
 from hero.feedback.base import RoundFeedback
 from hero.models.ddim import gaussian_log_prob, step_alphas
-from hero.models.denoiser import Denoiser, denoiser_for
+from hero.models.denoiser import Denoiser, as_denoiser
 from hero.policy_gradient import accumulation_schedule, clip_and_step, clipped_surrogate_loss, trainable_steps
 from hero.rollout import Trajectories
 
@@ -132,16 +132,18 @@ def dpok_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tens
     return clipped_surrogate_loss(logp, logp_old, advantages, clip_range) + kl_weight * kl.mean()
 
 
-def dpok_update(pipe, traj: Trajectories, advantages: torch.Tensor, optimizer: torch.optim.Optimizer,
+def dpok_update(model: Denoiser, traj: Trajectories, advantages: torch.Tensor, optimizer: torch.optim.Optimizer,
                 cfg: PolicyGradientSettings, kl_weight: float, generator: torch.Generator,
                 dist: Dist = SINGLE) -> dict[str, float]:
-    """One DPOK policy update; ``advantages`` (N, T) are per trajectory and step (baseline already applied)."""
-    model = denoiser_for(pipe)
+    """One DPOK policy update; ``advantages`` (N, T) are per trajectory and step (baseline already applied).
+
+    ``model``: the trainer's ``Denoiser`` (with its precision), or a bare pipeline (fp32).
+    """
+    model = as_denoiser(model)
     device = model.network.device
     stats: dict[str, list[float]] = {"loss": [], "kl": [], "approx_kl": [], "clipfrac": [], "grad_norm": []}
     optimizer.zero_grad(set_to_none=True)
-    for group in accumulation_schedule(len(traj), trainable_steps(pipe.scheduler, traj, cfg.min_sigma), cfg, generator,
-                                       dist):
+    for group in accumulation_schedule(len(traj), trainable_steps(model, traj, cfg.min_sigma), cfg, generator, dist):
         for mb, s, weight in group:
             logp, kl = step_terms(model, traj, mb, s)
             logp_old = traj.log_probs[mb, s].to(device)
@@ -153,7 +155,7 @@ def dpok_update(pipe, traj: Trajectories, advantages: torch.Tensor, optimizer: t
                 stats["kl"].append(kl.mean().item())
                 stats["approx_kl"].append(0.5 * (diff**2).mean().item())
                 stats["clipfrac"].append(((diff.exp() - 1).abs() > cfg.clip_range).float().mean().item())
-        stats["grad_norm"].append(clip_and_step(optimizer, cfg.max_grad_norm, dist))
+        stats["grad_norm"].append(clip_and_step(optimizer, cfg.max_grad_norm, dist, model.precision.scaler))
     out = {key: float(np.mean(v)) for key, v in stats.items()}
     return {**out, "grad_steps": len(stats["grad_norm"]), "backward_passes": len(stats["loss"])}
 
@@ -166,7 +168,8 @@ class DPOKTrainer:
     def __init__(self, cfg, pipe, dist: Dist = SINGLE):
         self.cfg, self.settings = cfg, cfg.dpok
         self.policy = LoraPolicy(cfg, pipe, dist=dist)
-        self.value = ValueNet(denoiser_for(pipe).latent_shape(1)[1])
+        self.model = self.policy.model  # the round loop samples with it
+        self.value = ValueNet(self.model.latent_shape(1)[1])
         self.value_opt = torch.optim.Adam(self.value.parameters(), lr=self.settings.value_lr)
         self.best_image: np.ndarray | None = None
 
@@ -195,7 +198,7 @@ class DPOKTrainer:
                                   generator=generator)
         adv = self.advantages(traj, rewards)
         t1 = time.perf_counter()
-        stats = dpok_update(self.policy.pipe, traj, adv, self.policy.optimizer, self.policy.pg,
+        stats = dpok_update(self.model, traj, adv, self.policy.optimizer, self.policy.pg,
                             self.settings.kl_weight, generator, dist=self.policy.dist)
         t2 = time.perf_counter()
         return {**value_stats, **{f"dpok_{k}": v for k, v in stats.items()}, "reward_mean": float(rewards.mean()),

@@ -54,7 +54,7 @@ from hero.config import parse_feedback
 from hero.distributed import SINGLE, Dist
 from hero.feedback.base import RoundFeedback
 from hero.feedback.sources import make_feedback_source
-from hero.models.denoiser import denoiser_for
+from hero.models.denoiser import Denoiser, as_denoiser
 from hero.policy_gradient import policy_gradient_update
 from hero.rollout import Trajectories, step_log_prob
 from hero.runs.feedback_log import Relabel
@@ -90,7 +90,7 @@ def relabel_prompt(image: np.ndarray, prompt: str, generator: torch.Generator) -
     return sentences[int(torch.randint(len(sentences), (1,), generator=generator))]
 
 
-def relabel(pipe, traj: Trajectories, prompts: list[str]) -> Trajectories:
+def relabel(model: Denoiser, traj: Trajectories, prompts: list[str]) -> Trajectories:
     """The same denoising trajectories under new prompts: their embeddings encoded as the rollout encodes them.
 
     The log-probs become NaN: those sampled under the old prompt are stale for the new one, and a NaN cannot be
@@ -98,20 +98,20 @@ def relabel(pipe, traj: Trajectories, prompts: list[str]) -> Trajectories:
     """
     if len(prompts) != len(traj):
         raise ValueError(f"{len(prompts)} prompts for {len(traj)} trajectories")
-    cond, _ = denoiser_for(pipe).encode(prompts)
+    cond, _ = as_denoiser(model).encode(prompts)
     return dataclasses.replace(traj, prompts=list(prompts), log_probs=torch.full_like(traj.log_probs, float("nan")),
                                prompt_embeds=cond.to(device=traj.prompt_embeds.device,
                                                      dtype=traj.prompt_embeds.dtype))
 
 
 @torch.no_grad()
-def recompute_log_probs(pipe, traj: Trajectories, batch_size: int = 8) -> torch.Tensor:
+def recompute_log_probs(model: Denoiser, traj: Trajectories, batch_size: int = 8) -> torch.Tensor:
     """(N, T) log-probs of every stored transition under the trajectories' (new) prompts and the current weights.
 
     The same code path as the rollout's (``step_log_prob``), so for the prompt the trajectory was sampled with
     and unchanged weights this reproduces the sampler's own log-probs.
     """
-    model, out = denoiser_for(pipe), torch.empty(traj.log_probs.shape, dtype=torch.float32)
+    model, out = as_denoiser(model), torch.empty(traj.log_probs.shape, dtype=torch.float32)
     for lo in range(0, len(traj), batch_size):
         idx = torch.arange(lo, min(lo + batch_size, len(traj)))
         for s in range(traj.num_steps):
@@ -131,6 +131,7 @@ class HerdTrainer:
         self.cfg = cfg
         self.use_scores = cfg.ddpo.reward == "score"
         self.policy = LoraPolicy(cfg, pipe, dist=dist)
+        self.model = self.policy.model  # the round loop samples with it
         self.best_image: np.ndarray | None = None
         self.replay: Trajectories | None = None  # round r − 1's relabelled trajectories (log-probs: NaN)
         self.replay_rewards: torch.Tensor | None = None
@@ -153,11 +154,11 @@ class HerdTrainer:
         batch, all_rewards, n_replay = traj, rewards, 0
         if self.replay is not None:
             replay = dataclasses.replace(self.replay, log_probs=recompute_log_probs(
-                self.policy.pipe, self.replay, self.cfg.sampler.batch_size))
+                self.model, self.replay, self.cfg.sampler.batch_size))
             batch = Trajectories.concat([traj.to("cpu"), replay.to("cpu")])
             all_rewards, n_replay = torch.cat([rewards, self.replay_rewards]), len(replay)
         t1 = time.perf_counter()
-        stats = policy_gradient_update(self.policy.pipe, batch, all_rewards, self.policy.optimizer, self.policy.pg,
+        stats = policy_gradient_update(self.model, batch, all_rewards, self.policy.optimizer, self.policy.pg,
                                        generator, dist=self.policy.dist)
         t2 = time.perf_counter()
         self.replay, self.replay_rewards, examined = self.hindsight(round_index, traj, feedback, generator)
@@ -200,7 +201,7 @@ class HerdTrainer:
             for n, k in enumerate(rows):
                 self.relabels[idx[k]] = Relabel(idx[k], prompt, judged.good[n],
                                                 None if judged.scores is None else judged.scores[n], judged.source)
-        return relabel(self.policy.pipe, traj.to("cpu").subset(idx), prompts), rewards, examined
+        return relabel(self.model, traj.to("cpu").subset(idx), prompts), rewards, examined
 
     def _judge(self, round_index: int, j: int, prompt: str):
         """The run's kind of source, asked about ``prompt``: a simulated human for that task, or the reward model."""

@@ -44,7 +44,6 @@ from hero.algorithms.raft import raft_loss
 from hero.distributed import SINGLE, Dist
 from hero.feedback.base import RoundFeedback
 from hero.likelihood import DenoisingErrors, ImagePool, likelihood_update
-from hero.models.denoiser import denoiser_for
 from hero.models.features import FrozenFeatures
 from hero.policy_gradient import policy_gradient_update
 from hero.rollout import Trajectories, rollout
@@ -205,6 +204,7 @@ class HeroTrainer:
         self.cfg, self.settings = cfg, cfg.hero
         likelihood = self.settings.update == "likelihood"
         self.policy = LoraPolicy(cfg, pipe, dist=dist, lr=cfg.likelihood.lr if likelihood else None)
+        self.model = self.policy.model  # the round loop samples with it
         # The likelihood update's training set: judged images (good = judged good or best) + accepted unjudged ones.
         self.pool = ImagePool() if likelihood else None
         self.likelihood = likelihood_config(cfg, with_base=cfg.likelihood.base_weight > 0) if likelihood else None
@@ -213,7 +213,7 @@ class HeroTrainer:
             self.encoder = FeatureTripletEncoder(self.features.dim, embed_dim=self.settings.embed_dim)
         else:
             self.features = None
-            self.encoder = TripletEncoder(denoiser_for(pipe).latent_shape(1)[1], embed_dim=self.settings.embed_dim)
+            self.encoder = TripletEncoder(self.model.latent_shape(1)[1], embed_dim=self.settings.embed_dim)
         # Standardisation of φ, fixed from the first round so rewards of later rounds stay comparable.
         self.feature_stats: tuple[torch.Tensor, torch.Tensor] | None = None
         self.encoder_opt = torch.optim.Adam(self.encoder.parameters(), lr=self.settings.encoder_lr)
@@ -258,7 +258,7 @@ class HeroTrainer:
             if accepted is not None and accepted.any():
                 self.pool.add_round(extra.subset(torch.nonzero(accepted).flatten()), [True] * int(accepted.sum()),
                                     None)
-            stats = likelihood_update(self.policy.pipe, self.pool, torch.nonzero(self.pool.labels()).flatten(),
+            stats = likelihood_update(self.model, self.pool, torch.nonzero(self.pool.labels()).flatten(),
                                       self.policy.optimizer, self.likelihood, self.likelihood_loss, generator,
                                       dist=self.policy.dist)
             prefix = "lik"
@@ -270,7 +270,7 @@ class HeroTrainer:
                                              self.settings.reward_space)
                 batch, batch_rewards = Trajectories.concat([traj, extra]), torch.cat([rewards, extra_rewards])
                 extra_stats = {"unjudged_samples": len(extra)}
-            stats = policy_gradient_update(self.policy.pipe, batch, batch_rewards, self.policy.optimizer,
+            stats = policy_gradient_update(self.model, batch, batch_rewards, self.policy.optimizer,
                                            self.policy.pg, generator, dist=self.policy.dist)
             prefix = "pg"
         t2 = time.perf_counter()
@@ -284,7 +284,7 @@ class HeroTrainer:
     def sample_unjudged(self, round_index: int, generator: torch.Generator) -> Trajectories:
         """``hero.unjudged`` images nobody will judge, from the round's kind of starting noise."""
         n = self.settings.unjudged
-        return rollout(self.policy.pipe, [self.cfg.prompt] * n, generator=generator,
+        return rollout(self.model, [self.cfg.prompt] * n, generator=generator,
                        start_noise=self.start_noise(round_index, n, generator), **rollout_kwargs(self.cfg))
 
     def accept_unjudged(self, inputs: torch.Tensor, good: list[bool], extra_inputs: torch.Tensor | None

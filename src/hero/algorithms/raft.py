@@ -50,6 +50,7 @@ class RaftTrainer:
         """``with_base``: run the base model in each step (default: when the pull towards it is on)."""
         self.cfg, self.settings = cfg, cfg.likelihood
         self.policy = LoraPolicy(cfg, pipe, dist=dist, lr=self.settings.lr)
+        self.model = self.policy.model  # the round loop samples with it
         with_base = self.settings.base_weight > 0 if with_base is None else with_base
         self.update = likelihood_config(cfg, with_base=with_base)
         self.pool = ImagePool()
@@ -71,7 +72,7 @@ class RaftTrainer:
             self.best_image = traj.images[feedback.best]
         candidates = self.candidates()
         t1 = time.perf_counter()
-        stats = likelihood_update(self.policy.pipe, self.pool, candidates, self.policy.optimizer, self.update,
+        stats = likelihood_update(self.model, self.pool, candidates, self.policy.optimizer, self.update,
                                   self.loss, generator, dist=self.policy.dist)
         t2 = time.perf_counter()
         return {**{f"lik_{k}": v for k, v in stats.items()}, "pool_good": int(self.pool.labels().sum()),

@@ -40,7 +40,7 @@ from hero.algorithms.ddpo import ddpo_rewards
 from hero.algorithms.seiko_reward import RewardModel, fit_reward
 from hero.distributed import SINGLE, Dist
 from hero.feedback.base import RoundFeedback
-from hero.models.denoiser import denoiser_for
+from hero.models.denoiser import Denoiser, as_denoiser
 from hero.models.features import FrozenFeatures
 from hero.policy_gradient import clip_and_step
 from hero.rollout import Trajectories, step_posterior
@@ -83,13 +83,14 @@ class SamplerSpec:
     backprop_steps: int
 
 
-def differentiable_rollout(pipe, prev_unet, spec: SamplerSpec, noise: torch.Tensor,
+def differentiable_rollout(model: Denoiser, prev_unet, spec: SamplerSpec, noise: torch.Tensor,
                            step_noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x₀ (B, C, H, W) with gradients through the last K steps only, and Σ over them of the KL per sample (B,).
 
-    ``prev_unet`` None skips the KL (returned as zeros). ``step_noise`` is (B, T, C, H, W).
+    ``model``: the trainer's ``Denoiser`` (or a bare pipeline, fp32). ``prev_unet`` None skips the KL (returned
+    as zeros). ``step_noise`` is (B, T, C, H, W).
     """
-    model, ts = denoiser_for(pipe), spec.timesteps
+    model, ts = as_denoiser(model), spec.timesteps
     args = (spec.cond, spec.uncond, spec.guidance_scale, spec.eta)
     x = noise * model.init_noise_sigma()
     first = len(ts) - min(spec.backprop_steps, len(ts))
@@ -139,6 +140,7 @@ class SeikoTrainer:
             raise ValueError("seiko's KL to the previous round needs a stochastic sampler: set sampler.eta > 0 "
                              "(or seiko.kl_weight=0)")
         self.policy = LoraPolicy(cfg, pipe, dist=dist)
+        self.model = self.policy.model  # the round loop samples with it
         self.features = FrozenFeatures(pipe)
         self.data = FeedbackData()
         self.reward: RewardModel | None = None
@@ -163,15 +165,14 @@ class SeikoTrainer:
                 "bonus_mean": float(bonus.mean()), "data_size": len(d.y)}
 
     def sampler_spec(self) -> SamplerSpec:
-        pipe, s = self.policy.pipe, self.cfg.sampler
-        model = denoiser_for(pipe)
+        model, s = self.model, self.cfg.sampler
         cond, uncond = model.encode([self.cfg.prompt] * self.settings.batch_size)
         return SamplerSpec(cond, uncond, model.timesteps(s.steps, s.eta), s.guidance_scale, s.eta,
                            self.settings.backprop_steps)
 
     def draw_noise(self, spec: SamplerSpec, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """z_T (B, C, H, W) and the per-step noise (B, T, C, H, W) of one differentiable rollout."""
-        model, res = denoiser_for(self.policy.pipe), self.cfg.sampler.resolution
+        model, res = self.model, self.cfg.sampler.resolution
         shape = model.latent_shape(self.settings.batch_size, res, res)
         noise = torch.randn(shape, generator=generator)
         steps = torch.randn((shape[0], len(spec.timesteps), *shape[1:]), generator=generator)
@@ -180,13 +181,13 @@ class SeikoTrainer:
 
     def objective(self, spec: SamplerSpec, prev_unet, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         """(loss, optimistic reward (B,), KL (B,)) of one fresh differentiable rollout."""
-        x0, kl = differentiable_rollout(self.policy.pipe, prev_unet, spec, *self.draw_noise(spec, generator))
+        x0, kl = differentiable_rollout(self.model, prev_unet, spec, *self.draw_noise(spec, generator))
         reward = self.reward(self.features(x0))
         return -reward.mean() + self.settings.kl_weight * kl.mean(), reward, kl
 
     def finetune(self, generator: torch.Generator) -> dict[str, float]:
         """``updates_per_round`` optimiser steps on the objective; the KL is to the weights at entry."""
-        unet, optimizer = self.policy.model.network, self.policy.optimizer
+        unet, optimizer = self.model.network, self.policy.optimizer
         prev = UnetWithWeights(unet, lora_snapshot(unet)) if self.settings.kl_weight > 0 else None
         spec = self.sampler_spec()
         stats: dict[str, list[float]] = {"reward": [], "kl": [], "grad_norm": []}
@@ -194,7 +195,8 @@ class SeikoTrainer:
         for _ in range(self.settings.updates_per_round):
             loss, reward, kl = self.objective(spec, prev, generator)
             loss.backward()
-            stats["grad_norm"].append(clip_and_step(optimizer, self.policy.pg.max_grad_norm, self.policy.dist))
+            stats["grad_norm"].append(clip_and_step(optimizer, self.policy.pg.max_grad_norm, self.policy.dist,
+                                                        self.model.precision.scaler))
             stats["reward"].append(float(reward.detach().mean()))
             stats["kl"].append(float(kl.detach().mean()))
         if not stats["reward"]:

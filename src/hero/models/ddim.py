@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from hero.precision import unet_call
+from hero.precision import FP32, Precision, unet_call
 
 __all__ = ["check_stochastic", "ddim_posterior", "gaussian_log_prob", "guided_output", "step_alphas",
            "step_sigmas"]
@@ -39,15 +39,15 @@ def check_stochastic(scheduler, timesteps: torch.Tensor, eta: float) -> None:
 
 
 def guided_output(unet, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
-                  guidance_scale: float) -> torch.Tensor:
-    """Guided UNet output (fp32) for per-sample timesteps ``t`` (B,)."""
+                  guidance_scale: float, precision: Precision = FP32) -> torch.Tensor:
+    """Guided UNet output (fp32) for per-sample timesteps ``t`` (B,), the network run at ``precision``."""
     if guidance_scale > 1.0:
         # One batched call, [uncond; cond], as the diffusers pipelines do.
-        out = unet_call(unet, torch.cat([x, x]), torch.cat([t, t]), torch.cat([uncond, cond]))
+        out = unet_call(unet, torch.cat([x, x]), torch.cat([t, t]), torch.cat([uncond, cond]), precision)
         out_uncond, out_cond = out.chunk(2)
         out = out_uncond + guidance_scale * (out_cond - out_uncond)
     else:
-        out = unet_call(unet, x, t, cond)
+        out = unet_call(unet, x, t, cond, precision)
     if out.shape[1] == 2 * x.shape[1]:  # learned-variance UNets: keep the mean prediction
         out = out[:, : x.shape[1]]
     return out

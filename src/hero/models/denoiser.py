@@ -24,8 +24,9 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from hero.models.ddim import check_stochastic, ddim_posterior, guided_output, step_alphas, step_sigmas
+from hero.precision import FP32, Precision, unet_output
 
-__all__ = ["UNET_TARGET_PRESETS", "Denoiser", "UNetDenoiser", "denoiser_for", "resolve_targets"]
+__all__ = ["UNET_TARGET_PRESETS", "Denoiser", "UNetDenoiser", "as_denoiser", "denoiser_for", "resolve_targets"]
 
 _ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 UNET_TARGET_PRESETS: dict[str, tuple[str, ...]] = {
@@ -54,13 +55,14 @@ class Denoiser:
     """The engine's view of one model family; subclasses implement every method for their pipeline.
 
     Args:
-        pipe: the family's diffusers pipeline (weights, tokenizer, scheduler); the denoiser keeps no other state.
+        pipe: the family's diffusers pipeline (weights, tokenizer, scheduler).
+        precision: how every call of the network runs (``hero.precision``); the denoiser keeps no other state.
     """
 
     target_presets: dict[str, tuple[str, ...]] = {}
 
-    def __init__(self, pipe):
-        self.pipe = pipe
+    def __init__(self, pipe, precision: Precision = FP32):
+        self.pipe, self.precision = pipe, precision
 
     @property
     def network(self) -> torch.nn.Module:
@@ -97,6 +99,10 @@ class Denoiser:
 
         ``network``: the network or any callable with its signature (e.g. under other weights); default ours.
         """
+        raise NotImplementedError
+
+    def output(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The unguided prediction (fp32) at x_t (B, ...), timesteps t (B,): what the likelihood losses train."""
         raise NotImplementedError
 
     def posterior(self, prediction: torch.Tensor, x: torch.Tensor, timesteps: torch.Tensor, steps: torch.Tensor,
@@ -164,7 +170,11 @@ class UNetDenoiser(Denoiser):
 
     def prediction(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
                    guidance_scale: float, network=None) -> torch.Tensor:
-        return guided_output(self.network if network is None else network, x, t, cond, uncond, guidance_scale)
+        return guided_output(self.network if network is None else network, x, t, cond, uncond, guidance_scale,
+                             self.precision)
+
+    def output(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return unet_output(self.network, x, t, cond, self.precision)
 
     def posterior(self, prediction: torch.Tensor, x: torch.Tensor, timesteps: torch.Tensor, steps: torch.Tensor,
                   eta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,9 +197,15 @@ class UNetDenoiser(Denoiser):
         return pixels.float().clamp(-1, 1)
 
 
-def denoiser_for(pipe) -> Denoiser:
-    """The ``Denoiser`` of a loaded pipeline's family; a clear error for a family the engine does not serve yet."""
+def denoiser_for(pipe, precision: Precision = FP32) -> Denoiser:
+    """The ``Denoiser`` of a loaded pipeline's family, running its network at ``precision``; a clear error for a
+    family the engine does not serve yet."""
     if isinstance(pipe, StableDiffusionPipeline):  # SD 1.x/2.x and PixelStableDiffusionPipeline
-        return UNetDenoiser(pipe)
+        return UNetDenoiser(pipe, precision)
     raise ValueError(f"{type(pipe).__name__} is not a model family hero trains yet: use an SD 1.x/2.x pipeline "
                      "(StableDiffusionPipeline) or the built-in tiny-shapes")
+
+
+def as_denoiser(model_or_pipe) -> Denoiser:
+    """A ``Denoiser`` as it is; a bare pipeline as its family's, in fp32 (the engine's entry points take either)."""
+    return model_or_pipe if isinstance(model_or_pipe, Denoiser) else denoiser_for(model_or_pipe)
