@@ -4,6 +4,8 @@
   8×8 RGB "latents", a 1-layer BERT text encoder, v-prediction DDIM with trailing timesteps.
 - ``tiny_sd_pipeline``: a StableDiffusionPipeline with AutoencoderKL (16×16 images, 4×8×8 latents), a 1-layer
   CLIP text encoder, ε-prediction DDIM with SD 1.x's scaled-linear schedule and leading timesteps.
+- ``tiny_sdxl_pipeline``: a StableDiffusionXLPipeline built the same way: two CLIP text encoders (the second with
+  a projection: the pooled embedding), a UNet with SDXL's "text_time" added conditioning, DDIM.
 
 The ``*_factory`` fixtures build a fresh pipeline with the same random weights for the same ``seed``
 (e.g. to load a saved LoRA into an untouched copy).
@@ -15,8 +17,22 @@ import string
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import BertConfig, BertModel, BertTokenizer, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import (
+    BertConfig,
+    BertModel,
+    BertTokenizer,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+)
 
 from hero.models.pixel_pipeline import PixelStableDiffusionPipeline
 from hero.models.tiny_shapes import sampling_scheduler
@@ -51,28 +67,67 @@ def build_tiny_pixel_pipeline(seed: int = 0) -> PixelStableDiffusionPipeline:
     return pipe
 
 
-def build_tiny_sd_pipeline(seed: int = 0) -> StableDiffusionPipeline:
-    torch.manual_seed(seed)
+def _clip_tokenizer() -> CLIPTokenizer:
     # Character-level CLIP BPE vocabulary (no merges): enough for lower-case ASCII prompts.
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for c in string.ascii_lowercase + string.digits:
         vocab[c] = len(vocab)
         vocab[c + "</w>"] = len(vocab)
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(vocab), hidden_size=TEXT_DIM, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1))
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16)
+
+
+def _clip_config(tokenizer: CLIPTokenizer, **extra) -> CLIPTextConfig:
+    return CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=TEXT_DIM, intermediate_size=32, num_hidden_layers=1,
+                          num_attention_heads=2, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
+                          pad_token_id=1, **extra)
+
+
+def _tiny_vae() -> AutoencoderKL:
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
+                         norm_num_groups=4, layers_per_block=1, sample_size=16)
+
+
+def _sd_scheduler() -> DDIMScheduler:
+    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                         set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
+
+
+def build_tiny_sd_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+    torch.manual_seed(seed)
+    tokenizer = _clip_tokenizer()
+    text_encoder = CLIPTextModel(_clip_config(tokenizer))
     text_encoder.requires_grad_(False).eval()
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
-                        norm_num_groups=4, layers_per_block=1, sample_size=16)
-    vae.requires_grad_(False).eval()
+    vae = _tiny_vae()
     unet = _tiny_unet(4)
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   scheduler=_sd_scheduler(), safety_checker=None, feature_extractor=None,
                                    image_encoder=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+SDXL_POOLED_DIM, SDXL_TIME_DIM = 8, 4
+
+
+def build_tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
+    """SDXL in miniature: the UNet attends to both encoders' tokens (2 × TEXT_DIM) and adds the pooled embedding
+    (SDXL_POOLED_DIM) and six time ids (SDXL_TIME_DIM each) to its time embedding, as diffusers' own tests build it."""
+    torch.manual_seed(seed)
+    tokenizer, tokenizer_2 = _clip_tokenizer(), _clip_tokenizer()
+    text_encoder = CLIPTextModel(_clip_config(tokenizer))
+    text_encoder_2 = CLIPTextModelWithProjection(_clip_config(tokenizer_2, projection_dim=SDXL_POOLED_DIM))
+    for encoder in (text_encoder, text_encoder_2):
+        encoder.requires_grad_(False).eval()
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=2 * TEXT_DIM, attention_head_dim=4, norm_num_groups=4, use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=SDXL_TIME_DIM,
+        projection_class_embeddings_input_dim=6 * SDXL_TIME_DIM + SDXL_POOLED_DIM)
+    pipe = StableDiffusionXLPipeline(vae=_tiny_vae(), text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                     tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet, scheduler=_sd_scheduler(),
+                                     force_zeros_for_empty_prompt=True, add_watermarker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -87,6 +142,18 @@ def tiny_pixel_pipeline_factory():
 def tiny_sd_pipeline_factory():
     """Callable ``(seed=0) -> StableDiffusionPipeline`` building a fresh tiny latent-space pipeline."""
     return build_tiny_sd_pipeline
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_pipeline_factory():
+    """Callable ``(seed=0) -> StableDiffusionXLPipeline`` building a fresh tiny SDXL pipeline."""
+    return build_tiny_sdxl_pipeline
+
+
+@pytest.fixture
+def tiny_sdxl_pipeline(tiny_sdxl_pipeline_factory) -> StableDiffusionXLPipeline:
+    """A fresh tiny StableDiffusionXLPipeline (safe to mutate)."""
+    return tiny_sdxl_pipeline_factory()
 
 
 @pytest.fixture

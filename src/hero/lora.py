@@ -9,6 +9,7 @@ only at 8×8, and an adapter there cannot change much of a 32×32 image (docs/le
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
 from hero.models.denoiser import UNET_TARGET_PRESETS, resolve_targets
+from hero.runs.atomic import atomic_write_bytes
 
 __all__ = ["DEFAULT_TARGETS", "TARGET_PRESETS", "add_lora", "load_lora", "lora_parameters", "resolve_targets",
            "save_lora"]
@@ -81,10 +83,6 @@ def save_lora(pipe_or_unet, directory: str | Path, adapter_name: str | None = No
     StableDiffusionPipeline.save_lora_weights(directory, unet_lora_layers=layers, unet_lora_adapter_metadata=metadata)
     # safetensors writes its metadata map in a random order on every call: rewrite the header with sorted keys
     # (the tensor bytes and their offsets stay as they are). Padded with spaces to 8 bytes, as safetensors does.
-    import json
-
-    from hero.runs.atomic import atomic_write_bytes
-
     path = directory / "pytorch_lora_weights.safetensors"
     data = path.read_bytes()
     n = int.from_bytes(data[:8], "little")

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from hero.distributed import shard_range
 from hero.models.ddim import gaussian_log_prob
 from hero.models.denoiser import Denoiser, as_denoiser
 
@@ -163,8 +164,6 @@ def rollout(pipe, prompts: Sequence[str], *, guidance_scale: float, num_steps: i
     noise = None if eta <= 0 else randn_tensor((shape[0], len(timesteps), *shape[1:]), generator=generator,
                                                device=device, dtype=torch.float32)
     if shard is not None:
-        from hero.distributed import shard_range
-
         own = shard_range(len(prompts), *shard)
         if not own:
             raise ValueError(f"shard {shard} of {len(prompts)} prompts is empty")

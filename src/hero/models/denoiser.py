@@ -11,22 +11,30 @@ a diffusers pipeline. It owns what differs between families:
 - where a LoRA goes (``network``, ``lora_targets``), and switching it off for the base model (``base_model``).
 
 ``UNetDenoiser`` is the SD 1.x/2.x family (a UNet2DConditionModel, one CLIP text encoder, DDIM with η > 0) and
-the pixel-space tiny-shapes, which is the same pipeline without a VAE. A new family (SDXL's pooled embeddings
-and time ids, a flow-matching transformer with its SDE sampler) is a new subclass plus a line in ``denoiser_for``.
+the pixel-space tiny-shapes, which is the same pipeline without a VAE. ``SDXLDenoiser`` is SDXL: the same DDIM
+sampler, two text encoders whose pooled embedding travels inside the conditioning tensor (``pack_pooled``), and
+the size conditioning (time ids) read off the latents. A new family (a flow-matching transformer with its SDE
+sampler) is a new subclass plus a line in ``denoiser_for``.
+
+The conditioning a family needs is one tensor per prompt, (N, L, D), whatever it holds: the engine stores it
+(``Trajectories.prompt_embeds``, the likelihood methods' pool, HERD's relabels) and hands it back to ``prediction``
+without looking inside, so a family with extra conditioning changes no engine code.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from hero.models.ddim import check_stochastic, ddim_posterior, guided_output, step_alphas, step_sigmas
 from hero.precision import FP32, Precision, unet_output
 
-__all__ = ["UNET_TARGET_PRESETS", "Denoiser", "UNetDenoiser", "as_denoiser", "denoiser_for", "resolve_targets"]
+__all__ = ["UNET_TARGET_PRESETS", "Denoiser", "SDXLDenoiser", "UNetDenoiser", "as_denoiser", "denoiser_for",
+           "pack_pooled", "resolve_targets", "unpack_pooled"]
 
 _ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 UNET_TARGET_PRESETS: dict[str, tuple[str, ...]] = {
@@ -197,13 +205,88 @@ class UNetDenoiser(Denoiser):
         return pixels.float().clamp(-1, 1)
 
 
+def pack_pooled(embeds: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+    """Token embeddings (N, L, D) and a pooled embedding (N, P) -> one conditioning tensor (N, L + k, D), k = ⌈P/D⌉:
+    the pooled vector zero-padded into k extra rows, so the engine stores and batches it as SD 1.x's embeddings."""
+    n, _, d = embeds.shape
+    rows = torch.zeros(n, math.ceil(pooled.shape[1] / d) * d, dtype=embeds.dtype, device=embeds.device)
+    rows[:, : pooled.shape[1]] = pooled.to(embeds.dtype)
+    return torch.cat([embeds, rows.view(n, -1, d)], dim=1)
+
+
+def unpack_pooled(conditioning: torch.Tensor, pooled_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inverse of ``pack_pooled``: (token embeddings (N, L, D), pooled (N, P))."""
+    k = math.ceil(pooled_dim / conditioning.shape[-1])
+    return conditioning[:, :-k], conditioning[:, -k:].flatten(1)[:, :pooled_dim]
+
+
+class _SizeConditionedUNet:
+    """SDXL's UNet called as SD 1.x's is, network(x, t, encoder_hidden_states=c), with any precision wrapper around
+    it: the pooled text embedding is unpacked from c and the time ids (original size, crop (0, 0), target size,
+    as ``StableDiffusionXLPipeline`` passes by default) follow from the size of x."""
+
+    def __init__(self, unet, pooled_dim: int, vae_scale: int):
+        self.unet, self.pooled_dim, self.vae_scale = unet, pooled_dim, vae_scale
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, encoder_hidden_states: torch.Tensor):
+        hidden, pooled = unpack_pooled(encoder_hidden_states, self.pooled_dim)
+        h, w = x.shape[-2] * self.vae_scale, x.shape[-1] * self.vae_scale
+        time_ids = torch.tensor([h, w, 0, 0, h, w], device=x.device, dtype=hidden.dtype).expand(len(x), -1)
+        return self.unet(x, t, encoder_hidden_states=hidden,
+                         added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids})
+
+
+class SDXLDenoiser(UNetDenoiser):
+    """SDXL (``StableDiffusionXLPipeline``): a UNet with size and pooled-text conditioning, two CLIP text encoders,
+    a VAE, DDIM with η > 0 as for SD 1.x, so log-probs, LoRA targets and the LoRA file are the UNet family's.
+
+    ``encode`` returns the two encoders' concatenated token embeddings with the pooled embedding packed into extra
+    rows (``pack_pooled``); the empty prompt's follows the pipeline's ``force_zeros_for_empty_prompt``.
+    """
+
+    @property
+    def pooled_dim(self) -> int:
+        """P of the pooled text embedding: the UNet's added-embedding input less the six time ids' embedding."""
+        config = self.pipe.unet.config
+        return int(config.projection_class_embeddings_input_dim) - 6 * int(config.addition_time_embed_dim)
+
+    def conditioned(self, network) -> _SizeConditionedUNet:
+        return _SizeConditionedUNet(network, self.pooled_dim, self.pipe.vae_scale_factor)
+
+    def encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            cond, uncond, pooled, pooled_uncond = self.pipe.encode_prompt(
+                list(prompts), device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=True)
+        return pack_pooled(cond, pooled), pack_pooled(uncond, pooled_uncond)
+
+    def prediction(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+                   guidance_scale: float, network=None) -> torch.Tensor:
+        network = self.conditioned(self.network if network is None else network)
+        return guided_output(network, x, t, cond, uncond, guidance_scale, self.precision)
+
+    def output(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return unet_output(self.conditioned(self.network), x, t, cond, self.precision)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        vae = self.pipe.vae
+        if vae.dtype == torch.float16 and vae.config.force_upcast:  # SDXL's VAE overflows in fp16, as diffusers says
+            vae.to(torch.float32)
+        return super().decode(latents)
+
+
 def denoiser_for(pipe, precision: Precision = FP32) -> Denoiser:
     """The ``Denoiser`` of a loaded pipeline's family, running its network at ``precision``; a clear error for a
     family the engine does not serve yet."""
+    if isinstance(pipe, StableDiffusionXLPipeline):
+        return SDXLDenoiser(pipe, precision)
     if isinstance(pipe, StableDiffusionPipeline):  # SD 1.x/2.x and PixelStableDiffusionPipeline
         return UNetDenoiser(pipe, precision)
     raise ValueError(f"{type(pipe).__name__} is not a model family hero trains yet: use an SD 1.x/2.x pipeline "
-                     "(StableDiffusionPipeline) or the built-in tiny-shapes")
+                     "(StableDiffusionPipeline), SDXL (StableDiffusionXLPipeline) or the built-in tiny-shapes")
 
 
 def as_denoiser(model_or_pipe) -> Denoiser:

@@ -73,7 +73,8 @@ class FrozenFeatures:
         self.timestep = min(n_train - 1, max(0, round(timestep_fraction * n_train)))
         abar = self.scheduler.alphas_cumprod[self.timestep].float()
         self.input_scale = float(abar.sqrt())
-        self.uncond = denoiser_for(pipe).encode([""])[0].detach()
+        self.model = denoiser_for(pipe)  # fp32: the features are a fixed function of the image
+        self.uncond = self.model.encode([""])[0].detach()
         self.dim = self.unet.config.block_out_channels[-1] * (2 if pool == "mean+max" else 1)
 
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:
@@ -90,7 +91,7 @@ class FrozenFeatures:
         grad = torch.is_grad_enabled() and latents.requires_grad
         try:
             with torch.set_grad_enabled(grad), pretrained_unet(unet):
-                unet(x, t, encoder_hidden_states=cond)
+                self.model.output(x, t, cond)  # the family's own call (SDXL: its size conditioning)
             raise RuntimeError("the UNet never ran its mid block")
         except _Captured as captured:
             h = captured.output.float()

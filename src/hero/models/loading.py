@@ -2,7 +2,8 @@
 
 Real checkpoints load from local paths only (nothing is downloaded at run time):
 
-- a diffusers pipeline folder (``save_pretrained`` / a Hub snapshot): SD 1.x/2.x or a pixel-space pipeline;
+- a diffusers pipeline folder (``save_pretrained`` / a Hub snapshot): SD 1.x/2.x, SDXL or a pixel-space pipeline,
+  the family read from its ``model_index.json``;
 - a single-file SD 1.x/2.x checkpoint in the original (CompVis / Stability) layout, ``.safetensors`` or
   ``.ckpt``, through diffusers' ``from_single_file``. Such a file holds weights only, so the architecture comes
   from ``model_config_dir``: a local diffusers folder of the same kind (``model_index.json``, each component's
@@ -17,7 +18,7 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import SingleFileComponentError
 
 from hero.config import SINGLE_FILE_SUFFIXES
@@ -25,6 +26,9 @@ from hero.models.pixel_pipeline import PixelStableDiffusionPipeline
 from hero.models.tiny_shapes import load_text_encoder, sampling_scheduler, shipped_model_dir
 
 BUILTIN = ("tiny-shapes",)
+# model_index.json's _class_name -> what loads it (None: the SD 1.x/2.x or pixel-space path below)
+FAMILIES = {"StableDiffusionPipeline": None, "PixelStableDiffusionPipeline": None,
+            "StableDiffusionXLPipeline": StableDiffusionXLPipeline}
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -62,8 +66,8 @@ def weight_dtype(precision: str) -> torch.dtype:
 
 def load_pipeline(model: str | Path = "tiny-shapes", device: str | torch.device = "cpu",
                   dtype: torch.dtype = torch.float32, model_config_dir: str | Path | None = None
-                  ) -> StableDiffusionPipeline:
-    """Load the built-in ``tiny-shapes`` model, a local diffusers pipeline folder (SD 1.x/2.x or pixel-space), or
+                  ) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
+    """Load the built-in ``tiny-shapes`` model, a local diffusers pipeline folder (SD 1.x/2.x, SDXL, pixel-space), or
     a single-file SD 1.x/2.x checkpoint (``.safetensors``/``.ckpt``) with ``model_config_dir`` naming a local
     diffusers folder of the same architecture.
 
@@ -81,7 +85,13 @@ def load_pipeline(model: str | Path = "tiny-shapes", device: str | torch.device 
                 f"--model {model!r}: not a built-in model ({', '.join(BUILTIN)}) and not a diffusers pipeline "
                 f"folder (no {path / 'model_index.json'}); nothing is downloaded at run time")
         index = json.loads((path / "model_index.json").read_text())
-        if index.get("vae") in (None, [None, None]):
+        family = index.get("_class_name")
+        if family is not None and family not in FAMILIES:
+            raise ValueError(f"--model {model!r} is a {family} folder: hero trains SD 1.x/2.x "
+                             "(StableDiffusionPipeline), SDXL (StableDiffusionXLPipeline) and the built-in tiny-shapes")
+        if FAMILIES.get(family) is not None:
+            pipe = FAMILIES[family].from_pretrained(path)
+        elif index.get("vae") in (None, [None, None]):
             if not (path / "text_encoder").is_dir():  # a shipped-style folder: unet + scheduler only
                 pipe = _load_tiny_shapes(path)
             else:
