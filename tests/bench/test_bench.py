@@ -223,7 +223,7 @@ def test_grid_settings_are_checked_before_anything_runs(tmp_path):
 
 
 def test_compute_benchmark_on_cpu(tiny_sd_pipeline):
-    from hero.bench.compute import build_sd_pipeline, measure, peak_tflops, run_compute
+    from hero.bench.compute import build_sd_pipeline, build_sdxl_pipeline, measure, peak_tflops, run_compute
 
     result = run_compute(n=2, steps=2, repeats=1, sd15=False, echo=lambda s: None)
     (row,) = result["results"]
@@ -243,6 +243,19 @@ def test_compute_benchmark_on_cpu(tiny_sd_pipeline):
         text=dict(vocab_size=80, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                   max_position_embeddings=32))
     assert pipe.vae_scale_factor == 2 and pipe.unet.config.cross_attention_dim == 16
+    # SDXL's builder with tiny configs, timed as the --sdxl row is: two encoders, pooled + size conditioning.
+    text = dict(vocab_size=80, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                max_position_embeddings=32)
+    xl = build_sdxl_pipeline(
+        unet=dict(sample_size=4, layers_per_block=1, block_out_channels=(8, 16), cross_attention_dim=32,
+                  attention_head_dim=4, norm_num_groups=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                  up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), addition_embed_type="text_time",
+                  addition_time_embed_dim=4, projection_class_embeddings_input_dim=6 * 4 + 8),
+        vae=dict(latent_channels=4, layers_per_block=1, sample_size=8, norm_num_groups=4, block_out_channels=(8, 16),
+                 down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2),
+        text=text, text_2={**text, "projection_dim": 8})
+    row = measure(xl, "tiny-sdxl", n=2, steps=2, guidance=5.0, batch=2, update_batch=1, repeats=1)
+    assert row["resolution"] == 8 and row["rollout_images_per_s"] > 0 and row["update_steps_per_s"] > 0
     assert peak_tflops("NVIDIA H100 80GB HBM3") == 989.4 and peak_tflops("NVIDIA H100 PCIe") == 756.0
     assert peak_tflops("NVIDIA H200") == 989.4 and peak_tflops("NVIDIA A100-SXM4-40GB") == 312.0
     assert peak_tflops("Tesla T4") is None

@@ -12,7 +12,9 @@ Per setting it measures (median of ``repeats`` timings after a warm-up):
   a GPU whose bf16 dense peak is in ``PEAK_BF16_TFLOPS`` it is also given as a fraction of that peak.
 
 Settings: the built-in tiny-shapes model (always, on CPU) and, when a GPU is present (or ``--sd15``), the SD 1.5
-architecture at 512×512 built from configs with random weights (timing does not need trained weights), in bf16.
+architecture at 512×512 built from configs with random weights (timing does not need trained weights), in bf16;
+with ``--sdxl`` also the SDXL base architecture at 1024×1024 (UNet 2.6 B parameters, CLIP-L and OpenCLIP-bigG
+text encoders), the same way.
 """
 
 from __future__ import annotations
@@ -39,6 +41,17 @@ SD15_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_blo
                 up_block_types=("UpDecoderBlock2D",) * 4)
 SD15_TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                  num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu")
+# SDXL base 1.0's architecture (its published component configs), 1024 px.
+SDXL_UNET = dict(sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
+                 block_out_channels=(320, 640, 1280), cross_attention_dim=2048, attention_head_dim=(5, 10, 20),
+                 transformer_layers_per_block=(1, 2, 10), use_linear_projection=True,
+                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                 addition_embed_type="text_time", addition_time_embed_dim=256,
+                 projection_class_embeddings_input_dim=2816)
+SDXL_VAE = {**SD15_VAE, "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": True}
+SDXL_TEXT_2 = dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
+                   num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu", projection_dim=1280)
 PROMPT = "three green triangles"
 
 
@@ -47,23 +60,56 @@ def peak_tflops(device_name: str) -> float | None:
     return next((t for pattern, t in PEAK_BF16_TFLOPS if re.search(pattern, device_name.upper())), None)
 
 
-def build_sd_pipeline(unet: dict = SD15_UNET, vae: dict = SD15_VAE, text: dict = SD15_TEXT):
-    """A StableDiffusionPipeline of the given architecture with random weights and a local character tokenizer."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+def _character_tokenizer(max_length: int):
+    """A CLIP tokenizer over single characters (no merges), built locally: enough to time any prompt."""
+    from transformers import CLIPTokenizer
 
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for ch in string.ascii_lowercase + string.digits:
         vocab.update({ch: len(vocab), ch + "</w>": len(vocab) + 1})
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=text["max_position_embeddings"])
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
+
+
+def _ddim_sd() -> object:
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                         set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
+
+
+def build_sd_pipeline(unet: dict = SD15_UNET, vae: dict = SD15_VAE, text: dict = SD15_TEXT):
+    """A StableDiffusionPipeline of the given architecture with random weights and a local character tokenizer."""
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = _character_tokenizer(text["max_position_embeddings"])
     encoder = CLIPTextModel(CLIPTextConfig(**text, bos_token_id=0, eos_token_id=1, pad_token_id=1)).eval()
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
     pipe = StableDiffusionPipeline(vae=AutoencoderKL(**vae).eval(), text_encoder=encoder.requires_grad_(False),
-                                   tokenizer=tokenizer, unet=UNet2DConditionModel(**unet), scheduler=scheduler,
+                                   tokenizer=tokenizer, unet=UNet2DConditionModel(**unet), scheduler=_ddim_sd(),
                                    safety_checker=None, feature_extractor=None, image_encoder=None,
                                    requires_safety_checker=False)
     pipe.vae.requires_grad_(False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_sdxl_pipeline(unet: dict = SDXL_UNET, vae: dict = SDXL_VAE, text: dict = SD15_TEXT,
+                        text_2: dict = SDXL_TEXT_2, device: str = "cpu"):
+    """A StableDiffusionXLPipeline of the given architecture with random weights, built directly on ``device``
+    (SDXL's UNet is 10 GB in fp32), and local character tokenizers."""
+    from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    ids = dict(bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    with torch.device(device):
+        encoder = CLIPTextModel(CLIPTextConfig(**text, **ids)).eval().requires_grad_(False)
+        encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**text_2, **ids)).eval().requires_grad_(False)
+        pipe = StableDiffusionXLPipeline(vae=AutoencoderKL(**vae).eval().requires_grad_(False), text_encoder=encoder,
+                                         text_encoder_2=encoder_2,
+                                         tokenizer=_character_tokenizer(text["max_position_embeddings"]),
+                                         tokenizer_2=_character_tokenizer(text_2["max_position_embeddings"]),
+                                         unet=UNet2DConditionModel(**unet), scheduler=_ddim_sd(),
+                                         add_watermarker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -158,8 +204,10 @@ def measure(pipe, setting: str, n: int, steps: int, guidance: float, batch: int,
 
 
 def run_compute(n: int = 16, steps: int = 20, repeats: int = 2, sd15: bool | None = None, sd15_n: int = 8,
-                device: str | None = None, echo: Callable[[str], None] = print) -> dict:
-    """The tiny model on CPU, then SD 1.5 at 512 px where a GPU is present (or asked for); echoes each row."""
+                device: str | None = None, echo: Callable[[str], None] = print, sdxl: bool = False,
+                sdxl_n: int = 4) -> dict:
+    """The tiny model on CPU, then SD 1.5 at 512 px where a GPU is present (or asked for), then SDXL at 1024 px
+    when asked for; echoes each row."""
     import json
 
     from hero.models import load_pipeline
@@ -174,5 +222,12 @@ def run_compute(n: int = 16, steps: int = 20, repeats: int = 2, sd15: bool | Non
         pipe = build_sd_pipeline().to(device=device, dtype=dtype)
         rows.append(measure(pipe, "sd15-architecture (random weights)", sd15_n, steps, 5.0, batch=sd15_n,
                             update_batch=2, repeats=repeats))
+        echo(json.dumps(rows[-1]))
+        del pipe
+    if sdxl:
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        pipe = build_sdxl_pipeline(device=device).to(dtype=dtype)
+        rows.append(measure(pipe, "sdxl-architecture (random weights)", sdxl_n, steps, 5.0, batch=sdxl_n,
+                            update_batch=1, repeats=repeats))
         echo(json.dumps(rows[-1]))
     return {"results": rows, "torch": torch.__version__, "threads": torch.get_num_threads()}
