@@ -6,6 +6,9 @@
   CLIP text encoder, ε-prediction DDIM with SD 1.x's scaled-linear schedule and leading timesteps.
 - ``tiny_sdxl_pipeline``: a StableDiffusionXLPipeline built the same way: two CLIP text encoders (the second with
   a projection: the pooled embedding), a UNet with SDXL's "text_time" added conditioning, DDIM.
+- ``tiny_sd3_pipeline``: a StableDiffusion3Pipeline: a one-layer SD3Transformer2DModel, two CLIP text encoders with
+  projections, no T5 (the pipeline then uses zeros for its tokens, as diffusers allows), a VAE with SD 3's shift
+  factor, the FlowMatchEulerDiscreteScheduler with SD 3's shift of 3.
 
 The ``*_factory`` fixtures build a fresh pipeline with the same random weights for the same ``seed``
 (e.g. to load a saved LoRA into an untouched copy).
@@ -20,6 +23,9 @@ import torch
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
@@ -110,6 +116,28 @@ def build_tiny_sd_pipeline(seed: int = 0) -> StableDiffusionPipeline:
 SDXL_POOLED_DIM, SDXL_TIME_DIM = 8, 4
 
 
+def build_tiny_sd3_pipeline(seed: int = 0) -> StableDiffusion3Pipeline:
+    """SD 3 in miniature, as diffusers' own tests build it (without T5): joint attention over 2 × TEXT_DIM."""
+    torch.manual_seed(seed)
+    encoders = [CLIPTextModelWithProjection(_clip_config(_clip_tokenizer(), projection_dim=TEXT_DIM)).eval()
+                for _ in range(2)]
+    for encoder in encoders:
+        encoder.requires_grad_(False)
+    transformer = SD3Transformer2DModel(sample_size=8, patch_size=1, in_channels=4, out_channels=4, num_layers=2,
+                                        attention_head_dim=8, num_attention_heads=2, caption_projection_dim=16,
+                                        joint_attention_dim=2 * TEXT_DIM, pooled_projection_dim=2 * TEXT_DIM)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
+                        norm_num_groups=4, layers_per_block=1, sample_size=16, shift_factor=0.0609,
+                        scaling_factor=1.5035, use_quant_conv=False, use_post_quant_conv=False)
+    pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+                                    vae=vae, text_encoder=encoders[0], tokenizer=_clip_tokenizer(),
+                                    text_encoder_2=encoders[1], tokenizer_2=_clip_tokenizer(),
+                                    text_encoder_3=None, tokenizer_3=None)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def build_tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     """SDXL in miniature: the UNet attends to both encoders' tokens (2 × TEXT_DIM) and adds the pooled embedding
     (SDXL_POOLED_DIM) and six time ids (SDXL_TIME_DIM each) to its time embedding, as diffusers' own tests build it."""
@@ -154,6 +182,18 @@ def tiny_sdxl_pipeline_factory():
 def tiny_sdxl_pipeline(tiny_sdxl_pipeline_factory) -> StableDiffusionXLPipeline:
     """A fresh tiny StableDiffusionXLPipeline (safe to mutate)."""
     return tiny_sdxl_pipeline_factory()
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_pipeline_factory():
+    """Callable ``(seed=0) -> StableDiffusion3Pipeline`` building a fresh tiny SD 3 pipeline."""
+    return build_tiny_sd3_pipeline
+
+
+@pytest.fixture
+def tiny_sd3_pipeline(tiny_sd3_pipeline_factory) -> StableDiffusion3Pipeline:
+    """A fresh tiny StableDiffusion3Pipeline (safe to mutate)."""
+    return tiny_sd3_pipeline_factory()
 
 
 @pytest.fixture

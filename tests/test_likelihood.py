@@ -16,7 +16,8 @@ from hero.likelihood import (
     prediction_target,
 )
 from hero.lora import add_lora
-from hero.models.denoiser import UNetDenoiser, denoiser_for
+from hero.models.denoiser import UNetDenoiser
+from hero.models.families import denoiser_for
 from hero.policy_gradient import make_optimizer
 from hero.rollout import rollout
 

@@ -9,7 +9,7 @@ import torch
 
 from hero.config import PolicyGradientSettings
 from hero.lora import add_lora
-from hero.models.denoiser import denoiser_for
+from hero.models.families import denoiser_for
 from hero.policy_gradient import clipped_surrogate_loss, make_optimizer, policy_gradient_update, standardise_advantages
 from hero.rollout import rollout, step_log_prob
 
@@ -96,7 +96,7 @@ def test_near_deterministic_steps_are_never_trained(tiny_pixel_pipeline):
     """tiny-shapes at 20 steps: the last DDIM step has σ ≈ 0.0064 (under one uint8 level); the others ≥ 0.07."""
     from types import SimpleNamespace
 
-    from hero.models.denoiser import denoiser_for
+    from hero.models.families import denoiser_for
     from hero.models.tiny_shapes import sampling_scheduler
     from hero.policy_gradient import accumulation_schedule, trainable_steps
 

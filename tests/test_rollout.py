@@ -8,7 +8,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from hero.lora import add_lora, lora_parameters
-from hero.models.denoiser import denoiser_for
+from hero.models.families import denoiser_for
 from hero.rollout import Trajectories, rollout, step_log_prob, to_uint8
 
 PROMPTS = ["a red circle", "a blue square", "a green triangle on the left", "big"]

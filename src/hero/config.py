@@ -47,10 +47,10 @@ class _Section(BaseModel):
 
 
 class SamplerConfig(_Section):
-    """DDIM sampling: steps, η and classifier-free guidance."""
+    """The stochastic sampler: steps, η and classifier-free guidance."""
 
     steps: int = Field(20, ge=1)
-    eta: float = Field(1.0, ge=0.0)
+    eta: float = Field(1.0, ge=0.0)  # DDIM's η; for a flow model (SD 3) the SDE's noise level a (0.7: Flow-GRPO's)
     guidance_scale: float = Field(2.0, ge=0.0)
     resolution: int | None = Field(None, ge=8)  # pixels; None: the model's native size
     batch_size: int = Field(8, ge=1)  # images per denoising forward pass (memory, not results)

@@ -25,7 +25,7 @@ from hero.algorithms.base import rollout_kwargs
 from hero.config import TrainConfig
 from hero.diversity import diversity, memorisation
 from hero.models import load_pipeline
-from hero.models.denoiser import denoiser_for
+from hero.models.families import denoiser_for
 from hero.rollout import rollout
 from hero.runs.feedback_log import FeedbackLog
 from hero.runs.folder import RunFolder

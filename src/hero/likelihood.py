@@ -15,6 +15,10 @@ weighting (Hang et al., ICCV 2023), the built-in model's pretraining loss. The p
 ℓ_base = w(t)·mean ‖f_θ(x_t, t, c) − f_ref(x_t, t, c)‖² on the same x_t: for two Gaussian reverse steps with
 the same σ the KL between them is proportional to this squared difference of predictions, as in DPOK's KL
 regulariser (Fan et al., NeurIPS 2023).
+
+The forward process is the model family's (``Denoiser.noised``, ``training_target``, ``loss_weight``,
+``training_timesteps``): the above for the DDPM-trained UNets; for a rectified-flow model (SD 3)
+x_σ = (1 − σ)·x₀ + σ·ε with σ ~ U(0, 1), target v = ε − x₀ and weight 1.
 """
 
 from __future__ import annotations
@@ -25,46 +29,14 @@ from dataclasses import dataclass, field
 import torch
 
 from hero.distributed import SINGLE, Dist
-from hero.models.denoiser import Denoiser, as_denoiser
+from hero.models.ddim import min_snr_weight, noised, prediction_target
+from hero.models.denoiser import Denoiser
+from hero.models.families import as_denoiser
 from hero.policy_gradient import clip_and_step
 from hero.rollout import Trajectories
 
 __all__ = ["DenoisingErrors", "ImagePool", "LikelihoodConfig", "denoising_errors", "likelihood_update",
            "min_snr_weight", "noised", "prediction_target"]
-
-
-def noised(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """x_t = √ᾱ_t·x₀ + √(1 − ᾱ_t)·ε for per-sample timesteps t (B,)."""
-    a = _abar(scheduler, t, x0)
-    return a.sqrt() * x0 + (1 - a).sqrt() * noise
-
-
-def prediction_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """What the UNet should output at x_t: ε, v = √ᾱ·ε − √(1−ᾱ)·x₀, or x₀ (``prediction_type``)."""
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        return noise
-    if kind == "v_prediction":
-        a = _abar(scheduler, t, x0)
-        return a.sqrt() * noise - (1 - a).sqrt() * x0
-    if kind == "sample":
-        return x0
-    raise ValueError(f"unsupported prediction_type {kind!r}")
-
-
-def min_snr_weight(scheduler, t: torch.Tensor, gamma: float | None) -> torch.Tensor:
-    """Per-sample loss weight (B,) that turns the parameterisation's MSE into min(SNR, γ)-weighted x₀ error.
-
-    SNR = ᾱ/(1 − ᾱ). ε-prediction: min(SNR, γ)/SNR; v-prediction: min(SNR, γ)/(SNR + 1); x₀: min(SNR, γ).
-    ``gamma=None``: 1 (the plain MSE).
-    """
-    if gamma is None:
-        return torch.ones(len(t))
-    a = scheduler.alphas_cumprod.float().cpu()[t.long().cpu()]
-    snr = a / (1 - a)
-    clipped = snr.clamp(max=gamma)
-    kind = scheduler.config.prediction_type
-    return {"epsilon": clipped / snr, "v_prediction": clipped / (snr + 1), "sample": clipped}[kind]
 
 
 @dataclass
@@ -87,17 +59,16 @@ def denoising_errors(model: Denoiser, x0: torch.Tensor, cond: torch.Tensor, nois
 
     Args:
         model: the trainer's ``Denoiser``: its network carries the (trainable) adapter, the base model is the same
-            network with the adapter off (``base_model``), both run at ``model.precision``; its scheduler gives
-            ``alphas_cumprod`` and ``prediction_type``.
+            network with the adapter off (``base_model``), both run at ``model.precision``; its forward process
+            (``noised``, ``training_target``, ``loss_weight``) is the family's.
         x0, cond, noise, t: judged latents (B, ...), their conditioning (B, L, D), ε and timesteps (B,).
         gamma: min-SNR γ of the loss weighting (None: plain MSE).
         with_base: also run the base model (one more forward pass, without gradients).
     """
-    scheduler = model.pipe.scheduler
-    x_t = noised(scheduler, x0, noise, t)
+    x_t = model.noised(x0, noise, t)
     t = t.to(x0.device)
-    weight = min_snr_weight(scheduler, t, gamma).to(x0.device)
-    target = prediction_target(scheduler, x0, noise, t)
+    weight = model.loss_weight(t, gamma).to(x0.device)
+    target = model.training_target(x0, noise, t)
     dims = tuple(range(1, x0.ndim))
     errors = DenoisingErrors(model=torch.zeros(0), target=target, weight=weight)
     if with_base:
@@ -146,13 +117,12 @@ def likelihood_update(model: Denoiser, pool: ImagePool, candidates: torch.Tensor
     device = model.network.device
     labels = pool.labels()
     stats: dict[str, list[float]] = {"loss": [], "model_error": [], "to_base": [], "grad_norm": []}
-    n_train = model.pipe.scheduler.config.num_train_timesteps
     optimizer.zero_grad(set_to_none=True)
     for _ in range(cfg.steps if len(candidates) else 0):
         idx = candidates[torch.randint(len(candidates), (cfg.batch_size,), generator=generator)]
         x0, cond = pool.batch(idx, cfg.cond_dropout, generator,
                               unconditional=~labels[idx] if cfg.rejected_unconditional else None)
-        t = torch.randint(n_train, (len(idx),), generator=generator)
+        t = model.training_timesteps(len(idx), generator)
         noise = torch.randn(x0.shape, generator=generator)
         errors = denoising_errors(model, x0.to(device), cond.to(device), noise.to(device), t, cfg.min_snr_gamma,
                                   cfg.with_base)
@@ -165,11 +135,6 @@ def likelihood_update(model: Denoiser, pool: ImagePool, candidates: torch.Tensor
             stats["to_base"].append(errors.to_base.mean().item())
     out = {k: float(sum(v) / len(v)) if v else float("nan") for k, v in stats.items()}
     return {**out, "steps": len(stats["loss"])}
-
-
-def _abar(scheduler, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    a = scheduler.alphas_cumprod.float().to(like.device)[t.long().to(like.device)]
-    return a.view(-1, *([1] * (like.ndim - 1)))
 
 
 @dataclass

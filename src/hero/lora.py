@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
@@ -29,7 +29,12 @@ DEFAULT_TARGETS = TARGET_PRESETS["attention"]
 
 
 def _unet(pipe_or_unet):
-    unet = getattr(pipe_or_unet, "unet", pipe_or_unet)
+    """The denoising network of a pipeline (its UNet, or an SD 3 transformer), or the network itself."""
+    unet = pipe_or_unet
+    for name in ("unet", "transformer"):
+        if getattr(pipe_or_unet, name, None) is not None:
+            unet = getattr(pipe_or_unet, name)
+            break
     return getattr(unet, "_orig_mod", unet)  # unwrap torch.compile
 
 
@@ -80,7 +85,12 @@ def save_lora(pipe_or_unet, directory: str | Path, adapter_name: str | None = No
     metadata = {k: sorted(v, key=str) if isinstance(v, (set, frozenset)) else v
                 for k, v in unet.peft_config[adapter_name].to_dict().items()}
     directory = Path(directory)
-    StableDiffusionPipeline.save_lora_weights(directory, unet_lora_layers=layers, unet_lora_adapter_metadata=metadata)
+    if getattr(pipe_or_unet, "transformer", None) is not None:  # SD 3: "transformer." keys, as its loader reads
+        StableDiffusion3Pipeline.save_lora_weights(directory, transformer_lora_layers=layers,
+                                                   transformer_lora_adapter_metadata=metadata)
+    else:
+        StableDiffusionPipeline.save_lora_weights(directory, unet_lora_layers=layers,
+                                                  unet_lora_adapter_metadata=metadata)
     # safetensors writes its metadata map in a random order on every call: rewrite the header with sorted keys
     # (the tensor bytes and their offsets stay as they are). Padded with spaces to 8 bytes, as safetensors does.
     path = directory / "pytorch_lora_weights.safetensors"

@@ -11,7 +11,8 @@ import torch
 from hero.config import PolicyGradientSettings
 from hero.distributed import SINGLE, Dist
 from hero.lora import lora_parameters
-from hero.models.denoiser import Denoiser, as_denoiser
+from hero.models.denoiser import Denoiser
+from hero.models.families import as_denoiser
 from hero.precision import LossScale
 from hero.rollout import Trajectories, step_log_prob
 

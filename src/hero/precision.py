@@ -58,7 +58,7 @@ class LossScale:
 class Precision:
     """How the engine runs its denoising network: in fp32, or under ``torch.autocast`` in bf16 or fp16.
 
-    The trainer's ``Denoiser`` holds one (``hero.models.denoiser.denoiser_for(pipe, precision)``), so the sampler,
+    The trainer's ``Denoiser`` holds one (``hero.models.families.denoiser_for(pipe, precision)``), so the sampler,
     the log-prob re-evaluation and the likelihood losses all run the network the same way, and a call site shows
     it: ``model.precision``. Half precision: each forward runs under autocast and its output is cast back to fp32
     before the DDIM posterior, so log-probs, latents and ratios stay fp32; trainable LoRA parameters stay fp32

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from diffusers.training_utils import EMAModel
 
-from hero.models.denoiser import denoiser_for
+from hero.models.families import denoiser_for
 from hero.models.pixel_pipeline import PixelStableDiffusionPipeline
 from hero.models.tiny_shapes import build_unet, load_text_encoder, sampling_scheduler, training_scheduler
 from hero.runs.atomic import atomic_torch_save

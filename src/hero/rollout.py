@@ -19,7 +19,8 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from hero.distributed import shard_range
 from hero.models.ddim import gaussian_log_prob
-from hero.models.denoiser import Denoiser, as_denoiser
+from hero.models.denoiser import Denoiser
+from hero.models.families import as_denoiser
 
 __all__ = ["Trajectories", "rollout", "step_log_prob", "step_posterior", "to_uint8"]
 

@@ -6,12 +6,13 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 
 import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline
 
-from hero.models.denoiser import denoiser_for
+from hero.models.families import denoiser_for
 from hero.models.loading import resolve_precision
 
 DEFAULT_STEPS = 20
@@ -37,11 +38,13 @@ def sample_images(pipe: StableDiffusionPipeline, prompt: str, n: int, seed: int 
     """n images for one prompt as (n, H, W, 3) uint8; the same seed gives the same images."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
     size = denoiser_for(pipe).image_size()
+    # DDIM pipelines take η; a flow-matching pipeline samples its ODE and has no η.
+    stochastic = {"eta": eta} if "eta" in inspect.signature(pipe.__call__).parameters else {}
     out = []
     for start in range(0, n, batch_size):
         k = min(batch_size, n - start)
         with precision_context(precision, pipe.device):
-            images = pipe(prompt, num_images_per_prompt=k, num_inference_steps=steps, eta=eta,
+            images = pipe(prompt, num_images_per_prompt=k, num_inference_steps=steps, **stochastic,
                           guidance_scale=guidance_scale, generator=generator, output_type="np",
                           height=size, width=size).images
         out.append((np.asarray(images, dtype=np.float32) * 255).round().clip(0, 255).astype(np.uint8))

@@ -19,7 +19,7 @@ from hero.config import ConfigError, PolicyGradientSettings, load_config
 from hero.feedback import RewardFeedback, RoundFeedback, SimulatedHuman
 from hero.feedback.annotations import comparison_pairs, load_annotations
 from hero.lora import add_lora
-from hero.models.denoiser import denoiser_for
+from hero.models.families import denoiser_for
 from hero.policy_gradient import make_optimizer
 from hero.rollout import rollout, step_log_prob
 from hero.runs.feedback_log import FeedbackLog

@@ -10,7 +10,6 @@ from hero.algorithms.dpok import (
     DPOKTrainer,
     ValueNet,
     dpok_loss,
-    noise_from_output,
     step_terms,
     timestep_embedding,
     train_value,
@@ -19,7 +18,8 @@ from hero.algorithms.dpok import (
 from hero.config import load_config
 from hero.lora import add_lora, lora_parameters
 from hero.models import load_pipeline
-from hero.models.denoiser import denoiser_for
+from hero.models.ddim import noise_from_output
+from hero.models.families import denoiser_for
 from hero.rollout import rollout
 from hero.train import train
 

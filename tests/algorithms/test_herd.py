@@ -16,7 +16,7 @@ from hero.algorithms import ALGORITHMS, make_algorithm
 from hero.algorithms.herd import HerdTrainer, describe, recompute_log_probs, relabel, relabel_prompt
 from hero.config import load_config
 from hero.feedback import RoundFeedback, SimulatedHuman
-from hero.models.denoiser import denoiser_for
+from hero.models.families import denoiser_for
 from hero.policy_gradient import standardise_advantages
 from hero.rollout import rollout, step_log_prob
 from hero.runs.feedback_log import FeedbackLog

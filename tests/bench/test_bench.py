@@ -223,7 +223,14 @@ def test_grid_settings_are_checked_before_anything_runs(tmp_path):
 
 
 def test_compute_benchmark_on_cpu(tiny_sd_pipeline):
-    from hero.bench.compute import build_sd_pipeline, build_sdxl_pipeline, measure, peak_tflops, run_compute
+    from hero.bench.compute import (
+        build_sd3_pipeline,
+        build_sd_pipeline,
+        build_sdxl_pipeline,
+        measure,
+        peak_tflops,
+        run_compute,
+    )
 
     result = run_compute(n=2, steps=2, repeats=1, sd15=False, echo=lambda s: None)
     (row,) = result["results"]
@@ -255,6 +262,16 @@ def test_compute_benchmark_on_cpu(tiny_sd_pipeline):
                  down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2),
         text=text, text_2={**text, "projection_dim": 8})
     row = measure(xl, "tiny-sdxl", n=2, steps=2, guidance=5.0, batch=2, update_batch=1, repeats=1)
+    assert row["resolution"] == 8 and row["rollout_images_per_s"] > 0 and row["update_steps_per_s"] > 0
+    sd3 = build_sd3_pipeline(
+        transformer=dict(sample_size=4, patch_size=1, in_channels=4, out_channels=4, num_layers=1,
+                         attention_head_dim=8, num_attention_heads=2, caption_projection_dim=16,
+                         joint_attention_dim=32, pooled_projection_dim=32),
+        vae=dict(latent_channels=4, layers_per_block=1, sample_size=8, norm_num_groups=4, block_out_channels=(8, 16),
+                 down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                 shift_factor=0.0609, scaling_factor=1.5305),
+        text=text, text_2={**text, "projection_dim": 16})
+    row = measure(sd3, "tiny-sd3", n=2, steps=2, guidance=4.5, batch=2, update_batch=1, repeats=1)
     assert row["resolution"] == 8 and row["rollout_images_per_s"] > 0 and row["update_steps_per_s"] > 0
     assert peak_tflops("NVIDIA H100 80GB HBM3") == 989.4 and peak_tflops("NVIDIA H100 PCIe") == 756.0
     assert peak_tflops("NVIDIA H200") == 989.4 and peak_tflops("NVIDIA A100-SXM4-40GB") == 312.0

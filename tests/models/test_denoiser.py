@@ -7,7 +7,8 @@ import torch
 
 from hero.lora import add_lora
 from hero.models.ddim import ddim_posterior, step_alphas
-from hero.models.denoiser import UNetDenoiser, denoiser_for
+from hero.models.denoiser import UNetDenoiser
+from hero.models.families import denoiser_for
 from hero.rollout import rollout
 
 

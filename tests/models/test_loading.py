@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from hero.config import ConfigError, PolicyGradientSettings, load_config
 from hero.lora import add_lora, lora_parameters
 from hero.models import PixelStableDiffusionPipeline, load_pipeline
-from hero.models.denoiser import denoiser_for
+from hero.models.families import denoiser_for
 from hero.models.loading import configure_memory, weight_dtype
 from hero.policy_gradient import clip_and_step, make_optimizer, policy_gradient_update
 from hero.precision import FP32, Precision

@@ -13,7 +13,8 @@ from hero.distributed import SINGLE, Dist
 from hero.feedback.base import RoundFeedback
 from hero.likelihood import LikelihoodConfig
 from hero.lora import add_lora, save_lora
-from hero.models.denoiser import Denoiser, denoiser_for
+from hero.models.denoiser import Denoiser
+from hero.models.families import denoiser_for
 from hero.policy_gradient import make_optimizer
 from hero.precision import Precision
 from hero.rollout import Trajectories

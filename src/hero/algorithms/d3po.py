@@ -41,7 +41,8 @@ from hero.config import PolicyGradientSettings
 from hero.distributed import SINGLE, Dist
 from hero.feedback.annotations import comparison_pairs
 from hero.feedback.base import RoundFeedback
-from hero.models.denoiser import Denoiser, as_denoiser
+from hero.models.denoiser import Denoiser
+from hero.models.families import as_denoiser
 from hero.policy_gradient import accumulation_schedule, clip_and_step, trainable_steps
 from hero.rollout import Trajectories, step_log_prob
 

@@ -35,7 +35,7 @@ from hero.feedback.annotations import SAMPLE_META, Annotations, comparison_pairs
 from hero.feedback.base import RoundFeedback
 from hero.lora import save_lora
 from hero.models import load_pipeline
-from hero.models.denoiser import denoiser_for
+from hero.models.families import denoiser_for
 from hero.rollout import rollout
 from hero.runs.atomic import atomic_write_text
 from hero.runs.feedback_log import FeedbackLog, RoundRecorder

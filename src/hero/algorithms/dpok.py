@@ -33,8 +33,9 @@ from hero.algorithms.ddpo import ddpo_rewards
 from hero.config import PolicyGradientSettings
 from hero.distributed import SINGLE, Dist
 from hero.feedback.base import RoundFeedback
-from hero.models.ddim import gaussian_log_prob, step_alphas
-from hero.models.denoiser import Denoiser, as_denoiser
+from hero.models.ddim import gaussian_log_prob
+from hero.models.denoiser import Denoiser
+from hero.models.families import as_denoiser
 from hero.policy_gradient import accumulation_schedule, clip_and_step, clipped_surrogate_loss, trainable_steps
 from hero.rollout import Trajectories
 
@@ -91,19 +92,6 @@ def train_value(value: ValueNet, optimizer: torch.optim.Optimizer, x: torch.Tens
     return {"value_mse_before": before, "value_mse_after": mse() if epochs else before}
 
 
-def noise_from_output(scheduler, out: torch.Tensor, x: torch.Tensor, abar_t: torch.Tensor) -> torch.Tensor:
-    """ε̂ from a UNet output of any prediction type (per-sample ᾱ_t (B,)), as the DDIM posterior reads it."""
-    a = abar_t.to(x.device).view(-1, *([1] * (x.ndim - 1)))
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        return out
-    if kind == "v_prediction":  # v = √ᾱ·ε − √(1−ᾱ)·x₀  ⇒  ε = √ᾱ·v + √(1−ᾱ)·x_t
-        return a.sqrt() * out + (1 - a).sqrt() * x
-    if kind == "sample":
-        return (x - a.sqrt() * out) / (1 - a).sqrt()
-    raise ValueError(f"unsupported prediction_type {kind!r}")
-
-
 def step_terms(model: Denoiser, traj: Trajectories, idx: torch.Tensor,
                steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(log π_θ of the stored transitions with grad, ε-MSE to the adapter-free UNet) per sample, (B,) each.
@@ -111,18 +99,18 @@ def step_terms(model: Denoiser, traj: Trajectories, idx: torch.Tensor,
     The log-prob is computed with the sampler's own functions (as ``step_log_prob`` does), so unchanged
     weights reproduce the stored log-probs exactly; one forward pass serves both terms.
     """
-    device, scheduler = model.network.device, model.pipe.scheduler
-    abar_t = step_alphas(scheduler, traj.timesteps)[0]
+    device = model.network.device
     x, x_prev = traj.latents[idx, steps].to(device), traj.latents[idx, steps + 1].to(device)
     t = traj.timesteps.cpu()[steps].to(device)
     cond, uncond = traj.prompt_embeds[idx].to(device), traj.negative_prompt_embeds[idx].to(device)
     # The pretrained reference first: toggling the adapter changes requires_grad flags.
     with torch.no_grad(), model.base_model():
-        eps_ref = noise_from_output(scheduler, model.prediction(x, t, cond, uncond, traj.guidance_scale),
-                                    x, abar_t[steps])
+        eps_ref = model.noise_estimate(model.prediction(x, t, cond, uncond, traj.guidance_scale), x,
+                                       traj.timesteps, steps)
     out = model.prediction(x, t, cond, uncond, traj.guidance_scale)
     mu, sigma = model.posterior(out, x, traj.timesteps, steps, traj.eta)
-    kl = ((noise_from_output(scheduler, out, x, abar_t[steps]) - eps_ref) ** 2).mean(dim=tuple(range(1, x.ndim)))
+    eps = model.noise_estimate(out, x, traj.timesteps, steps)
+    kl = ((eps - eps_ref) ** 2).mean(dim=tuple(range(1, x.ndim)))
     return gaussian_log_prob(x_prev, mu, sigma), kl
 
 

@@ -54,7 +54,8 @@ from hero.config import parse_feedback
 from hero.distributed import SINGLE, Dist
 from hero.feedback.base import RoundFeedback
 from hero.feedback.sources import make_feedback_source
-from hero.models.denoiser import Denoiser, as_denoiser
+from hero.models.denoiser import Denoiser
+from hero.models.families import as_denoiser
 from hero.policy_gradient import policy_gradient_update
 from hero.rollout import Trajectories, step_log_prob
 from hero.runs.feedback_log import Relabel

@@ -40,7 +40,8 @@ from hero.algorithms.ddpo import ddpo_rewards
 from hero.algorithms.seiko_reward import RewardModel, fit_reward
 from hero.distributed import SINGLE, Dist
 from hero.feedback.base import RoundFeedback
-from hero.models.denoiser import Denoiser, as_denoiser
+from hero.models.denoiser import Denoiser
+from hero.models.families import as_denoiser
 from hero.models.features import FrozenFeatures
 from hero.policy_gradient import clip_and_step
 from hero.rollout import Trajectories, step_posterior

@@ -14,7 +14,8 @@ Per setting it measures (median of ``repeats`` timings after a warm-up):
 Settings: the built-in tiny-shapes model (always, on CPU) and, when a GPU is present (or ``--sd15``), the SD 1.5
 architecture at 512×512 built from configs with random weights (timing does not need trained weights), in bf16;
 with ``--sdxl`` also the SDXL base architecture at 1024×1024 (UNet 2.6 B parameters, CLIP-L and OpenCLIP-bigG
-text encoders), the same way.
+text encoders), and with ``--sd35`` SD 3.5 Medium's (MMDiT-X, 2.2 B parameters in the transformer; without T5),
+the same way.
 """
 
 from __future__ import annotations
@@ -52,6 +53,14 @@ SDXL_UNET = dict(sample_size=128, in_channels=4, out_channels=4, layers_per_bloc
 SDXL_VAE = {**SD15_VAE, "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": True}
 SDXL_TEXT_2 = dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
                    num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu", projection_dim=1280)
+# SD 3.5 Medium's architecture, 1024 px (MMDiT-X: dual attention in its first 13 blocks); timed without T5-XXL
+# (the pipeline then feeds zeros for its tokens), which changes the text encoding, not the transformer's work.
+SD35M_TRANSFORMER = dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24,
+                         attention_head_dim=64, num_attention_heads=24, joint_attention_dim=4096,
+                         caption_projection_dim=1536, pooled_projection_dim=2048, pos_embed_max_size=384,
+                         dual_attention_layers=tuple(range(13)), qk_norm="rms_norm")
+SD35_VAE = {**SD15_VAE, "sample_size": 1024, "latent_channels": 16, "scaling_factor": 1.5305,
+            "shift_factor": 0.0609, "use_quant_conv": False, "use_post_quant_conv": False}
 PROMPT = "three green triangles"
 
 
@@ -114,6 +123,32 @@ def build_sdxl_pipeline(unet: dict = SDXL_UNET, vae: dict = SDXL_VAE, text: dict
     return pipe
 
 
+def build_sd3_pipeline(transformer: dict = SD35M_TRANSFORMER, vae: dict = SD35_VAE, text: dict = SD15_TEXT,
+                       text_2: dict = SDXL_TEXT_2, device: str = "cpu"):
+    """A StableDiffusion3Pipeline of the given architecture with random weights and no T5, built on ``device``."""
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    ids = dict(bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    first = {**text, "projection_dim": text.get("projection_dim", text["hidden_size"])}
+    with torch.device(device):
+        encoders = [CLIPTextModelWithProjection(CLIPTextConfig(**cfg, **ids)).eval().requires_grad_(False)
+                    for cfg in (first, text_2)]
+        pipe = StableDiffusion3Pipeline(
+            transformer=SD3Transformer2DModel(**transformer), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+            vae=AutoencoderKL(**vae).eval().requires_grad_(False), text_encoder=encoders[0],
+            tokenizer=_character_tokenizer(text["max_position_embeddings"]), text_encoder_2=encoders[1],
+            tokenizer_2=_character_tokenizer(text_2["max_position_embeddings"]), text_encoder_3=None,
+            tokenizer_3=None)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def _timed(fn: Callable[[int], object], repeats: int, sync: Callable[[], None]) -> float:
     times = []
     for r in range(repeats):
@@ -158,7 +193,7 @@ def _sampling(pipe, n: int, steps: int, guidance: float, batch: int, repeats: in
 def _update(pipe, traj, batch: int, k: int, repeats: int, sync) -> dict:
     from hero.config import PolicyGradientSettings
     from hero.lora import add_lora
-    from hero.models.denoiser import denoiser_for
+    from hero.models.families import denoiser_for
     from hero.policy_gradient import make_optimizer, policy_gradient_update
 
     network = denoiser_for(pipe).network
@@ -177,7 +212,7 @@ def _update(pipe, traj, batch: int, k: int, repeats: int, sync) -> dict:
 def measure(pipe, setting: str, n: int, steps: int, guidance: float, batch: int, update_batch: int,
             repeats: int = 2) -> dict:
     """Time sampling and the update for one pipeline (see the module docstring); returns one result row."""
-    from hero.models.denoiser import denoiser_for
+    from hero.models.families import denoiser_for
 
     device = pipe.device
     cuda = device.type == "cuda"
@@ -205,9 +240,9 @@ def measure(pipe, setting: str, n: int, steps: int, guidance: float, batch: int,
 
 def run_compute(n: int = 16, steps: int = 20, repeats: int = 2, sd15: bool | None = None, sd15_n: int = 8,
                 device: str | None = None, echo: Callable[[str], None] = print, sdxl: bool = False,
-                sdxl_n: int = 4) -> dict:
-    """The tiny model on CPU, then SD 1.5 at 512 px where a GPU is present (or asked for), then SDXL at 1024 px
-    when asked for; echoes each row."""
+                sdxl_n: int = 4, sd35: bool = False) -> dict:
+    """The tiny model on CPU, then SD 1.5 at 512 px where a GPU is present (or asked for), then SDXL and SD 3.5
+    Medium at 1024 px when asked for; echoes each row."""
     import json
 
     from hero.models import load_pipeline
@@ -229,5 +264,12 @@ def run_compute(n: int = 16, steps: int = 20, repeats: int = 2, sd15: bool | Non
         pipe = build_sdxl_pipeline(device=device).to(dtype=dtype)
         rows.append(measure(pipe, "sdxl-architecture (random weights)", sdxl_n, steps, 5.0, batch=sdxl_n,
                             update_batch=1, repeats=repeats))
+        echo(json.dumps(rows[-1]))
+        del pipe
+    if sd35:
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        pipe = build_sd3_pipeline(device=device).to(dtype=dtype)
+        rows.append(measure(pipe, "sd3.5-medium-architecture (random weights, no T5)", sdxl_n, steps, 4.5,
+                            batch=sdxl_n, update_batch=1, repeats=repeats))
         echo(json.dumps(rows[-1]))
     return {"results": rows, "torch": torch.__version__, "threads": torch.get_num_threads()}

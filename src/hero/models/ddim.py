@@ -16,8 +16,8 @@ import torch
 
 from hero.precision import FP32, Precision, unet_call
 
-__all__ = ["check_stochastic", "ddim_posterior", "gaussian_log_prob", "guided_output", "step_alphas",
-           "step_sigmas"]
+__all__ = ["check_stochastic", "ddim_posterior", "gaussian_log_prob", "guided_output", "min_snr_weight",
+           "noise_from_output", "noised", "prediction_target", "step_alphas", "step_sigmas"]
 
 
 def step_alphas(scheduler, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,3 +100,57 @@ def gaussian_log_prob(x_prev: torch.Tensor, mu: torch.Tensor, sigma: torch.Tenso
     """log N(x_prev; μ, σ²) averaged over the non-batch dimensions (B,)."""
     lp = -((x_prev - mu) ** 2) / (2 * sigma**2) - torch.log(sigma) - 0.5 * math.log(2 * math.pi)
     return lp.mean(dim=tuple(range(1, x_prev.ndim)))
+
+
+# --- the forward (training) process of a DDPM-trained model: the likelihood methods' noise and targets ------
+
+def noised(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x_t = √ᾱ_t·x₀ + √(1 − ᾱ_t)·ε for per-sample timesteps t (B,)."""
+    a = _abar(scheduler, t, x0)
+    return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+
+def prediction_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the UNet should output at x_t: ε, v = √ᾱ·ε − √(1−ᾱ)·x₀, or x₀ (``prediction_type``)."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        a = _abar(scheduler, t, x0)
+        return a.sqrt() * noise - (1 - a).sqrt() * x0
+    if kind == "sample":
+        return x0
+    raise ValueError(f"unsupported prediction_type {kind!r}")
+
+
+def min_snr_weight(scheduler, t: torch.Tensor, gamma: float | None) -> torch.Tensor:
+    """Per-sample loss weight (B,) that turns the parameterisation's MSE into min(SNR, γ)-weighted x₀ error.
+
+    SNR = ᾱ/(1 − ᾱ). ε-prediction: min(SNR, γ)/SNR; v-prediction: min(SNR, γ)/(SNR + 1); x₀: min(SNR, γ).
+    ``gamma=None``: 1 (the plain MSE).
+    """
+    if gamma is None:
+        return torch.ones(len(t))
+    a = scheduler.alphas_cumprod.float().cpu()[t.long().cpu()]
+    snr = a / (1 - a)
+    clipped = snr.clamp(max=gamma)
+    kind = scheduler.config.prediction_type
+    return {"epsilon": clipped / snr, "v_prediction": clipped / (snr + 1), "sample": clipped}[kind]
+
+
+def noise_from_output(scheduler, out: torch.Tensor, x: torch.Tensor, abar_t: torch.Tensor) -> torch.Tensor:
+    """ε̂ from a UNet output of any prediction type (per-sample ᾱ_t (B,)), as the DDIM posterior reads it."""
+    a = abar_t.to(x.device).view(-1, *([1] * (x.ndim - 1)))
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return out
+    if kind == "v_prediction":  # v = √ᾱ·ε − √(1−ᾱ)·x₀  ⇒  ε = √ᾱ·v + √(1−ᾱ)·x_t
+        return a.sqrt() * out + (1 - a).sqrt() * x
+    if kind == "sample":
+        return (x - a.sqrt() * out) / (1 - a).sqrt()
+    raise ValueError(f"unsupported prediction_type {kind!r}")
+
+
+def _abar(scheduler, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    a = scheduler.alphas_cumprod.float().to(like.device)[t.long().to(like.device)]
+    return a.view(-1, *([1] * (like.ndim - 1)))

@@ -14,7 +14,7 @@ a diffusers pipeline. It owns what differs between families:
 the pixel-space tiny-shapes, which is the same pipeline without a VAE. ``SDXLDenoiser`` is SDXL: the same DDIM
 sampler, two text encoders whose pooled embedding travels inside the conditioning tensor (``pack_pooled``), and
 the size conditioning (time ids) read off the latents. A new family (a flow-matching transformer with its SDE
-sampler) is a new subclass plus a line in ``denoiser_for``.
+sampler, ``hero.models.sd3``) is a new subclass plus a line in ``hero.models.families.denoiser_for``.
 
 The conditioning a family needs is one tensor per prompt, (N, L, D), whatever it holds: the engine stores it
 (``Trajectories.prompt_embeds``, the likelihood methods' pool, HERD's relabels) and hands it back to ``prediction``
@@ -28,13 +28,22 @@ import math
 from collections.abc import Iterator, Sequence
 
 import torch
-from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-from hero.models.ddim import check_stochastic, ddim_posterior, guided_output, step_alphas, step_sigmas
+from hero.models.ddim import (
+    check_stochastic,
+    ddim_posterior,
+    guided_output,
+    min_snr_weight,
+    noise_from_output,
+    noised,
+    prediction_target,
+    step_alphas,
+    step_sigmas,
+)
 from hero.precision import FP32, Precision, unet_output
 
-__all__ = ["UNET_TARGET_PRESETS", "Denoiser", "SDXLDenoiser", "UNetDenoiser", "as_denoiser", "denoiser_for",
-           "pack_pooled", "resolve_targets", "unpack_pooled"]
+__all__ = ["UNET_TARGET_PRESETS", "Denoiser", "SDXLDenoiser", "UNetDenoiser", "pack_pooled", "resolve_targets",
+           "unpack_pooled", "vae_decode"]
 
 _ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 UNET_TARGET_PRESETS: dict[str, tuple[str, ...]] = {
@@ -126,6 +135,46 @@ class Denoiser:
         """Final latents -> pixels in [-1, 1] (N, 3, H, W) fp32. Differentiable."""
         raise NotImplementedError
 
+    def noise_estimate(self, prediction: torch.Tensor, x: torch.Tensor, timesteps: torch.Tensor,
+                       steps: torch.Tensor) -> torch.Tensor:
+        """ε̂ (fp32) implied by a prediction at x at ``timesteps[steps]``: what DPOK's KL compares."""
+        raise NotImplementedError
+
+    # The forward process the model was trained on: the likelihood methods (``hero.likelihood``) noise judged
+    # images with it and train the network's own prediction target.
+
+    def training_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """n model timesteps drawn for the denoising loss (B,)."""
+        raise NotImplementedError
+
+    def noised(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_t of clean latents x0 and noise at model timesteps t (B,)."""
+        raise NotImplementedError
+
+    def training_target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the network should output at x_t (its parameterisation's target)."""
+        raise NotImplementedError
+
+    def loss_weight(self, t: torch.Tensor, gamma: float | None) -> torch.Tensor:
+        """Per-sample weight (B,) of the denoising loss (``gamma``: min-SNR γ where the family uses it)."""
+        raise NotImplementedError
+
+    # Frozen features of an image for a learned reward (``hero.models.features``): the network's middle, read
+    # at a small noise level.
+
+    def feature_site(self) -> tuple[torch.nn.Module, int]:
+        """The module whose output the features read, and the feature channels it gives."""
+        raise NotImplementedError
+
+    def feature_tensor(self, output) -> torch.Tensor:
+        """That module's output as (B, C, ...) with channels second (pooled over the rest)."""
+        raise NotImplementedError
+
+    def feature_input(self, latents: torch.Tensor, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_t, t): clean latents as the network sees them at ``fraction`` of the way to pure noise, no noise
+        added, and that model timestep (B,)."""
+        raise NotImplementedError
+
     def lora_targets(self, targets: str | Sequence[str]) -> tuple[str, ...]:
         """A preset name of this family (``target_presets``) or explicit module-name suffixes -> the suffixes."""
         return resolve_targets(targets, self.target_presets)
@@ -194,15 +243,52 @@ class UNetDenoiser(Denoiser):
         return step_sigmas(self.pipe.scheduler, timesteps, eta)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        vae = getattr(self.pipe, "vae", None)
-        if vae is None:  # the pixel pipeline: the latent is the image
-            pixels = latents
-        else:
-            z = latents.to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor
-            if getattr(vae.config, "shift_factor", None):  # SD3-style VAEs; None/0 for SD 1.x/2.x
-                z = z + vae.config.shift_factor
-            pixels = vae.decode(z).sample
-        return pixels.float().clamp(-1, 1)
+        return vae_decode(getattr(self.pipe, "vae", None), latents)
+
+    def noise_estimate(self, prediction: torch.Tensor, x: torch.Tensor, timesteps: torch.Tensor,
+                       steps: torch.Tensor) -> torch.Tensor:
+        abar_t = step_alphas(self.pipe.scheduler, timesteps)[0]
+        return noise_from_output(self.pipe.scheduler, prediction, x, abar_t[steps])
+
+    def training_timesteps(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randint(self.pipe.scheduler.config.num_train_timesteps, (n,), generator=generator)
+
+    def noised(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return noised(self.pipe.scheduler, x0, noise, t)
+
+    def training_target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return prediction_target(self.pipe.scheduler, x0, noise, t)
+
+    def loss_weight(self, t: torch.Tensor, gamma: float | None) -> torch.Tensor:
+        return min_snr_weight(self.pipe.scheduler, t, gamma)
+
+    def feature_site(self) -> tuple[torch.nn.Module, int]:
+        unet = self.pipe.unet
+        if getattr(unet, "mid_block", None) is None:
+            raise ValueError("frozen features need a UNet with a mid block")
+        return unet.mid_block, int(unet.config.block_out_channels[-1])
+
+    def feature_tensor(self, output) -> torch.Tensor:
+        return output  # (B, C, H, W)
+
+    def feature_input(self, latents: torch.Tensor, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+        scheduler = self.pipe.scheduler
+        n_train = int(scheduler.config.num_train_timesteps)
+        timestep = min(n_train - 1, max(0, round(fraction * n_train)))
+        scale = float(scheduler.alphas_cumprod[timestep].float().sqrt())
+        return scale * latents, torch.full((len(latents),), timestep, dtype=torch.long)
+
+
+def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Latents -> pixels in [-1, 1] fp32 through the VAE (its scaling and shift factors); None: pixel space."""
+    if vae is None:  # the pixel pipeline: the latent is the image
+        pixels = latents
+    else:
+        z = latents.to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor
+        if getattr(vae.config, "shift_factor", None):  # SD3-style VAEs; None/0 for SD 1.x/2.x
+            z = z + vae.config.shift_factor
+        pixels = vae.decode(z).sample
+    return pixels.float().clamp(-1, 1)
 
 
 def pack_pooled(embeds: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
@@ -276,19 +362,3 @@ class SDXLDenoiser(UNetDenoiser):
         if vae.dtype == torch.float16 and vae.config.force_upcast:  # SDXL's VAE overflows in fp16, as diffusers says
             vae.to(torch.float32)
         return super().decode(latents)
-
-
-def denoiser_for(pipe, precision: Precision = FP32) -> Denoiser:
-    """The ``Denoiser`` of a loaded pipeline's family, running its network at ``precision``; a clear error for a
-    family the engine does not serve yet."""
-    if isinstance(pipe, StableDiffusionXLPipeline):
-        return SDXLDenoiser(pipe, precision)
-    if isinstance(pipe, StableDiffusionPipeline):  # SD 1.x/2.x and PixelStableDiffusionPipeline
-        return UNetDenoiser(pipe, precision)
-    raise ValueError(f"{type(pipe).__name__} is not a model family hero trains yet: use an SD 1.x/2.x pipeline "
-                     "(StableDiffusionPipeline), SDXL (StableDiffusionXLPipeline) or the built-in tiny-shapes")
-
-
-def as_denoiser(model_or_pipe) -> Denoiser:
-    """A ``Denoiser`` as it is; a bare pipeline as its family's, in fp32 (the engine's entry points take either)."""
-    return model_or_pipe if isinstance(model_or_pipe, Denoiser) else denoiser_for(model_or_pipe)

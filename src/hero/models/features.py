@@ -24,7 +24,7 @@ from contextlib import contextmanager
 
 import torch
 
-from hero.models.denoiser import denoiser_for
+from hero.models.families import denoiser_for
 
 __all__ = ["FrozenFeatures", "pretrained_unet"]
 
@@ -65,39 +65,35 @@ class FrozenFeatures:
     def __init__(self, pipe, timestep_fraction: float = 0.05, pool: str = "mean"):
         if pool not in ("mean", "mean+max"):
             raise ValueError(f"pool must be 'mean' or 'mean+max', not {pool!r}")
-        self.pool = pool
-        self.unet, self.scheduler = pipe.unet, pipe.scheduler
-        if getattr(self.unet, "mid_block", None) is None:
-            raise ValueError("frozen features need a UNet with a mid block")
-        n_train = int(self.scheduler.config.num_train_timesteps)
-        self.timestep = min(n_train - 1, max(0, round(timestep_fraction * n_train)))
-        abar = self.scheduler.alphas_cumprod[self.timestep].float()
-        self.input_scale = float(abar.sqrt())
+        self.pool, self.fraction = pool, timestep_fraction
         self.model = denoiser_for(pipe)  # fp32: the features are a fixed function of the image
+        self.network = self.model.network
+        self.site, channels = self.model.feature_site()  # the UNet's mid block; a transformer's middle block
         self.uncond = self.model.encode([""])[0].detach()
-        self.dim = self.unet.config.block_out_channels[-1] * (2 if pool == "mean+max" else 1)
+        self.dim = channels * (2 if pool == "mean+max" else 1)
 
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:
         """(N, D) fp32; gradients flow to ``latents`` when it requires them (otherwise no graph is built)."""
-        unet = self.unet
-        x = (self.input_scale * latents).to(device=unet.device, dtype=unet.dtype)
-        t = torch.full((len(x),), self.timestep, device=x.device, dtype=torch.long)
-        cond = self.uncond.to(device=x.device, dtype=unet.dtype).expand(len(x), -1, -1)
+        network = self.network
+        x, t = self.model.feature_input(latents, self.fraction)
+        x, t = x.to(device=network.device, dtype=network.dtype), t.to(network.device)
+        cond = self.uncond.to(device=x.device, dtype=network.dtype).expand(len(x), -1, -1)
 
         def stop(module, args, output):
             raise _Captured(output)
 
-        handle = unet.mid_block.register_forward_hook(stop)
+        handle = self.site.register_forward_hook(stop)
         grad = torch.is_grad_enabled() and latents.requires_grad
         try:
-            with torch.set_grad_enabled(grad), pretrained_unet(unet):
+            with torch.set_grad_enabled(grad), pretrained_unet(network):
                 self.model.output(x, t, cond)  # the family's own call (SDXL: its size conditioning)
-            raise RuntimeError("the UNet never ran its mid block")
+            raise RuntimeError("the network never ran its feature block")
         except _Captured as captured:
-            h = captured.output.float()
+            h = self.model.feature_tensor(captured.output).float()
         finally:
             handle.remove()
-        pooled = [h.mean(dim=(2, 3))] + ([h.amax(dim=(2, 3))] if self.pool == "mean+max" else [])
+        dims = tuple(range(2, h.ndim))
+        pooled = [h.mean(dim=dims)] + ([h.amax(dim=dims)] if self.pool == "mean+max" else [])
         return torch.cat(pooled, dim=1)
 
     def batched(self, latents: torch.Tensor, batch_size: int = 64) -> torch.Tensor:

@@ -18,7 +18,13 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers import (
+    DDIMScheduler,
+    StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
 from diffusers.loaders.single_file_utils import SingleFileComponentError
 
 from hero.config import SINGLE_FILE_SUFFIXES
@@ -28,7 +34,9 @@ from hero.models.tiny_shapes import load_text_encoder, sampling_scheduler, shipp
 BUILTIN = ("tiny-shapes",)
 # model_index.json's _class_name -> what loads it (None: the SD 1.x/2.x or pixel-space path below)
 FAMILIES = {"StableDiffusionPipeline": None, "PixelStableDiffusionPipeline": None,
-            "StableDiffusionXLPipeline": StableDiffusionXLPipeline}
+            "StableDiffusionXLPipeline": StableDiffusionXLPipeline,
+            "StableDiffusion3Pipeline": StableDiffusion3Pipeline}
+FLOW_FAMILIES = (StableDiffusion3Pipeline,)  # keep their flow-matching scheduler (the others sample with DDIM)
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -66,12 +74,14 @@ def weight_dtype(precision: str) -> torch.dtype:
 
 def load_pipeline(model: str | Path = "tiny-shapes", device: str | torch.device = "cpu",
                   dtype: torch.dtype = torch.float32, model_config_dir: str | Path | None = None
-                  ) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
-    """Load the built-in ``tiny-shapes`` model, a local diffusers pipeline folder (SD 1.x/2.x, SDXL, pixel-space), or
+                  ) -> StableDiffusionPipeline | StableDiffusionXLPipeline | StableDiffusion3Pipeline:
+    """Load the built-in ``tiny-shapes`` model, a local diffusers pipeline folder (SD 1.x/2.x, SDXL, SD 3, pixel-space),
+    or
     a single-file SD 1.x/2.x checkpoint (``.safetensors``/``.ckpt``) with ``model_config_dir`` naming a local
     diffusers folder of the same architecture.
 
-    The scheduler is always DDIM (with the checkpoint's own schedule config), the sampler the engine uses.
+    The scheduler is DDIM (with the checkpoint's own schedule config), the sampler the engine uses, except for the
+    flow-matching families (SD 3), which keep their own (``hero.models.flow`` samples its SDE).
     """
     if str(model) in BUILTIN:
         pipe = _load_tiny_shapes(shipped_model_dir())
@@ -88,9 +98,12 @@ def load_pipeline(model: str | Path = "tiny-shapes", device: str | torch.device 
         family = index.get("_class_name")
         if family is not None and family not in FAMILIES:
             raise ValueError(f"--model {model!r} is a {family} folder: hero trains SD 1.x/2.x "
-                             "(StableDiffusionPipeline), SDXL (StableDiffusionXLPipeline) and the built-in tiny-shapes")
+                             "(StableDiffusionPipeline), SDXL (StableDiffusionXLPipeline), SD 3/3.5 "
+                             "(StableDiffusion3Pipeline) and the built-in tiny-shapes")
         if FAMILIES.get(family) is not None:
-            pipe = FAMILIES[family].from_pretrained(path)
+            # A component the folder lists as null (e.g. SD 3 without its T5 encoder) is passed as None.
+            absent = {k: None for k, v in index.items() if not k.startswith("_") and v in (None, [None, None])}
+            pipe = FAMILIES[family].from_pretrained(path, **absent)
         elif index.get("vae") in (None, [None, None]):
             if not (path / "text_encoder").is_dir():  # a shipped-style folder: unet + scheduler only
                 pipe = _load_tiny_shapes(path)
@@ -98,7 +111,8 @@ def load_pipeline(model: str | Path = "tiny-shapes", device: str | torch.device 
                 pipe = PixelStableDiffusionPipeline.from_pretrained(path)
         else:
             pipe = StableDiffusionPipeline.from_pretrained(path, safety_checker=None, requires_safety_checker=False)
-        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        if not isinstance(pipe, FLOW_FAMILIES):
+            pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
     if dtype != torch.float32:
@@ -123,7 +137,8 @@ def configure_memory(pipe, gradient_checkpointing: bool = False, attention: str 
     elif attention != "sdpa":
         raise ValueError(f"memory.attention={attention!r}: expected sdpa or xformers")
     if gradient_checkpointing:
-        pipe.unet.enable_gradient_checkpointing()
+        network = pipe.transformer if getattr(pipe, "transformer", None) is not None else pipe.unet
+        network.enable_gradient_checkpointing()
 
 
 def _load_single_file(path: Path, model_config_dir: str | Path | None) -> StableDiffusionPipeline:
