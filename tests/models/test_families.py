@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hero.algorithms import make_algorithm
+from hero.algorithms import ALGORITHMS, make_algorithm
 from hero.algorithms.base import rollout_kwargs, round_generator
 from hero.config import TrainConfig, load_config
 from hero.distributed import SINGLE
@@ -52,3 +52,14 @@ def test_two_rounds_train_a_lora_the_family_loads_and_resume_ends_the_same(famil
     b = load_file(first.path / "lora" / "pytorch_lora_weights.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k)  # it learned something
+
+
+@pytest.mark.parametrize("algo", sorted(set(ALGORITHMS) - {"hero", "ddpo", "raft"}))
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_other_method_runs_a_round_on_the_family(family, algo, tmp_path, request):
+    request.getfixturevalue(f"tiny_{family}_pipeline_factory")().save_pretrained(tmp_path / "model")
+    cfg = _config(tmp_path / "model", family, algo, tmp_path / "run", budget=4)
+    run = train(cfg.model_copy(update={"feedback": "sim"}) if algo == "herd" else cfg, show_progress=False)
+    (record,) = run.metrics()
+    assert record["feedback"] == 4 or algo == "herd"  # HERD also counts the failures it judged again
+    assert load_file(run.path / "lora" / "pytorch_lora_weights.safetensors")

@@ -52,7 +52,8 @@ def flow_step_stds(timesteps: torch.Tensor, num_train_timesteps: int, a: float) 
 
 def flow_sde_posterior(velocity: torch.Tensor, x: torch.Tensor, timesteps: torch.Tensor, steps: torch.Tensor,
                        num_train_timesteps: int, a: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std (fp32) of the SDE step from x at ``timesteps[steps]`` (steps: (B,) indices), as derived above.
+    """Mean (B, ...) and std (B, 1, ...) fp32 of the SDE step from x at ``timesteps[steps]`` (steps: (B,)
+    indices), as derived above.
 
     ``velocity``: the guided v̂ at x (B, ...). ``a`` = 0 gives the Euler step of the ODE, with std 0.
     """
@@ -64,4 +65,4 @@ def flow_sde_posterior(velocity: torch.Tensor, x: torch.Tensor, timesteps: torch
     s = _noise_scale(sigma, _cap(sigma_all), a)
     v, x = velocity.float(), x.float()
     mu = x + (v + s**2 / (2 * sigma) * (x + (1 - sigma) * v)) * (nxt - sigma)
-    return mu, (s * (sigma - nxt).sqrt()).expand_as(mu)
+    return mu, s * (sigma - nxt).sqrt()  # std (B, 1, ...), as the DDIM posterior's
