@@ -9,6 +9,9 @@
 - ``tiny_sd3_pipeline``: a StableDiffusion3Pipeline: a one-layer SD3Transformer2DModel, two CLIP text encoders with
   projections, no T5 (the pipeline then uses zeros for its tokens, as diffusers allows), a VAE with SD 3's shift
   factor, the FlowMatchEulerDiscreteScheduler with SD 3's shift of 3.
+- ``tiny_flux_pipeline``: a FluxPipeline: a guidance-distilled FluxTransformer2DModel (one double- and one
+  single-stream block), a CLIP text encoder (pooled) and a one-layer T5 encoder (its tokenizer the local character
+  CLIP one: the pipeline only calls it), the scheduler with FLUX's dynamic shift.
 
 The ``*_factory`` fixtures build a fresh pipeline with the same random weights for the same ``seed``
 (e.g. to load a saved LoRA into an untouched copy).
@@ -24,6 +27,8 @@ from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
     FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
     StableDiffusionPipeline,
@@ -38,6 +43,8 @@ from transformers import (
     CLIPTextModel,
     CLIPTextModelWithProjection,
     CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
 )
 
 from hero.models.pixel_pipeline import PixelStableDiffusionPipeline
@@ -182,6 +189,40 @@ def tiny_sdxl_pipeline_factory():
 def tiny_sdxl_pipeline(tiny_sdxl_pipeline_factory) -> StableDiffusionXLPipeline:
     """A fresh tiny StableDiffusionXLPipeline (safe to mutate)."""
     return tiny_sdxl_pipeline_factory()
+
+
+def build_tiny_flux_pipeline(seed: int = 0) -> FluxPipeline:
+    """FLUX.1-dev in miniature, as diffusers' own tests build it, with a T5 built from a config."""
+    torch.manual_seed(seed)
+    tokenizer, tokenizer_2 = _clip_tokenizer(), _clip_tokenizer()
+    clip = CLIPTextModel(_clip_config(tokenizer)).eval().requires_grad_(False)
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_2), d_model=32, d_kv=8, d_ff=32, num_layers=1, num_heads=4,
+                                 pad_token_id=1, eos_token_id=1, decoder_start_token_id=0)).eval().requires_grad_(False)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                         pooled_projection_dim=TEXT_DIM, guidance_embeds=True, axes_dims_rope=(4, 4, 8))
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
+                        norm_num_groups=4, layers_per_block=1, sample_size=16, shift_factor=0.1159,
+                        scaling_factor=0.3611, use_quant_conv=False, use_post_quant_conv=False)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_image_seq_len=256,
+                                                max_image_seq_len=4096, base_shift=0.5, max_shift=1.15)
+    pipe = FluxPipeline(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=tokenizer,
+                        text_encoder_2=t5, tokenizer_2=tokenizer_2)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_pipeline_factory():
+    """Callable ``(seed=0) -> FluxPipeline`` building a fresh tiny FLUX pipeline."""
+    return build_tiny_flux_pipeline
+
+
+@pytest.fixture
+def tiny_flux_pipeline(tiny_flux_pipeline_factory) -> FluxPipeline:
+    """A fresh tiny FluxPipeline (safe to mutate)."""
+    return tiny_flux_pipeline_factory()
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
@@ -85,9 +85,9 @@ def save_lora(pipe_or_unet, directory: str | Path, adapter_name: str | None = No
     metadata = {k: sorted(v, key=str) if isinstance(v, (set, frozenset)) else v
                 for k, v in unet.peft_config[adapter_name].to_dict().items()}
     directory = Path(directory)
-    if getattr(pipe_or_unet, "transformer", None) is not None:  # SD 3: "transformer." keys, as its loader reads
-        StableDiffusion3Pipeline.save_lora_weights(directory, transformer_lora_layers=layers,
-                                                   transformer_lora_adapter_metadata=metadata)
+    if getattr(pipe_or_unet, "transformer", None) is not None:  # SD 3, FLUX: "transformer." keys, as they load
+        type(pipe_or_unet).save_lora_weights(directory, transformer_lora_layers=layers,
+                                             transformer_lora_adapter_metadata=metadata)
     else:
         StableDiffusionPipeline.save_lora_weights(directory, unet_lora_layers=layers,
                                                   unet_lora_adapter_metadata=metadata)

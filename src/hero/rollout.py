@@ -160,7 +160,7 @@ def rollout(pipe, prompts: Sequence[str], *, guidance_scale: float, num_steps: i
     elif tuple(start_noise.shape) != shape:
         raise ValueError(f"start_noise has shape {tuple(start_noise.shape)}, expected {shape}")
     start_noise = start_noise.to(device=device, dtype=torch.float32)
-    timesteps = model.timesteps(num_steps, eta)
+    timesteps = model.timesteps(num_steps, eta, shape)
     # All step noise up front, per sample, so that images do not depend on batch_size.
     noise = None if eta <= 0 else randn_tensor((shape[0], len(timesteps), *shape[1:]), generator=generator,
                                                device=device, dtype=torch.float32)

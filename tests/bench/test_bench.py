@@ -224,6 +224,7 @@ def test_grid_settings_are_checked_before_anything_runs(tmp_path):
 
 def test_compute_benchmark_on_cpu(tiny_sd_pipeline):
     from hero.bench.compute import (
+        build_flux_pipeline,
         build_sd3_pipeline,
         build_sd_pipeline,
         build_sdxl_pipeline,
@@ -272,6 +273,17 @@ def test_compute_benchmark_on_cpu(tiny_sd_pipeline):
                  shift_factor=0.0609, scaling_factor=1.5305),
         text=text, text_2={**text, "projection_dim": 16})
     row = measure(sd3, "tiny-sd3", n=2, steps=2, guidance=4.5, batch=2, update_batch=1, repeats=1)
+    assert row["resolution"] == 8 and row["rollout_images_per_s"] > 0 and row["update_steps_per_s"] > 0
+    flux = build_flux_pipeline(
+        transformer=dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                         num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=16,
+                         guidance_embeds=True, axes_dims_rope=(4, 4, 8)),
+        vae=dict(latent_channels=4, layers_per_block=1, sample_size=8, norm_num_groups=4, block_out_channels=(8, 16),
+                 down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                 shift_factor=0.1159, scaling_factor=0.3611),
+        text=text, t5=dict(vocab_size=80, d_model=32, d_kv=8, d_ff=32, num_layers=1, num_heads=4))
+    flux.default_sample_size = 4  # 8 px: the builder's 1024 px default would not be tiny
+    row = measure(flux, "tiny-flux", n=2, steps=2, guidance=3.5, batch=2, update_batch=1, repeats=1)
     assert row["resolution"] == 8 and row["rollout_images_per_s"] > 0 and row["update_steps_per_s"] > 0
     assert peak_tflops("NVIDIA H100 80GB HBM3") == 989.4 and peak_tflops("NVIDIA H100 PCIe") == 756.0
     assert peak_tflops("NVIDIA H200") == 989.4 and peak_tflops("NVIDIA A100-SXM4-40GB") == 312.0

@@ -16,7 +16,8 @@ from hero.lora import lora_parameters
 from hero.rollout import rollout
 from hero.train import train
 
-FAMILIES = {"sdxl": ["sampler.eta=1.0"], "sd3": ["sampler.eta=0.7"]}
+FAMILIES = {"sdxl": ["sampler.eta=1.0"], "sd3": ["sampler.eta=0.7"],
+            "flux": ["sampler.eta=0.7", "sampler.resolution=16", "sampler.guidance_scale=3.5"]}
 
 
 def _config(folder, family: str, algo: str, out, budget: int) -> TrainConfig:

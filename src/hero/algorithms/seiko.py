@@ -168,7 +168,8 @@ class SeikoTrainer:
     def sampler_spec(self) -> SamplerSpec:
         model, s = self.model, self.cfg.sampler
         cond, uncond = model.encode([self.cfg.prompt] * self.settings.batch_size)
-        return SamplerSpec(cond, uncond, model.timesteps(s.steps, s.eta), s.guidance_scale, s.eta,
+        shape = model.latent_shape(1, s.resolution, s.resolution)
+        return SamplerSpec(cond, uncond, model.timesteps(s.steps, s.eta, shape), s.guidance_scale, s.eta,
                            self.settings.backprop_steps)
 
     def draw_noise(self, spec: SamplerSpec, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

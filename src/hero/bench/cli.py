@@ -108,6 +108,8 @@ def compute(
     sdxl_n: int = typer.Option(4, min=1, help="Images per timing at SDXL and SD 3.5."),
     sd35: bool = typer.Option(False, "--sd35", help="Also time the SD 3.5 Medium architecture at 1024 px (random "
                                                     "weights, no T5; a GPU)."),
+    flux: bool = typer.Option(False, "--flux", help="Also time the FLUX.1-dev architecture at 1024 px (random "
+                                                    "weights; a GPU with ~60 GB)."),
     device: str = typer.Option(None, help="Device for SD 1.5 (default cuda when present, else cpu)."),
     threads: int = typer.Option(None, min=1, help="CPU threads for torch (default: torch's; on a busy machine 1 "
                                                   "is often faster)."),
@@ -122,7 +124,7 @@ def compute(
         torch.set_num_threads(threads)
 
     result = run_compute(n=n, steps=steps, repeats=repeats, sd15=sd15, sd15_n=sd15_n, device=device,
-                         echo=typer.echo, sdxl=sdxl, sdxl_n=sdxl_n, sd35=sd35)
+                         echo=typer.echo, sdxl=sdxl, sdxl_n=sdxl_n, sd35=sd35, flux=flux)
     if out is not None:
         from hero.runs.atomic import atomic_write_text
 

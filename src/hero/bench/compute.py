@@ -14,8 +14,8 @@ Per setting it measures (median of ``repeats`` timings after a warm-up):
 Settings: the built-in tiny-shapes model (always, on CPU) and, when a GPU is present (or ``--sd15``), the SD 1.5
 architecture at 512×512 built from configs with random weights (timing does not need trained weights), in bf16;
 with ``--sdxl`` also the SDXL base architecture at 1024×1024 (UNet 2.6 B parameters, CLIP-L and OpenCLIP-bigG
-text encoders), and with ``--sd35`` SD 3.5 Medium's (MMDiT-X, 2.2 B parameters in the transformer; without T5),
-the same way.
+text encoders), with ``--sd35`` SD 3.5 Medium's (MMDiT-X, 2.2 B parameters in the transformer; without T5) and
+with ``--flux`` FLUX.1-dev's (11.9 B; its T5 cut to 2 layers), the same way.
 """
 
 from __future__ import annotations
@@ -61,6 +61,14 @@ SD35M_TRANSFORMER = dict(sample_size=128, patch_size=2, in_channels=16, out_chan
                          dual_attention_layers=tuple(range(13)), qk_norm="rms_norm")
 SD35_VAE = {**SD15_VAE, "sample_size": 1024, "latent_channels": 16, "scaling_factor": 1.5305,
             "shift_factor": 0.0609, "use_quant_conv": False, "use_post_quant_conv": False}
+# FLUX.1-dev's architecture (11.9 B parameters in the transformer), 1024 px; its T5-XXL cut to 2 of 24 layers
+# (the text encoding is a sliver of a round; the embedding width the transformer reads is the real one).
+FLUX_TRANSFORMER = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                        num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
+                        guidance_embeds=True, axes_dims_rope=(16, 56, 56))
+FLUX_VAE = {**SD35_VAE, "scaling_factor": 0.3611, "shift_factor": 0.1159}
+FLUX_T5 = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=2, num_heads=64,
+               feed_forward_proj="gated-gelu", is_gated_act=True, pad_token_id=0, eos_token_id=1)
 PROMPT = "three green triangles"
 
 
@@ -145,6 +153,28 @@ def build_sd3_pipeline(transformer: dict = SD35M_TRANSFORMER, vae: dict = SD35_V
             tokenizer=_character_tokenizer(text["max_position_embeddings"]), text_encoder_2=encoders[1],
             tokenizer_2=_character_tokenizer(text_2["max_position_embeddings"]), text_encoder_3=None,
             tokenizer_3=None)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_flux_pipeline(transformer: dict = FLUX_TRANSFORMER, vae: dict = FLUX_VAE, text: dict = SD15_TEXT,
+                        t5: dict = FLUX_T5, device: str = "cpu"):
+    """A FluxPipeline of the given architecture with random weights, built on ``device``; the T5 tokenizer is the
+    local character tokenizer (the pipeline only calls it)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    with torch.device(device):
+        clip = CLIPTextModel(CLIPTextConfig(**text, bos_token_id=0, eos_token_id=1, pad_token_id=1))
+        encoder = T5EncoderModel(T5Config(**t5))
+        scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_image_seq_len=256,
+                                                    max_image_seq_len=4096, base_shift=0.5, max_shift=1.15)
+        pipe = FluxPipeline(transformer=FluxTransformer2DModel(**transformer), scheduler=scheduler,
+                            vae=AutoencoderKL(**vae).eval().requires_grad_(False),
+                            text_encoder=clip.eval().requires_grad_(False),
+                            tokenizer=_character_tokenizer(text["max_position_embeddings"]),
+                            text_encoder_2=encoder.eval().requires_grad_(False),
+                            tokenizer_2=_character_tokenizer(512))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -240,9 +270,9 @@ def measure(pipe, setting: str, n: int, steps: int, guidance: float, batch: int,
 
 def run_compute(n: int = 16, steps: int = 20, repeats: int = 2, sd15: bool | None = None, sd15_n: int = 8,
                 device: str | None = None, echo: Callable[[str], None] = print, sdxl: bool = False,
-                sdxl_n: int = 4, sd35: bool = False) -> dict:
-    """The tiny model on CPU, then SD 1.5 at 512 px where a GPU is present (or asked for), then SDXL and SD 3.5
-    Medium at 1024 px when asked for; echoes each row."""
+                sdxl_n: int = 4, sd35: bool = False, flux: bool = False) -> dict:
+    """The tiny model on CPU, then SD 1.5 at 512 px where a GPU is present (or asked for), then SDXL, SD 3.5
+    Medium and FLUX.1-dev at 1024 px when asked for; echoes each row."""
     import json
 
     from hero.models import load_pipeline
@@ -270,6 +300,13 @@ def run_compute(n: int = 16, steps: int = 20, repeats: int = 2, sd15: bool | Non
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         pipe = build_sd3_pipeline(device=device).to(dtype=dtype)
         rows.append(measure(pipe, "sd3.5-medium-architecture (random weights, no T5)", sdxl_n, steps, 4.5,
+                            batch=sdxl_n, update_batch=1, repeats=repeats))
+        echo(json.dumps(rows[-1]))
+        del pipe
+    if flux:
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        pipe = build_flux_pipeline(device=device).to(dtype=dtype)
+        rows.append(measure(pipe, "flux.1-dev-architecture (random weights, 2-layer T5)", sdxl_n, steps, 3.5,
                             batch=sdxl_n, update_batch=1, repeats=repeats))
         echo(json.dumps(rows[-1]))
     return {"results": rows, "torch": torch.__version__, "threads": torch.get_num_threads()}

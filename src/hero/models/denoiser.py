@@ -102,8 +102,9 @@ class Denoiser:
         """The side in pixels of the images the model was trained at."""
         raise NotImplementedError
 
-    def timesteps(self, num_steps: int, eta: float) -> torch.Tensor:
-        """The sampler's timesteps (T,) for ``num_steps`` steps; refuses a schedule with a σ = 0 step when η > 0."""
+    def timesteps(self, num_steps: int, eta: float, shape: Sequence[int] | None = None) -> torch.Tensor:
+        """The sampler's timesteps (T,) for ``num_steps`` steps and latents of ``shape`` (None: the model's size);
+        refuses a schedule with a σ = 0 step when η > 0."""
         raise NotImplementedError
 
     def init_noise_sigma(self) -> float:
@@ -215,7 +216,7 @@ class UNetDenoiser(Denoiser):
         h, w = (height or self.image_size()) // scale, (width or self.image_size()) // scale
         return (n, self.pipe.unet.config.in_channels, h, w)
 
-    def timesteps(self, num_steps: int, eta: float) -> torch.Tensor:
+    def timesteps(self, num_steps: int, eta: float, shape: Sequence[int] | None = None) -> torch.Tensor:
         scheduler = self.pipe.scheduler
         scheduler.set_timesteps(num_steps, device=self.device)
         timesteps = scheduler.timesteps.clone()

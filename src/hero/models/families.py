@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from hero.models.denoiser import Denoiser, SDXLDenoiser, UNetDenoiser
+from hero.models.flux import FluxDenoiser
 from hero.models.sd3 import SD3Denoiser
 from hero.precision import FP32, Precision
 
@@ -14,6 +15,7 @@ __all__ = ["as_denoiser", "denoiser_for"]
 FAMILIES: tuple[tuple[type, type[Denoiser]], ...] = (
     (StableDiffusionXLPipeline, SDXLDenoiser),
     (StableDiffusion3Pipeline, SD3Denoiser),
+    (FluxPipeline, FluxDenoiser),
     (StableDiffusionPipeline, UNetDenoiser),  # SD 1.x/2.x and PixelStableDiffusionPipeline (tiny-shapes)
 )
 
@@ -26,7 +28,7 @@ def denoiser_for(pipe, precision: Precision = FP32) -> Denoiser:
             return denoiser_class(pipe, precision)
     raise ValueError(f"{type(pipe).__name__} is not a model family hero trains yet: use an SD 1.x/2.x pipeline "
                      "(StableDiffusionPipeline), SDXL (StableDiffusionXLPipeline), SD 3/3.5 "
-                     "(StableDiffusion3Pipeline) or the built-in tiny-shapes")
+                     "(StableDiffusion3Pipeline), FLUX.1 (FluxPipeline) or the built-in tiny-shapes")
 
 
 def as_denoiser(model_or_pipe) -> Denoiser:

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from diffusers import (
     DDIMScheduler,
+    FluxPipeline,
     StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
@@ -35,8 +36,8 @@ BUILTIN = ("tiny-shapes",)
 # model_index.json's _class_name -> what loads it (None: the SD 1.x/2.x or pixel-space path below)
 FAMILIES = {"StableDiffusionPipeline": None, "PixelStableDiffusionPipeline": None,
             "StableDiffusionXLPipeline": StableDiffusionXLPipeline,
-            "StableDiffusion3Pipeline": StableDiffusion3Pipeline}
-FLOW_FAMILIES = (StableDiffusion3Pipeline,)  # keep their flow-matching scheduler (the others sample with DDIM)
+            "StableDiffusion3Pipeline": StableDiffusion3Pipeline, "FluxPipeline": FluxPipeline}
+FLOW_FAMILIES = (StableDiffusion3Pipeline, FluxPipeline)  # keep their flow scheduler (the others: DDIM)
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -74,14 +75,15 @@ def weight_dtype(precision: str) -> torch.dtype:
 
 def load_pipeline(model: str | Path = "tiny-shapes", device: str | torch.device = "cpu",
                   dtype: torch.dtype = torch.float32, model_config_dir: str | Path | None = None
-                  ) -> StableDiffusionPipeline | StableDiffusionXLPipeline | StableDiffusion3Pipeline:
-    """Load the built-in ``tiny-shapes`` model, a local diffusers pipeline folder (SD 1.x/2.x, SDXL, SD 3, pixel-space),
+                  ) -> StableDiffusionPipeline | StableDiffusionXLPipeline | StableDiffusion3Pipeline | FluxPipeline:
+    """Load the built-in ``tiny-shapes`` model, a local diffusers pipeline folder (SD 1.x/2.x, SDXL, SD 3, FLUX,
+    pixel-space),
     or
     a single-file SD 1.x/2.x checkpoint (``.safetensors``/``.ckpt``) with ``model_config_dir`` naming a local
     diffusers folder of the same architecture.
 
     The scheduler is DDIM (with the checkpoint's own schedule config), the sampler the engine uses, except for the
-    flow-matching families (SD 3), which keep their own (``hero.models.flow`` samples its SDE).
+    flow-matching families (SD 3, FLUX), which keep their own (``hero.models.flow`` samples its SDE).
     """
     if str(model) in BUILTIN:
         pipe = _load_tiny_shapes(shipped_model_dir())
@@ -99,7 +101,7 @@ def load_pipeline(model: str | Path = "tiny-shapes", device: str | torch.device 
         if family is not None and family not in FAMILIES:
             raise ValueError(f"--model {model!r} is a {family} folder: hero trains SD 1.x/2.x "
                              "(StableDiffusionPipeline), SDXL (StableDiffusionXLPipeline), SD 3/3.5 "
-                             "(StableDiffusion3Pipeline) and the built-in tiny-shapes")
+                             "(StableDiffusion3Pipeline), FLUX.1 (FluxPipeline) and the built-in tiny-shapes")
         if FAMILIES.get(family) is not None:
             # A component the folder lists as null (e.g. SD 3 without its T5 encoder) is passed as None.
             absent = {k: None for k, v in index.items() if not k.startswith("_") and v in (None, [None, None])}

@@ -83,7 +83,7 @@ class SD3Denoiser(Denoiser):
         h, w = (height or self.image_size()) // scale, (width or self.image_size()) // scale
         return (n, int(self.pipe.transformer.config.in_channels), h, w)
 
-    def timesteps(self, num_steps: int, eta: float) -> torch.Tensor:
+    def timesteps(self, num_steps: int, eta: float, shape: Sequence[int] | None = None) -> torch.Tensor:
         if eta < 0:
             raise ValueError(f"sampler.eta={eta}: the flow SDE's noise level must be ≥ 0 (0: the ODE)")
         self.pipe.scheduler.set_timesteps(num_steps, device=self.device)
