@@ -58,7 +58,7 @@ def test_an_sdxl_folder_loads_as_sdxl_with_ddim_and_another_family_is_one_line(t
     assert type(pipe) is StableDiffusionXLPipeline and isinstance(pipe.scheduler, DDIMScheduler)
     assert isinstance(denoiser_for(pipe), SDXLDenoiser)
     index = (tmp_path / "xl" / "model_index.json")
-    index.write_text(index.read_text().replace("StableDiffusionXLPipeline", "FluxPipeline"))
-    with pytest.raises(ValueError, match="is a FluxPipeline folder") as err:
+    index.write_text(index.read_text().replace("StableDiffusionXLPipeline", "QwenImagePipeline"))
+    with pytest.raises(ValueError, match="is a QwenImagePipeline folder") as err:
         load_pipeline(tmp_path / "xl")
     assert "\n" not in str(err.value)

@@ -282,31 +282,21 @@ def run_compute(n: int = 16, steps: int = 20, repeats: int = 2, sd15: bool | Non
                     update_batch=8, repeats=repeats)]
     echo(json.dumps(rows[-1]))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if sd15 or (sd15 is None and device.startswith("cuda")):
-        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-        pipe = build_sd_pipeline().to(device=device, dtype=dtype)
-        rows.append(measure(pipe, "sd15-architecture (random weights)", sd15_n, steps, 5.0, batch=sd15_n,
-                            update_batch=2, repeats=repeats))
+    # (asked for, builder, setting, images per timing, guidance of the model card, trajectories per update pass)
+    architectures = [
+        (sd15 or (sd15 is None and device.startswith("cuda")), build_sd_pipeline,
+         "sd15-architecture (random weights)", sd15_n, 5.0, 2),
+        (sdxl, build_sdxl_pipeline, "sdxl-architecture (random weights)", sdxl_n, 5.0, 1),
+        (sd35, build_sd3_pipeline, "sd3.5-medium-architecture (random weights, no T5)", sdxl_n, 4.5, 1),
+        (flux, build_flux_pipeline, "flux.1-dev-architecture (random weights, 2-layer T5)", sdxl_n, 3.5, 1),
+    ]
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    for wanted, build, setting, k, guidance, update_batch in architectures:
+        if not wanted:
+            continue
+        pipe = build() if build is build_sd_pipeline else build(device=device)  # the large ones: built in place
+        pipe = pipe.to(device=device, dtype=dtype)
+        rows.append(measure(pipe, setting, k, steps, guidance, batch=k, update_batch=update_batch, repeats=repeats))
         echo(json.dumps(rows[-1]))
-        del pipe
-    if sdxl:
-        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-        pipe = build_sdxl_pipeline(device=device).to(dtype=dtype)
-        rows.append(measure(pipe, "sdxl-architecture (random weights)", sdxl_n, steps, 5.0, batch=sdxl_n,
-                            update_batch=1, repeats=repeats))
-        echo(json.dumps(rows[-1]))
-        del pipe
-    if sd35:
-        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-        pipe = build_sd3_pipeline(device=device).to(dtype=dtype)
-        rows.append(measure(pipe, "sd3.5-medium-architecture (random weights, no T5)", sdxl_n, steps, 4.5,
-                            batch=sdxl_n, update_batch=1, repeats=repeats))
-        echo(json.dumps(rows[-1]))
-        del pipe
-    if flux:
-        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-        pipe = build_flux_pipeline(device=device).to(dtype=dtype)
-        rows.append(measure(pipe, "flux.1-dev-architecture (random weights, 2-layer T5)", sdxl_n, steps, 3.5,
-                            batch=sdxl_n, update_batch=1, repeats=repeats))
-        echo(json.dumps(rows[-1]))
+        del pipe  # free the GPU for the next architecture
     return {"results": rows, "torch": torch.__version__, "threads": torch.get_num_threads()}

@@ -111,17 +111,23 @@ class Denoiser:
         """The factor the starting noise is scaled by before the first step."""
         raise NotImplementedError
 
+    def conditioned(self, network):
+        """The network as the engine calls it, network(x, t, encoder_hidden_states=c) with ``.sample`` out: a family
+        with extra conditioning unpacks it from c here (``pack_pooled``); by default the network itself."""
+        return network
+
     def prediction(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
                    guidance_scale: float, network=None) -> torch.Tensor:
-        """The guided prediction (fp32) at latents x (B, ...) and per-sample timesteps t (B,).
+        """The guided prediction (fp32) at latents x (B, ...) and per-sample timesteps t (B,), at ``precision``.
 
         ``network``: the network or any callable with its signature (e.g. under other weights); default ours.
         """
-        raise NotImplementedError
+        network = self.conditioned(self.network if network is None else network)
+        return guided_output(network, x, t, cond, uncond, guidance_scale, self.precision)
 
     def output(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """The unguided prediction (fp32) at x_t (B, ...), timesteps t (B,): what the likelihood losses train."""
-        raise NotImplementedError
+        return unet_output(self.conditioned(self.network), x, t, cond, self.precision)
 
     def posterior(self, prediction: torch.Tensor, x: torch.Tensor, timesteps: torch.Tensor, steps: torch.Tensor,
                   eta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -225,14 +231,6 @@ class UNetDenoiser(Denoiser):
 
     def init_noise_sigma(self) -> float:
         return float(self.pipe.scheduler.init_noise_sigma)
-
-    def prediction(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
-                   guidance_scale: float, network=None) -> torch.Tensor:
-        return guided_output(self.network if network is None else network, x, t, cond, uncond, guidance_scale,
-                             self.precision)
-
-    def output(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        return unet_output(self.network, x, t, cond, self.precision)
 
     def posterior(self, prediction: torch.Tensor, x: torch.Tensor, timesteps: torch.Tensor, steps: torch.Tensor,
                   eta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -349,14 +347,6 @@ class SDXLDenoiser(UNetDenoiser):
             cond, uncond, pooled, pooled_uncond = self.pipe.encode_prompt(
                 list(prompts), device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=True)
         return pack_pooled(cond, pooled), pack_pooled(uncond, pooled_uncond)
-
-    def prediction(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
-                   guidance_scale: float, network=None) -> torch.Tensor:
-        network = self.conditioned(self.network if network is None else network)
-        return guided_output(network, x, t, cond, uncond, guidance_scale, self.precision)
-
-    def output(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        return unet_output(self.conditioned(self.network), x, t, cond, self.precision)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         vae = self.pipe.vae

@@ -18,10 +18,8 @@ from collections.abc import Sequence
 
 import torch
 
-from hero.models.ddim import guided_output
 from hero.models.denoiser import Denoiser, pack_pooled, unpack_pooled, vae_decode
 from hero.models.flow import flow_sde_posterior, flow_sigmas, flow_step_stds
-from hero.precision import unet_output
 
 __all__ = ["TRANSFORMER_TARGET_PRESETS", "SD3Denoiser"]
 
@@ -91,14 +89,6 @@ class SD3Denoiser(Denoiser):
 
     def init_noise_sigma(self) -> float:
         return 1.0  # x at σ = 1 is the noise itself
-
-    def prediction(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
-                   guidance_scale: float, network=None) -> torch.Tensor:
-        network = self.conditioned(self.network if network is None else network)
-        return guided_output(network, x, t, cond, uncond, guidance_scale, self.precision)
-
-    def output(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        return unet_output(self.conditioned(self.network), x, t, cond, self.precision)
 
     def posterior(self, prediction: torch.Tensor, x: torch.Tensor, timesteps: torch.Tensor, steps: torch.Tensor,
                   eta: float) -> tuple[torch.Tensor, torch.Tensor]:
