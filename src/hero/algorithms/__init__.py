@@ -29,6 +29,8 @@ ALGORITHMS = {
 
 def make_algorithm(cfg, pipe, dist: Dist = SINGLE):
     """The trainer for ``cfg.algo``; its updates average their gradients over ``dist``'s processes."""
+    # Imported here, not at the top: the CLI reads ALGORITHMS for its help text, and only the chosen trainer's
+    # module (diffusers, peft) needs loading. No import circle depends on it.
     if cfg.algo == "hero":
         from hero.algorithms.hero import HeroTrainer
 
