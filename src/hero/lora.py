@@ -14,11 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import DiffusionPipeline, StableDiffusionPipeline
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
 from hero.models.denoiser import UNET_TARGET_PRESETS, resolve_targets
+from hero.models.families import denoiser_for
 from hero.runs.atomic import atomic_write_bytes
 
 __all__ = ["DEFAULT_TARGETS", "TARGET_PRESETS", "add_lora", "load_lora", "lora_parameters", "resolve_targets",
@@ -29,12 +30,8 @@ DEFAULT_TARGETS = TARGET_PRESETS["attention"]
 
 
 def _unet(pipe_or_unet):
-    """The denoising network of a pipeline (its UNet, or an SD 3 transformer), or the network itself."""
-    unet = pipe_or_unet
-    for name in ("unet", "transformer"):
-        if getattr(pipe_or_unet, name, None) is not None:
-            unet = getattr(pipe_or_unet, name)
-            break
+    """The denoising network of a pipeline (its family's ``Denoiser.network``), or the network itself."""
+    unet = denoiser_for(pipe_or_unet).network if isinstance(pipe_or_unet, DiffusionPipeline) else pipe_or_unet
     return getattr(unet, "_orig_mod", unet)  # unwrap torch.compile
 
 

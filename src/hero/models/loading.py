@@ -29,6 +29,7 @@ from diffusers import (
 from diffusers.loaders.single_file_utils import SingleFileComponentError
 
 from hero.config import SINGLE_FILE_SUFFIXES
+from hero.models.families import denoiser_for
 from hero.models.pixel_pipeline import PixelStableDiffusionPipeline
 from hero.models.tiny_shapes import load_text_encoder, sampling_scheduler, shipped_model_dir
 
@@ -139,8 +140,7 @@ def configure_memory(pipe, gradient_checkpointing: bool = False, attention: str 
     elif attention != "sdpa":
         raise ValueError(f"memory.attention={attention!r}: expected sdpa or xformers")
     if gradient_checkpointing:
-        network = pipe.transformer if getattr(pipe, "transformer", None) is not None else pipe.unet
-        network.enable_gradient_checkpointing()
+        denoiser_for(pipe).network.enable_gradient_checkpointing()
 
 
 def _load_single_file(path: Path, model_config_dir: str | Path | None) -> StableDiffusionPipeline:
