@@ -145,6 +145,8 @@ class LikelihoodSettings(_Section):
     """RAFT and Diffusion-KTO: the denoising loss on the judged images (``hero.likelihood``), per round."""
 
     lr: float = Field(2e-3, gt=0)  # their own rate (lora.lr is the policy-gradient methods')
+    # "cosine": each round's steps anneal the rate from lr to 0, so the model sampled next is a low-rate iterate
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     steps_per_round: int = Field(300, ge=0)  # optimiser steps after each judged round
     batch_size: int = Field(16, ge=1)  # judged images per step, drawn with replacement
     base_weight: float = Field(0.5, ge=0)  # λ on the distance to the base model's prediction (0: no pull)

@@ -23,6 +23,7 @@ x_σ = (1 − σ)·x₀ + σ·ε with σ ~ U(0, 1), target v = ε − x₀ and w
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -95,6 +96,15 @@ class LikelihoodConfig:
     rejected_unconditional: bool = False  # not-good images are trained on the empty prompt's conditioning
     max_grad_norm: float = 1.0
     with_base: bool = True  # compute the base model's terms (the pull towards it, KTO's reference)
+    lr: float | None = None  # the peak rate (None: leave the optimiser's as it is)
+    lr_schedule: str = "constant"  # or "cosine": from lr to 0 over the round's steps
+
+
+def step_lr(cfg: LikelihoodConfig, step: int) -> float | None:
+    """The rate of optimiser step ``step`` (0-based) of a round: constant, or a half cosine from cfg.lr to 0."""
+    if cfg.lr is None or cfg.lr_schedule == "constant":
+        return cfg.lr
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * step / max(cfg.steps, 1)))
 
 
 def likelihood_update(model: Denoiser, pool: ImagePool, candidates: torch.Tensor, optimizer: torch.optim.Optimizer,
@@ -118,7 +128,10 @@ def likelihood_update(model: Denoiser, pool: ImagePool, candidates: torch.Tensor
     labels = pool.labels()
     stats: dict[str, list[float]] = {"loss": [], "model_error": [], "to_base": [], "grad_norm": []}
     optimizer.zero_grad(set_to_none=True)
-    for _ in range(cfg.steps if len(candidates) else 0):
+    for step in range(cfg.steps if len(candidates) else 0):
+        if (lr := step_lr(cfg, step)) is not None:
+            for group in optimizer.param_groups:  # set every step, so a resumed round restarts from the peak
+                group["lr"] = lr
         idx = candidates[torch.randint(len(candidates), (cfg.batch_size,), generator=generator)]
         x0, cond = pool.batch(idx, cfg.cond_dropout, generator,
                               unconditional=~labels[idx] if cfg.rejected_unconditional else None)

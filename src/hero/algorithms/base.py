@@ -79,7 +79,8 @@ def likelihood_config(cfg, with_base: bool) -> LikelihoodConfig:
     rejected = cfg.algo == "raft" and s.rejected == "unconditional"  # KTO and NFT use the not-good images already
     return LikelihoodConfig(steps=s.steps_per_round, batch_size=s.batch_size, min_snr_gamma=s.min_snr_gamma,
                             cond_dropout=s.cond_dropout, rejected_unconditional=rejected,
-                            max_grad_norm=s.max_grad_norm, with_base=with_base)
+                            max_grad_norm=s.max_grad_norm, with_base=with_base, lr=s.lr,
+                            lr_schedule=s.lr_schedule)
 
 
 class LoraPolicy:
