@@ -105,7 +105,7 @@ def test_missing_prompt_and_typo_both_reported():
     with pytest.raises(ConfigError) as info:
         load_config(overrides=["pg.clip_rnage=1"])
     assert str(info.value) == ("unknown config key 'pg.clip_rnage' (did you mean 'pg.clip_range'?); "
-                               "missing config key 'prompt' (required)")
+                               "missing config key 'prompt' (required: --prompt TEXT, or --prompts FILE for a set)")
 
 
 def test_unreadable_preset_is_a_config_error(tmp_path: Path):

@@ -14,6 +14,7 @@ from hero.likelihood import (
     min_snr_weight,
     noised,
     prediction_target,
+    step_lr,
 )
 from hero.lora import add_lora
 from hero.models.denoiser import UNetDenoiser
@@ -117,3 +118,11 @@ def test_an_update_lowers_the_denoising_error_on_the_images_it_trains(tiny_pixel
 
 def test_denoising_errors_type():
     assert DenoisingErrors(model=torch.zeros(1)).to_base is None
+
+
+def test_the_cosine_schedule_anneals_each_round_from_the_peak_to_zero():
+    cosine = LikelihoodConfig(steps=4, lr=2e-3, lr_schedule="cosine")
+    assert [step_lr(cosine, k) for k in range(4)] == pytest.approx([2e-3, 2e-3 * (1 + 0.5 ** 0.5) / 2, 1e-3,
+                                                                    2e-3 * (1 - 0.5 ** 0.5) / 2])
+    assert step_lr(LikelihoodConfig(steps=4, lr=2e-3), 3) == 2e-3  # constant
+    assert step_lr(LikelihoodConfig(steps=4), 0) is None  # no rate given: the optimiser's own is left alone

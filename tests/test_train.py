@@ -89,7 +89,7 @@ def test_a_run_resumed_after_a_crash_mid_round_ends_where_the_uninterrupted_one_
     save_round, judge = loop.RunFolder.save_round, loop.judge
     monkeypatch.setattr(loop.RunFolder, "save_round", lambda self, r, traj: (save_round(self, r, traj),
                                                                              crash(r, "sampling")))
-    monkeypatch.setattr(loop, "judge", lambda *a: (judge(*a), crash(a[4], "judging"))[0])
+    monkeypatch.setattr(loop, "judge", lambda *a, **k: (judge(*a, **k), crash(a[4], "judging"))[0])
     cfg = load_config(None, FAST, prompt="two red squares", budget=16, images_per_round=8, out=str(tmp_path / "r"))
     with pytest.raises(KeyboardInterrupt):
         train(cfg, show_progress=False)
@@ -163,5 +163,5 @@ def test_resume_after_sigkill_loses_no_feedback(tmp_path):
     assert [m["round"] for m in metrics] == [0, 1, 2]
     # A round whose images were sampled before the kill was not sampled again: its sampling time is unknown (null).
     assert [m["round"] for m in metrics if m["seconds_sampling"] is None] == sorted(pending)
-    assert torch.load(out / "checkpoints" / "round_002" / "state.pt", weights_only=False)["memory"]["best_latent"] \
-        is not None
+    state = torch.load(out / "checkpoints" / "round_002" / "state.pt", weights_only=False)
+    assert state["memories"]["two red squares"]["best_latent"] is not None

@@ -126,6 +126,9 @@ def check_judge(n: int = typer.Option(2000, min=1, help="Generated images per ta
 @app.command(epilog="Algorithms: " + " | ".join(f"{k}: {v}" for k, v in ALGORITHMS.items()))
 def train(
     prompt: str = typer.Option(None, help='Prompt to fine-tune for, e.g. "three green triangles".'),
+    prompts: Path = typer.Option(None, help="A prompt set instead: a file of one prompt per line, or JSON Lines "
+                                            "({\"prompt\": ..., \"hidden_background\": ...}); each round samples "
+                                            "across it (--set prompt_mix=even|random)."),
     model: str = typer.Option(None, help="tiny-shapes (built in), a local diffusers pipeline folder, or a single "
                                          "SD 1.x/2.x .safetensors/.ckpt (with --set model_config_dir=DIR)."),
     algo: str = typer.Option(None, help="hero (default), ... (see below)."),
@@ -147,6 +150,7 @@ def train(
 ) -> None:
     """Fine-tune online from feedback: sample a round, get judgements, learn, repeat until the budget is spent."""
     from hero.config import ConfigError, load_config
+    from hero.prompts import PromptFileError
     from hero.runs.errors import RunFolderError, one_line
     from hero.train import train as run_training
 
@@ -156,13 +160,17 @@ def train(
                               prompt=prompt, model=model, algo=algo, seed=seed, out=None if out is None else str(out))
     try:
         if resume is not None:
-            fixed = {"--prompt": prompt, "--model": model, "--algo": algo, "--images-per-round": images_per_round,
+            fixed = {"--prompt": prompt, "--prompts": prompts, "--model": model, "--algo": algo,
+                     "--images-per-round": images_per_round,
                      "--seed": seed, "--out": out, "--preset": preset}
             cfg = _resumed_config(resume, feedback, budget, set_, fixed)
         else:
             cfg = load_config(preset, set_, prompt=prompt, model=model, algo=algo, feedback=feedback, budget=budget,
-                              images_per_round=images_per_round, seed=seed, out=None if out is None else str(out))
-    except (ConfigError, RunFolderError) as e:  # RunFolderError: a file of the run is unreadable
+                              images_per_round=images_per_round, seed=seed, out=None if out is None else str(out),
+                              prompts=None if prompts is None else _read_prompts(prompts, None))
+            if prompts is not None and cfg.feedback.startswith("sim"):
+                _read_prompts(prompts, cfg)  # the simulated human must be able to judge every prompt
+    except (ConfigError, RunFolderError, PromptFileError) as e:  # RunFolderError: a file of the run is unreadable
         typer.echo(f"error: {one_line(e, limit=600)}", err=True)
         raise typer.Exit(2) from None
     web, finished = None, False
@@ -183,6 +191,18 @@ def train(
             web.close(done=finished)
     if is_main_process():
         typer.echo(f"run finished: {run.path}  (LoRA: {run.path / 'lora'}; evaluate with `hero eval {run.path}`)")
+
+
+def _read_prompts(path: Path, sim_cfg) -> list[dict]:
+    """``--prompts FILE`` as config values; with ``sim_cfg``, each prompt also parsed as the toy world's task."""
+    from hero.prompts import read_prompt_file
+    from hero.toyworld.tasks import parse_task
+
+    def judgeable(spec) -> None:
+        parse_task(spec.prompt, **sim_cfg.task_options(spec.prompt))
+
+    specs = read_prompt_file(path, check=None if sim_cfg is None else judgeable)
+    return [spec.model_dump(exclude_none=True) for spec in specs]
 
 
 def _check_resume(cfg):
@@ -267,17 +287,26 @@ def eval_(
     seed: int = typer.Option(987_654, help="Evaluation seed (distinct from training seeds)."),
     round_: int = typer.Option(None, "--round", min=0, help="Evaluate the checkpoint after this round (numbered "
                                                             "from 0, as in metrics.jsonl) instead of the last one."),
+    prompts: Path = typer.Option(None, help="Evaluate each prompt of this file (as for hero train --prompts), e.g. "
+                                            "prompts the run never trained on: success per prompt and the mean."),
 ) -> None:
     """Success rates of the base model and the run's LoRA, under plain and guided noise (last line: JSON)."""
     from hero.evaluate import evaluate
+    from hero.prompts import PromptFileError, read_prompt_file
     from hero.runs.errors import RunFolderError
+    from hero.toyworld.tasks import parse_task
 
     try:
-        result = evaluate(run_dir, n=n, seed=seed, round_index=round_)
-    except (FileNotFoundError, RunFolderError) as e:
+        specs = None if prompts is None else read_prompt_file(
+            prompts, check=lambda spec: parse_task(spec.prompt, **spec.task_options()))
+        result = evaluate(run_dir, n=n, seed=seed, round_index=round_, prompts=specs)
+    except (FileNotFoundError, RunFolderError, PromptFileError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    if not json_:
+    if "prompts" in result:
+        if not json_:
+            _print_prompt_rates(result)
+    elif not json_:
         for k in ("base_plain", "plain", "base_guided", "guided"):
             if k in result:
                 nan = float("nan")
@@ -289,6 +318,15 @@ def eval_(
                 fails = ", ".join(f"{c} {share:.2f}" for c, share in result["failures"].get(k, {}).items())
                 typer.echo(f"{'':>14}rejected for: {fails or 'nothing'}")
     typer.echo(json.dumps(result))
+
+
+def _print_prompt_rates(result: dict) -> None:
+    """One line per prompt of an `hero eval --prompts` result, then the mean."""
+    rows = [(p, r, "trained" if r["trained"] else "held out") for p, r in result["prompts"].items()]
+    for prompt, row, kind in [*rows, ("mean", result["mean"], f"{len(rows)} prompts")]:
+        rates = "   ".join(f"{k} {row[k]:.3f} ± {row['stderr'][k]:.3f}" for k in ("base_plain", "plain", "guided")
+                           if k in row)
+        typer.echo(f"{prompt!r:>32} ({kind}): {rates}")
 
 
 @app.command()

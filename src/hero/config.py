@@ -13,10 +13,26 @@ from pathlib import Path
 from typing import Any, Literal
 
 from omegaconf import OmegaConf
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from hero.prompts import PromptSpec, TaskOptions, round_prompts
 from hero.runs.atomic import atomic_write_text
+from hero.settings import (
+    D3POSettings,
+    DDPOSettings,
+    DPOKSettings,
+    HerdSettings,
+    HeroSettings,
+    KtoSettings,
+    LikelihoodSettings,
+    LoraSettings,
+    NftSettings,
+    PolicyGradientSettings,
+    SamplerConfig,
+    Section,
+    SeikoSettings,
+)
 
 __all__ = ["ConfigError", "D3POSettings", "DDPOSettings", "DPOKSettings", "HerdSettings", "SeikoSettings",
            "HeroSettings", "KtoSettings", "LikelihoodSettings", "LoraSettings", "PolicyGradientSettings",
@@ -30,8 +46,18 @@ REWARDS = ("jpeg", "jpeg-incompressibility", "aesthetic", "pickscore", "hpsv2", 
 _REWARD_PATHS = {"aesthetic": ("path", "head_path"), "pickscore": ("path",), "hpsv2": ("path",)}
 _DEVICE = re.compile(r"(cpu|mps|(cuda|xpu)(:\d+)?)")
 _MISSING = "???"  # OmegaConf's "must be set" marker, usable in presets
+# The methods that learn from a prompt set (``hero train --prompts``); the others read one prompt in their updates.
+PROMPT_SET_ALGOS = ("hero", "ddpo", "raft", "kto", "nft")
 PAIRWISE_ALGOS = ("d3po",)  # methods that learn from (winner, loser) pairs over noise-sharing images
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")  # an original-layout SD checkpoint in one file
+
+
+def _config_error(key: str, message: str) -> PydanticCustomError:
+    """A cross-field error that names its key (pydantic cannot: the model validator sees every field)."""
+    return PydanticCustomError("config", "bad value for '{key}': {message}", {"key": key, "message": message})
+
+
+TaskSettings = TaskOptions  # the run's ``task`` section: what the simulated human wants beyond the prompt
 
 
 class ConfigError(ValueError):
@@ -41,174 +67,7 @@ class ConfigError(ValueError):
         super().__init__(" ".join(str(message).split()))  # one line whatever the cause's text was
 
 
-class _Section(BaseModel):
-    # extra="forbid": a typo is an error, never a silently ignored setting.
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), coerce_numbers_to_str=True)
-
-
-class SamplerConfig(_Section):
-    """The stochastic sampler: steps, η and classifier-free guidance."""
-
-    steps: int = Field(20, ge=1)
-    eta: float = Field(1.0, ge=0.0)  # DDIM's η; for a flow model (SD 3) the SDE's noise level a (0.7: Flow-GRPO's)
-    guidance_scale: float = Field(2.0, ge=0.0)
-    resolution: int | None = Field(None, ge=8)  # pixels; None: the model's native size
-    batch_size: int = Field(8, ge=1)  # images per denoising forward pass (memory, not results)
-
-
-class LoraSettings(_Section):
-    """LoRA adapter on the UNet: its rank, scale, learning rate and which layers it reaches."""
-
-    rank: int = Field(8, ge=1)
-    alpha: float = Field(8.0, gt=0)
-    lr: float = Field(3e-4, gt=0)
-    # "attention" (the papers' adapter: to_q/k/v/out), "wide" (also resnets, time embedding, proj_in/out,
-    # feed-forwards; hero.lora.TARGET_PRESETS), an explicit list of module-name suffixes, or "auto": the
-    # method's own (wide for raft, kto and nft, attention for the policy-gradient methods; base.AUTO_TARGETS).
-    targets: Literal["auto", "attention", "wide"] | list[str] = "auto"
-
-    @field_validator("targets")
-    @classmethod
-    def _targets(cls, v: str | list[str]) -> str | list[str]:
-        if isinstance(v, list) and (not v or not all(isinstance(t, str) and t.strip() for t in v)):
-            raise ValueError("must be auto, attention, wide or a non-empty list of module names")
-        return v
-
-
-class PolicyGradientSettings(_Section):
-    """DDPO update (defaults: the HERO paper's)."""
-
-    clip_range: float = Field(1e-4, gt=0)
-    adv_clip: float = Field(5.0, gt=0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    timesteps_per_traj: int = Field(5, ge=1)
-    batch_size: int = Field(2, ge=1)
-    grad_accum: int = Field(4, ge=1)
-    inner_epochs: int = Field(1, ge=1)
-    per_prompt_advantages: bool = False
-    # Steps with σ below this are never trained: their ∇ log p ∝ 1/σ swamps the gradient (docs/learning.md). 0.01
-    # leaves out tiny-shapes' last step (σ = 0.0064, under one uint8 level); 0 trains every step.
-    min_sigma: float = Field(0.01, ge=0.0)
-
-
-class HeroSettings(_Section):
-    """HERO: feedback-guided noise and the feedback-aligned representation (triplet) learning."""
-
-    beta: float = Field(0.5, ge=0.0, le=1.0)  # share of a round started from the best image's noise
-    noise_eps: float = Field(0.1, ge=0.0, le=1.0)  # z = sqrt(1-eps^2) z_cond + eps xi
-    margin: float = Field(0.5, ge=0.0)
-    encoder_lr: float = Field(1e-5, gt=0)
-    encoder_epochs: int = Field(200, ge=1)  # the reference code uses 500-5000 at batch 2048; ours is a small CNN
-    train_on: Literal["all", "round"] = "all"  # all feedback so far, or only this round's
-    embed_dim: int = Field(512, ge=1)  # the reference code's output_dim
-    # The embedding net's input: "features" (an MLP on frozen UNet mid-block features) or "latent" (the paper's CNN)
-    encoder_input: Literal["features", "latent"] = "features"
-    encoder_batch_size: int = Field(2048, ge=1)  # triplets per encoder step (the paper's 2048)
-    # Where the reward's cosine to the best is taken: "embedding" E(f) (the paper) or "projection" g(E(f)), the
-    # space the triplet loss shapes (docs/hero.md: its held-out AUC is higher on the built-in model).
-    reward_space: Literal["embedding", "projection"] = "embedding"
-    # The paper's DDPO update, or RAFT's denoising loss (``likelihood`` section) on the judged-good images and the
-    # accepted unjudged samples; unjudged: samples per round scored by the learned reward, at no feedback cost
-    # (docs/learning.md, "HERO with a likelihood update and unjudged samples").
-    update: Literal["policy_gradient", "likelihood"] = "policy_gradient"
-    noise: Literal["guided", "plain"] = "guided"  # starting noise of the rounds: feedback-guided, or N(0, I)
-    unjudged: int = Field(0, ge=0)
-    unjudged_precision: float = Field(0.9, gt=0.0, le=1.0)  # the share good above the threshold, on held-out marks
-
-
-class DDPOSettings(_Section):
-    """DDPO: which per-image reward the policy gradient uses."""
-
-    # "score": the source's graded score when it gives one (judge score, reward value), else good = 1 / 0;
-    # "good": always good = 1 / not good = 0 (the same binary signal HERO gets from a person).
-    reward: Literal["score", "good"] = "score"
-
-
-class D3POSettings(_Section):
-    """D3PO: −log σ(β·(log ρ_w − log ρ_l)), ρ = clamp(π_θ/π_ref, 1 − c, 1 + c) per denoising step."""
-
-    beta: float = Field(0.1, gt=0)
-    ratio_clip: float = Field(0.1, gt=0, lt=1)
-
-
-class DPOKSettings(_Section):
-    """DPOK: α·(clipped policy gradient with a value baseline) + β·KL to the pretrained model."""
-
-    reward_weight: float = Field(10.0, gt=0)  # α: scales the advantage r − V (rewards in [0, 1] here)
-    kl_weight: float = Field(0.01, ge=0)  # β on the ε-prediction MSE to the adapter-free UNet
-    value_lr: float = Field(1e-3, gt=0)  # a small net refitted each round on few samples: a brisk rate
-    value_epochs: int = Field(8, ge=0)  # passes over the round's (x_t, t, r) before the policy update
-    value_batch_size: int = Field(64, ge=1)
-
-
-class LikelihoodSettings(_Section):
-    """RAFT and Diffusion-KTO: the denoising loss on the judged images (``hero.likelihood``), per round."""
-
-    lr: float = Field(2e-3, gt=0)  # their own rate (lora.lr is the policy-gradient methods')
-    # "cosine": each round's steps anneal the rate from lr to 0, so the model sampled next is a low-rate iterate
-    lr_schedule: Literal["constant", "cosine"] = "constant"
-    steps_per_round: int = Field(300, ge=0)  # optimiser steps after each judged round
-    batch_size: int = Field(16, ge=1)  # judged images per step, drawn with replacement
-    base_weight: float = Field(0.5, ge=0)  # λ on the distance to the base model's prediction (0: no pull)
-    cond_dropout: float = Field(0.0, ge=0.0, le=1.0)  # share of a batch trained on the empty prompt
-    # RAFT only: "unconditional" also trains the not-good images on the empty prompt (guidance steps away from them)
-    rejected: Literal["unused", "unconditional"] = "unused"
-    min_snr_gamma: float | None = Field(5.0, gt=0)  # loss weighting (None: plain MSE)
-    max_grad_norm: float = Field(1.0, gt=0)
-
-
-class KtoSettings(_Section):
-    """Diffusion-KTO (experimental: leaves the base model within one round, docs/learning.md)."""
-
-    # Scales ℓ_ref − ℓ_θ (~3e-3 here) into the sigmoid, saturating once |β·Δ| ≳ 4; 5000: Diffusion-DPO's for SD 1.5.
-    beta: float = Field(5000.0, gt=0)
-    good_weight: float = Field(1.0, gt=0)  # λ_D of KTO: weight of the good images' term
-    bad_weight: float = Field(1.0, gt=0)  # λ_U: weight of the not-good images' term
-
-
-class NftSettings(_Section):
-    """DiffusionNFT: the step from the base model, f± = f_ref ± β·(f_θ − f_ref) (``hero.algorithms.nft``)."""
-
-    beta: float = Field(1.0, gt=0)  # 1: the paper's; smaller steps further from the base (like a guidance scale)
-
-
-class HerdSettings(_Section):
-    """HERD: DDPO + hindsight replay of a round's failures, relabelled with what they show, in the next update."""
-
-    # Share of a round's images examined for a relabel (at most); each examined image costs one feedback.
-    replay_fraction: float = Field(0.25, ge=0.0, le=1.0)
-
-
-class SeikoSettings(_Section):
-    """SEIKO: a ridge reward on frozen features with optimism, backpropagated through the sampler with a KL."""
-
-    variant: Literal["nonadaptive", "greedy", "ucb", "bootstrap", "thompson"] = "ucb"
-    ridge: float = Field(10.0, gt=0)  # λ of A = ΦᵀΦ + λI (features standardised by the first round's)
-    c: float = Field(0.1, ge=0)  # optimism: UCB's c, bootstrap's c (mean + c·std), Thompson's posterior σ
-    ensemble_size: int = Field(4, ge=2)  # bootstrap: ridge fits on resamples
-    kl_weight: float = Field(1.0, ge=0)  # α on Σ_steps mean_d (μ_θ − μ_prev)²/2σ_t² to the previous round
-    backprop_steps: int = Field(4, ge=1)  # K: the last K denoising steps carry gradients (capped at sampler.steps)
-    updates_per_round: int = Field(8, ge=0)  # optimiser steps, each on a fresh differentiable rollout
-    batch_size: int = Field(8, ge=1)  # images per differentiable rollout
-
-
-class TaskSettings(_Section):
-    """What the simulated human wants beyond the prompt (toy world): a hidden background, a forbidden colour."""
-
-    hidden_background: str | None = None
-    forbidden_colour: str | None = None
-
-    @field_validator("hidden_background", "forbidden_colour")
-    @classmethod
-    def _known(cls, v: str | None, info: ValidationInfo) -> str | None:
-        from hero.toyworld.scenes import BACKGROUNDS, COLOURS  # lazy: only a task section needs the toy world
-        allowed = BACKGROUNDS if info.field_name == "hidden_background" else COLOURS
-        if v is not None and v not in allowed:
-            raise ValueError(f"must be one of {', '.join(allowed)} or null")
-        return v
-
-
-class WebSettings(_Section):
+class WebSettings(Section):
     """The feedback web page's server (``--feedback web``, ``hero label``): where it listens, whom it answers."""
 
     host: str = Field("127.0.0.1", min_length=1)  # loopback only unless told otherwise (e.g. 0.0.0.0)
@@ -216,7 +75,7 @@ class WebSettings(_Section):
     allowed_hosts: list[str] = Field(default_factory=list)  # extra Host-header names (besides loopback, host)
 
 
-class MemorySettings(_Section):
+class MemorySettings(Section):
     """GPU memory (real checkpoints): activation checkpointing in the updates and the attention kernel."""
 
     # Recompute the UNet's activations in the backward pass instead of keeping them: far less memory per
@@ -227,7 +86,7 @@ class MemorySettings(_Section):
     attention: Literal["sdpa", "xformers"] = "sdpa"
 
 
-class RewardModelSettings(_Section):
+class RewardModelSettings(Section):
     """The reward model behind ``--feedback reward:<name>`` (AI feedback; its scores are DDPO's rewards)."""
 
     path: str | None = None  # local transformers CLIP folder: aesthetic (ViT-L/14), pickscore, hpsv2
@@ -262,14 +121,17 @@ def parse_feedback(spec: str) -> tuple[str, float | str | None]:
     raise ValueError(f"must be sim, sim:<error rate in [0, 0.5]>, {', '.join('reward:' + r for r in REWARDS)} or web")
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     """Everything a training run needs; ``save_config`` writes it resolved into the run folder."""
 
     # built-in name, a local diffusers pipeline folder, or a single-file SD 1.x/2.x checkpoint (.safetensors/.ckpt)
     model: str = Field("tiny-shapes", min_length=1)
     # single-file checkpoints only: a local diffusers folder of the same architecture (configs, tokenizer/, no weights)
     model_config_dir: str | None = None
-    prompt: str = Field(min_length=1)
+    prompt: str | None = Field(None, min_length=1)  # the one prompt; unset when ``prompts`` holds a set
+    # A prompt set (``hero train --prompts FILE``, ``hero.prompts``): each round samples across it, per ``prompt_mix``.
+    prompts: list[PromptSpec] | None = None
+    prompt_mix: Literal["even", "random"] = "even"  # even: the prompts in turn; random: each image draws one
     algo: Literal["hero", "ddpo", "d3po", "dpok", "seiko", "herd", "raft", "kto", "nft"] = "hero"
     feedback: str = "sim"
     budget: int = Field(512, gt=0)  # feedback budget: images judged in total
@@ -317,9 +179,28 @@ class TrainConfig(_Section):
         opts["device"] = opts["device"] or self.device
         return opts
 
-    def task_options(self) -> dict[str, str]:
-        """The task's set options as keywords for ``parse_task`` (e.g. {"hidden_background": "black"})."""
-        return self.task.model_dump(exclude_none=True)
+    def task_options(self, prompt: str | None = None) -> dict[str, str]:
+        """The task's set options as keywords for ``parse_task`` (e.g. {"hidden_background": "black"}); with
+        ``prompt``, that prompt's own options from the set over them."""
+        options = self.task.model_dump(exclude_none=True)
+        for spec in self.prompts or []:
+            if spec.prompt == prompt:
+                return spec.task_options(options)
+        return options
+
+    @property
+    def prompt_list(self) -> list[str]:
+        """The prompts the run fine-tunes on: the set's, or ``[prompt]``."""
+        return [s.prompt for s in self.prompts] if self.prompts else [self.prompt]
+
+    def round_prompts(self, round_index: int, n: int) -> list[str]:
+        """Each image's prompt in round ``round_index`` of ``n`` images, grouped by prompt (``hero.prompts``)."""
+        return round_prompts(self.prompt_list, n, round_index, self.prompt_mix, self.seed)
+
+    @property
+    def prompt_set(self) -> bool:
+        """Whether the run learns from a prompt set (``prompts``) rather than one prompt."""
+        return bool(self.prompts)
 
     @field_validator("task", mode="before")
     @classmethod
@@ -337,6 +218,7 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
+        self._one_prompt_source()
         for key, value, limit, limit_key in (("images_per_round", self.images_per_round, self.budget, "budget"),
                                              ("pg.timesteps_per_traj", self.pg.timesteps_per_traj, self.sampler.steps,
                                               "sampler.steps")):
@@ -365,6 +247,21 @@ class TrainConfig(_Section):
                     raise PydanticCustomError("config", "bad value for '{key}': {value} (must be even for d3po: "
                                               "images are compared in pairs)", {"key": key, "value": value})
         return self
+
+    def _one_prompt_source(self) -> None:
+        """Exactly one of ``prompt`` and ``prompts``; a set only for the methods that learn from one."""
+        if self.prompt is None and not self.prompts:
+            raise PydanticCustomError("config", _NO_PROMPT, {})
+        if self.prompt is not None and self.prompts:
+            raise _config_error("prompts", "give either prompt (one) or prompts (a set), not both")
+        if self.prompts:
+            seen = [s.prompt for s in self.prompts]
+            dup = next((p for i, p in enumerate(seen) if p in seen[:i]), None)
+            if dup is not None:
+                raise _config_error("prompts", f"{dup!r} is given twice")
+            if self.algo not in PROMPT_SET_ALGOS:
+                raise _config_error("prompts", f"--algo {self.algo} learns from one prompt; prompt sets are "
+                                    f"supported by {', '.join(PROMPT_SET_ALGOS)}")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
@@ -490,6 +387,9 @@ def _leaves(data: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:
         yield from _leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
 
 
+_NO_PROMPT = "missing config key 'prompt' (required: --prompt TEXT, or --prompts FILE for a set)"
+
+
 def _validate(data: dict) -> TrainConfig:
     for key, value in _leaves(data):
         if value == _MISSING:
@@ -499,4 +399,7 @@ def _validate(data: dict) -> TrainConfig:
     except ValidationError as e:
         # What the user typed wrong (unknown keys, bad values) before what they left out.
         errors = sorted(e.errors(), key=lambda err: {"extra_forbidden": 0, "missing": 2}.get(err["type"], 1))
-        raise ConfigError("; ".join(_describe(err) for err in errors)) from None
+        said = [_describe(err) for err in errors]
+        if data.get("prompt") is None and not data.get("prompts") and not any(_NO_PROMPT in x for x in said):
+            said.append(_NO_PROMPT)  # the model's own check did not run: report it beside the other mistakes
+        raise ConfigError("; ".join(said)) from None

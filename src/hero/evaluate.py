@@ -26,6 +26,7 @@ from hero.config import TrainConfig
 from hero.diversity import diversity, memorisation
 from hero.models import load_pipeline
 from hero.models.families import denoiser_for
+from hero.prompts import PromptSpec, TaskOptions
 from hero.rollout import rollout
 from hero.runs.feedback_log import FeedbackLog
 from hero.runs.folder import RunFolder
@@ -93,16 +94,8 @@ class _Report:
             self.result["memorisation"][key] = memorisation(images, self.training)
 
 
-def evaluate(run_dir: str | Path, n: int = 256, seed: int = EVAL_SEED, include_base: bool = True,
-             round_index: int | None = None, base_plain: float | None = None) -> dict:
-    """Success rates (share of images the judge calls good) as a dict; see the module docstring.
-
-    ``round_index`` evaluates that round's checkpoint (it must still be on disk) instead of the last one.
-    ``base_plain``, when known (the same model, prompt, sampler, seed and n evaluated elsewhere), is reported
-    instead of sampled again; ``base_guided`` depends on this run's guided noise and is always sampled.
-    """
-    run = RunFolder(run_dir)
-    cfg = TrainConfig.from_yaml(run.config_path)
+def _checkpoint_round(run: RunFolder, round_index: int | None) -> int:
+    """The round whose checkpoint is evaluated: ``round_index``, or the last complete one."""
     last = run.latest_round()
     if last < 0:
         raise FileNotFoundError(f"{run.path} has no complete round yet: nothing to evaluate")
@@ -110,6 +103,81 @@ def evaluate(run_dir: str | Path, n: int = 256, seed: int = EVAL_SEED, include_b
         if not 0 <= round_index <= last or not run.checkpoint_dir(round_index).is_dir():
             raise FileNotFoundError(f"{run.path} has no checkpoint of round {round_index} (last complete: {last})")
         last = round_index
+    return last
+
+
+def evaluate_prompts(run_dir: str | Path, prompts: list[PromptSpec] | None = None, n: int = 256,
+                     seed: int = EVAL_SEED, include_base: bool = True, round_index: int | None = None) -> dict:
+    """Success per prompt and its mean, of the base model and the run's LoRA, on the same seeds per prompt.
+
+    Args:
+        prompts: the prompts to evaluate (e.g. held out: never trained on), each with its task options over the
+            run's ``task`` section; None: the run's own prompt set (or its one prompt).
+        n: images per prompt and condition.
+    Returns {"prompts": {prompt: {"trained", "base_plain", "plain", ["guided"], "stderr", ...}}, "mean": {...}}: the
+    mean's standard error is sqrt(Σ s.e.²)/P (the prompts are sampled independently). Guided noise exists only for
+    a prompt a HERO run judged.
+    """
+    run = RunFolder(run_dir)
+    cfg = TrainConfig.from_yaml(run.config_path)
+    last = _checkpoint_round(run, round_index)
+    trained = set(cfg.prompt_list)
+    if prompts is None:
+        prompts = list(cfg.prompts) if cfg.prompt_set else [PromptSpec(prompt=cfg.prompt)]
+    pipe = load_pipeline(cfg.model, device=cfg.device, model_config_dir=cfg.model_config_dir)
+    model = denoiser_for(pipe)
+    algo = make_algorithm(cfg, pipe)
+    algo.load(run.checkpoint_dir(last))
+    training = judged_good_images(run, last)
+    result: dict = {"run": str(run.path), "algo": cfg.algo, "rounds": last + 1, "n": n, "prompts": {}}
+    memories = getattr(algo, "memories", {})
+    with torch.no_grad():
+        for spec in prompts:
+            defaults = cfg.task_options(spec.prompt)  # the run's options for a trained prompt, its task section else
+            one = cfg.model_copy(update={"prompt": spec.prompt, "prompts": None,
+                                         "task": TaskOptions(**spec.task_options(defaults))})
+            row: dict = {"trained": spec.prompt in trained}
+            report = _Report(one, row, training)
+            if include_base:
+                with model.base_model():
+                    report.add("base_plain", _samples(pipe, one, n, None, seed))
+            report.add("plain", _samples(pipe, one, n, None, seed))
+            memory = memories.get(spec.prompt)
+            if memory is not None and memory.best_noise is not None:
+                noise = algo.guided_noise(n, torch.Generator("cpu").manual_seed(seed + 1), spec.prompt)
+                report.add("guided", _samples(pipe, one, n, noise, seed))
+            result["prompts"][spec.prompt] = row
+    result["mean"] = _mean_over_prompts(list(result["prompts"].values()))
+    return result
+
+
+def _mean_over_prompts(rows: list[dict]) -> dict:
+    """Each condition's mean success over the prompts that have it, with sqrt(Σ s.e.²)/P."""
+    out: dict = {"stderr": {}}
+    for key in ("base_plain", "plain", "guided"):
+        have = [r for r in rows if key in r]
+        if have:
+            out[key] = sum(r[key] for r in have) / len(have)
+            out["stderr"][key] = math.sqrt(sum(r["stderr"][key] ** 2 for r in have)) / len(have)
+    return out
+
+
+def evaluate(run_dir: str | Path, n: int = 256, seed: int = EVAL_SEED, include_base: bool = True,
+             round_index: int | None = None, base_plain: float | None = None,
+             prompts: list[PromptSpec] | None = None) -> dict:
+    """Success rates (share of images the judge calls good) as a dict; see the module docstring.
+
+    ``round_index`` evaluates that round's checkpoint (it must still be on disk) instead of the last one.
+    ``base_plain``, when known (the same model, prompt, sampler, seed and n evaluated elsewhere), is reported
+    instead of sampled again; ``base_guided`` depends on this run's guided noise and is always sampled.
+    ``prompts`` (or a prompt-set run) evaluates each prompt instead (``evaluate_prompts``).
+    """
+    if prompts is not None or TrainConfig.from_yaml(RunFolder(run_dir).config_path).prompt_set:
+        return evaluate_prompts(run_dir, prompts, n=n, seed=seed, include_base=include_base,
+                                round_index=round_index)
+    run = RunFolder(run_dir)
+    cfg = TrainConfig.from_yaml(run.config_path)
+    last = _checkpoint_round(run, round_index)
     pipe = load_pipeline(cfg.model, device=cfg.device, model_config_dir=cfg.model_config_dir)
     model = denoiser_for(pipe)
     result: dict = {"run": str(run.path), "prompt": cfg.prompt, "algo": cfg.algo, "rounds": last + 1, "n": n}

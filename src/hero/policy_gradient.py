@@ -8,13 +8,13 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from hero.config import PolicyGradientSettings
 from hero.distributed import SINGLE, Dist
 from hero.lora import lora_parameters
 from hero.models.denoiser import Denoiser
 from hero.models.families import as_denoiser
 from hero.precision import LossScale
 from hero.rollout import Trajectories, step_log_prob
+from hero.settings import PolicyGradientSettings
 
 __all__ = ["accumulation_schedule", "clip_and_step", "clipped_surrogate_loss",
            "make_optimizer", "policy_gradient_update", "standardise_advantages", "trainable_steps"]

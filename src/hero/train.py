@@ -36,6 +36,7 @@ from hero.lora import lora_parameters, save_lora
 from hero.models import load_pipeline
 from hero.models.denoiser import Denoiser
 from hero.models.loading import configure_memory, resolve_precision, weight_dtype
+from hero.prompts import group_slices
 from hero.rollout import Trajectories, rollout
 from hero.runs.checks import ResumePlan, check_resume, settings_record
 from hero.runs.errors import RunFolderError
@@ -88,7 +89,8 @@ def train(cfg: TrainConfig, resume: bool = False, source: FeedbackSource | None 
     dist.broadcast_parameters(lora_parameters(pipe))  # as DDP does: every process starts from rank 0's LoRA
     log = None
     if dist.is_main:  # the feedback source (web server, reward model) and the log live on rank 0 only
-        source = source or make_feedback_source(cfg.feedback, cfg.prompt, cfg.seed, cfg.task_options(),
+        prompts = {p: cfg.task_options(p) for p in cfg.prompt_list} if cfg.prompt_set else cfg.prompt
+        source = source or make_feedback_source(cfg.feedback, prompts, cfg.seed, cfg.task_options(),
                                                 cfg.reward_options())
         log = _open_log(run.feedback_db)
     if start > 0:
@@ -180,16 +182,18 @@ def run_round(cfg: TrainConfig, run: RunFolder, algo, source: FeedbackSource | N
     sampled = dist.broadcast((run.round_dir(r) / "trajectories.pt").is_file() if dist.is_main else None)
     traj = run.load_round(r) if sampled else None  # sampled before a crash: the images already on show
     if traj is None:
-        noise = algo.start_noise(r, n, round_generator(cfg.seed, r, 0))
-        traj = sample_round(algo.model, [cfg.prompt] * n, noise, round_generator(cfg.seed, r, 1), rollout_kwargs(cfg),
-                            dist)
+        prompts = cfg.round_prompts(r, n)  # a prompt set: grouped by prompt, the same list on resume
+        noise = algo.start_noise(r, n, round_generator(cfg.seed, r, 0), **({"prompts": prompts} if cfg.prompt_set
+                                                                            else {}))
+        traj = sample_round(algo.model, prompts, noise, round_generator(cfg.seed, r, 1), rollout_kwargs(cfg), dist)
         differs = dist.broadcast(_replay_differs(run, log, r, traj.images) if dist.is_main else None)
         if differs is not None:
             raise differs
         if dist.is_main:
             run.save_round(r, traj)
     t1 = time.perf_counter()
-    feedback = dist.broadcast(judge(cfg, algo, source, log, r, traj.images) if dist.is_main else None)
+    feedback = dist.broadcast(judge(cfg, algo, source, log, r, traj.images, run=run, prompts=traj.prompts)
+                              if dist.is_main else None)
     t2 = time.perf_counter()
     stats = algo.learn(r, traj, feedback, round_generator(cfg.seed, r, 2))
     if dist.is_main and log is not None and getattr(algo, "relabels", None) is not None:
@@ -207,6 +211,7 @@ def run_round(cfg: TrainConfig, run: RunFolder, algo, source: FeedbackSource | N
     record = {"round": r, "images": n, "feedback": n_feedback,
               "good": None if pairwise else sum(feedback.good),
               "good_rate": None if pairwise else sum(feedback.good) / n, "best": feedback.best,
+              **(_per_prompt(feedback) if feedback.prompts is not None else {}),
               **({"pairs": len(feedback.pairs)} if pairwise else {}),
               "seconds_sampling": None if sampled else t1 - t0,  # reloaded after a crash: its sampling time is lost
               "seconds_feedback": t2 - t1, **stats}
@@ -246,7 +251,8 @@ def sample_round(model: Denoiser, prompts: list[str], start_noise: torch.Tensor 
     return Trajectories.concat([p for p in dist.all_gather(part) if p is not None])
 
 
-def judge(cfg: TrainConfig, algo, source: FeedbackSource, log: FeedbackLog, r: int, images) -> RoundFeedback:
+def judge(cfg: TrainConfig, algo, source: FeedbackSource, log: FeedbackLog, r: int, images,
+          run: RunFolder | None = None, prompts: list[str] | None = None) -> RoundFeedback:
     """This round's feedback: asked of the source and recorded, or reloaded when it was judged before a crash.
 
     An algorithm with ``feedback_kind == "pairs"`` (D3PO) gets pairwise preferences over its
@@ -258,6 +264,15 @@ def judge(cfg: TrainConfig, algo, source: FeedbackSource, log: FeedbackLog, r: i
     if stored is not None:  # judged before a crash: never ask again
         return stored
     record = RoundRecorder(log, r, cfg.prompt)  # the only writer of this round's feedback
+    if cfg.prompt_set:  # the web page shows the whole round at once; any other source judges prompt by prompt
+        bests = run.best_images_before(log, r)
+        if hasattr(source, "judge_prompt_set"):
+            feedback = source.judge_prompt_set(r, images, prompts, bests, record=record)
+        else:
+            feedback = judge_prompt_groups(source, r, images, prompts, bests)
+        if record.recorded is None:
+            record(feedback)
+        return feedback
     if getattr(algo, "feedback_kind", "good_best") == "pairs" and hasattr(source, "judge_pairs"):
         # Sorted as the log returns them, so a resumed round learns from the same list in the same order.
         pairs = sorted((int(w), int(lo)) for w, lo in
@@ -268,6 +283,33 @@ def judge(cfg: TrainConfig, algo, source: FeedbackSource, log: FeedbackLog, r: i
     if record.recorded is None:  # the web source records before it answers the browser; the others, here
         record(feedback)
     return feedback
+
+
+def judge_prompt_groups(source: FeedbackSource, r: int, images: np.ndarray, prompts: list[str],
+                        bests: dict[str, np.ndarray]) -> RoundFeedback:
+    """A prompt-set round's feedback: each prompt's images judged as a round of their own, beside that prompt's
+    current best (``bests``), then joined into one round (its ``prompts`` and one best per prompt)."""
+    good: list[bool] = []
+    scores: list[float] | None = []
+    best_indices: list[int] = []
+    name = None
+    for prompt, part in group_slices(prompts):
+        fb = source.judge_round(r, prompt, images[part], bests.get(prompt))
+        name = name or fb.source
+        good += list(fb.good)
+        best_indices += [part.start + fb.best] if fb.best is not None else []
+        scores = None if scores is None or fb.scores is None else scores + list(fb.scores)
+    return RoundFeedback(good=good, best=None, source=name, scores=scores, prompts=list(prompts),
+                         bests=tuple(best_indices))
+
+
+def _per_prompt(feedback: RoundFeedback) -> dict:
+    """A prompt-set round's metrics: the good rate of each prompt's images, and each prompt's best."""
+    rates: dict[str, list[bool]] = {}
+    for i, g in enumerate(feedback.good):
+        rates.setdefault(feedback.prompts[i], []).append(g)
+    return {"good_rate_by_prompt": {p: sum(v) / len(v) for p, v in rates.items()},
+            "bests": {feedback.prompts[b]: b for b in feedback.best_indices}}
 
 
 def _progress(enabled: bool) -> Progress:

@@ -1,16 +1,10 @@
 """RAFT and Diffusion-KTO losses by hand; short runs of RAFT, KTO and DiffusionNFT that load, and resume after
 SIGKILL to the bit (NFT's loss: test_nft.py)."""
 
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
-from run_checks import assert_lora_loads
-from safetensors.torch import load_file
+from run_checks import assert_lora_loads, kill_resume_and_compare
 
 from hero.algorithms.kto import kto_loss
 from hero.algorithms.raft import raft_loss
@@ -58,20 +52,9 @@ def test_a_run_killed_mid_way_and_resumed_ends_with_the_uninterrupted_lora(algo,
     assert metrics[-1]["pool_size"] == 24
 
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "hero.cli", "train", "--algo", algo, "--prompt", "two red squares", "--budget", "24",
-           "--images-per-round", "8", "--out", str(out), "--no-progress"] + [a for s in FAST for a in ("--set", s)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
-    while time.time() < deadline and not (out / "checkpoints" / "latest").is_file() and proc.poll() is None:
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)  # round 0 learned; killed somewhere in sampling, judging or learning round 1
-    proc.wait()
-    res = subprocess.run(cmd[:4] + ["--resume", str(out), "--no-progress"], env=env, capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr[-2000:]
+    kill_resume_and_compare(["--algo", algo, "--prompt", "two red squares", "--budget", "24", "--images-per-round",
+                             "8", "--out", str(out)] + [a for s in FAST for a in ("--set", s)], out, whole)
     assert FeedbackLog(out / "feedback.sqlite").n_feedback() == 24
-    final, again = (load_file(p / "lora" / "pytorch_lora_weights.safetensors") for p in (whole.path, out))
-    assert final.keys() == again.keys() and all(torch.equal(final[k], again[k]) for k in final)
 
 
 @pytest.mark.parametrize("rejected, expected", [("unused", [1, 3]), ("unconditional", [0, 1, 2, 3])])

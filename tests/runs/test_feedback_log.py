@@ -123,6 +123,34 @@ def test_export_round_trips(log: FeedbackLog, tmp_path: Path):
     assert read_jsonl(out) == [log.get_round(r) for r in log.rounds()]
 
 
+def test_a_prompt_set_round_keeps_each_images_prompt_and_a_best_per_prompt(log: FeedbackLog, tmp_path: Path):
+    prompts = ["two red circles"] * 3 + ["one blue square"] * 2
+    log.record_round(0, "ignored", [True, False, True, True, False], best=None, source="sim", prompts=prompts,
+                     bests=[2, 3])
+    fb = log.get_round(0)
+    assert fb.prompts == prompts and fb.bests == (2, 3) and fb.best is None and fb.best_indices == (2, 3)
+    assert fb.prompt == "two red circles\none blue square" and fb.image_prompt(4) == "one blue square"
+    # Pairs stay within a prompt: best beats the others of its prompt, good beats not-good of the same prompt.
+    assert sorted(log.preference_pairs()) == [(0, 0, 1), (0, 2, 0), (0, 2, 1), (0, 3, 4)]
+    out = tmp_path / "feedback.jsonl"
+    assert log.export_jsonl(out) == 5
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [x["prompt"] for x in lines] == prompts and [x["best"] for x in lines] == [False, False, True, True, False]
+    assert read_jsonl(out) == [fb]
+
+
+@pytest.mark.parametrize("prompts, bests, says", [
+    (["a", "a", "a"], [0, 2], "more than one best image for a prompt"),
+    (["a", "b"], [0], "3 images"),  # fewer prompts than images
+    (["a", "a", "b"], [2, 5], "not an image index"),
+    (["a", "a", "b"], [1], "not marked good"),
+])
+def test_a_bad_prompt_set_round_writes_nothing(log: FeedbackLog, prompts, bests, says):
+    with pytest.raises(InvalidFeedback, match=says):
+        log.record_round(0, "p", [True, False, True], best=None, source="sim", prompts=prompts, bests=bests)
+    assert log.rounds() == [] and log.n_feedback() == 0
+
+
 def test_survives_reopen_and_a_second_connection(tmp_path: Path):
     path = tmp_path / "fb.sqlite"
     with FeedbackLog(path) as a:

@@ -43,8 +43,8 @@ def crashed(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("crashed") / "run"
     judge = loop.judge
 
-    def judge_then_crash(*args):
-        feedback = judge(*args)
+    def judge_then_crash(*args, **kwargs):
+        feedback = judge(*args, **kwargs)
         if args[4] == 1:
             raise KeyboardInterrupt("crash after judging round 1")
         return feedback

@@ -271,3 +271,45 @@ def asgi_status(app, method: str, path: str, headers: list[tuple[bytes, bytes]],
                                   "/api/image/+1/0", "/api/image/0/0x1", "/api/image/ 0/0", "/api/best/-0"])
 def test_numbers_in_a_path_are_short_ascii_digits(session, waiting, path):
     assert client(session).get(path).status_code == 404
+
+
+def _set_round(session, with_best: bool) -> WaitingRound:
+    """Round 0 of a prompt set: images 0-4 for "two red squares", 5-7 for "one blue circle"; with a current best
+    for the first prompt only when ``with_best``."""
+    png = session.run.image_path(0, 0).read_bytes() if with_best else None
+    spec = RoundSpec(0, "", 8, groups=(("two red squares", 0, 5), ("one blue circle", 5, 8)),
+                     group_best_pngs=(png, None))
+    return WaitingRound(session, spec)
+
+
+@pytest.mark.parametrize("payload, status, says", [
+    ({"round": 0, "good": [1, 6], "best": 1}, 422, "2 prompts: send bests"),
+    ({"round": 0, "good": [1, 6], "bests": [1]}, 422, "bests has 1 entries"),
+    ({"round": 0, "good": [1, 6], "bests": [6, 1]}, 422, "must be one of its images (ids 0..4"),
+    ({"round": 0, "good": [1], "bests": [1, 6]}, 422, "'one blue circle' (id 6: image 7 on the page) must also"),
+    ({"round": 0, "good": [1, 6], "bests": [1, None]}, 422, "choose one best image for 'one blue circle'"),
+    ({"round": 0, "good": [1, 6], "bests": "1,6"}, 400, "bests must be a list"),
+    ({"round": 0, "good": [1, 6], "best": 1, "bests": [1, 6]}, 400, "expected exactly the fields round, good, bests"),
+])
+def test_a_bad_prompt_set_submission_is_refused_and_writes_nothing(session, payload, status, says):
+    waiting = _set_round(session, with_best=True)
+    c = client(session)
+    res = post(c, payload)
+    assert res.status_code == status and says in res.json()["error"], res.json()
+    assert FeedbackLog(session.run.feedback_db).rounds() == []
+    assert post(c, {"round": 0, "good": [3, 6], "bests": [None, 6]}).status_code == 200  # keeps prompt 1's best
+    fb = waiting.join()
+    assert fb.bests == (6,) and fb.prompts == ["two red squares"] * 5 + ["one blue circle"] * 3
+
+
+def test_a_prompt_set_round_shows_its_groups_and_each_groups_current_best(session):
+    _set_round(session, with_best=True)
+    c = client(session)
+    state = c.get("/api/state").json()
+    assert state["groups"] == [{"prompt": "two red squares", "ids": [0, 1, 2, 3, 4], "current_best": True},
+                               {"prompt": "one blue circle", "ids": [5, 6, 7], "current_best": False}]
+    assert c.get("/api/best/0/0").content[:4] == b"\x89PNG"
+    assert c.get("/api/best/0/1").status_code == 404 and c.get("/api/best/0/9").status_code == 404
+    assert post(c, {"round": 0, "good": [2, 5], "bests": [2, 5]}).status_code == 200
+    stored = FeedbackLog(session.run.feedback_db).get_round(0)
+    assert stored.bests == (2, 5) and stored.image_prompt(5) == "one blue circle"

@@ -197,6 +197,52 @@ def test_killed_server_resumes_where_the_person_was(tmp_path, page):
     assert [i for i, g in enumerate(log.get_round(1).good) if g] == [7]
 
 
+def test_a_prompt_set_round_groups_images_by_prompt_and_resumes_after_sigkill(tmp_path, page):
+    out, port = tmp_path / "run", free_port()
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text('two red squares\n{"prompt": "one blue circle", "hidden_background": "black"}\n')
+    args = ["--prompts", str(prompts), "--feedback", "web", "--budget", "16", "--images-per-round", "8", "--out",
+            str(out), "--set", f"web.port={port}"] + [a for s in FAST for a in ("--set", s)]
+    trainer = Trainer(args)
+    page.goto(trainer.url)
+    wait_round(page, 1)
+    heads = page.locator("#grid .group-head")
+    assert heads.all_inner_texts() == ["two red squares", "one blue circle"]  # each group under its prompt
+    # The keystrokes of a one-prompt round: a number per good image, Shift on the one that is best, then Enter.
+    # Here the same keys give a best per prompt: Shift+2 is the best of images 1-4, Shift+7 of images 5-8.
+    keys = ["1", "Shift+Digit2", "6", "Shift+Digit7"]
+    for key in keys:
+        page.keyboard.press(key)
+    assert good_and_best(page) == ({0, 1, 5, 6}, {1, 6})
+    assert page.locator("#count-best").inner_text() == "bests: 2 of 2 prompts"
+    shot(page, "prompt-set.png")
+    trainer.kill()  # mid-round: nothing submitted yet
+    page.locator("#offline").wait_for(state="visible")
+
+    resumed = Trainer(["--resume", str(out)])
+    page.locator("#offline").wait_for(state="hidden")
+    wait_round(page, 1)
+    assert good_and_best(page) == ({0, 1, 5, 6}, {1, 6})  # the marks are where the person left them
+    page.keyboard.press("Enter")  # len(keys) + 1 keystrokes for the round, as for one prompt with 4 good images
+
+    wait_round(page, 2)
+    assert page.locator("#grid .tile.keep").count() == 2  # each prompt's current best, offered to keep
+    page.keyboard.press("Shift+Digit3")  # a new best for "two red squares"
+    page.keyboard.press("Enter")  # "one blue circle" has no best chosen: refused in the page, nothing sent
+    assert "one blue circle" in page.locator("#message").inner_text()
+    page.keyboard.press("8")  # focus moves into the second group...
+    page.keyboard.press("k")  # ...whose current best K keeps
+    page.keyboard.press("Enter")
+    page.locator("#done").wait_for(state="visible")
+    assert resumed.wait() == 0, "".join(resumed.output)
+
+    log = FeedbackLog(out / "feedback.sqlite")
+    r0, r1 = log.get_round(0), log.get_round(1)
+    assert r0.prompts == ["two red squares"] * 4 + ["one blue circle"] * 4 and r0.bests == (1, 6)
+    assert [i for i, g in enumerate(r0.good) if g] == [0, 1, 5, 6] and r0.source == "web"
+    assert r1.bests == (2,) and [i for i, g in enumerate(r1.good) if g] == [2, 7]
+
+
 class Loop:
     """WebFeedback in this process, with a stand-in for the training loop: ``rounds`` rounds of ``n`` random
     images; between rounds it "learns" until the test sets ``next_round``."""

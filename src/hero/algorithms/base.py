@@ -31,7 +31,8 @@ class Algorithm(Protocol):
     # source itself (HERD); the round loop writes them to the feedback log before the round's checkpoint.
 
     def start_noise(self, round_index: int, n: int, generator: torch.Generator) -> torch.Tensor | None:
-        """z_T for this round's images, or None for plain N(0, I) noise."""
+        """z_T for this round's images, or None for plain N(0, I) noise. A method that learns from prompt sets
+        (``config.PROMPT_SET_ALGOS``) also takes ``prompts=`` (each image's prompt) in a prompt-set run."""
 
     def current_best_image(self) -> np.ndarray | None:
         """The image the person may keep as best (shown beside the new round), if any."""
@@ -92,7 +93,9 @@ class LoraPolicy:
         ``lr``: the optimiser's rate when not ``lora.lr`` (the likelihood methods have their own)."""
         self.pipe, self.dist = pipe, dist
         self.model = denoiser_for(pipe, Precision.named(cfg.precision))  # how every network call runs: visible here
-        self.pg = cfg.pg  # the policy-gradient settings, for the methods that use them
+        # The policy-gradient settings, for the methods that use them. A prompt set standardises its advantages per
+        # prompt (DDPO's per-prompt statistics, within the round): an easy prompt does not drown a hard one.
+        self.pg = cfg.pg.model_copy(update={"per_prompt_advantages": True}) if cfg.prompt_set else cfg.pg
         self.lr = cfg.lora.lr if lr is None else lr
         add_lora(self.model.network, rank=cfg.lora.rank, alpha=cfg.lora.alpha,
                  targets=self.model.lora_targets(lora_targets(cfg)))

@@ -37,7 +37,6 @@ import torch
 import torch.nn.functional as F
 
 from hero.algorithms.base import LoraPolicy
-from hero.config import PolicyGradientSettings
 from hero.distributed import SINGLE, Dist
 from hero.feedback.annotations import comparison_pairs
 from hero.feedback.base import RoundFeedback
@@ -45,6 +44,7 @@ from hero.models.denoiser import Denoiser
 from hero.models.families import as_denoiser
 from hero.policy_gradient import accumulation_schedule, clip_and_step, trainable_steps
 from hero.rollout import Trajectories, step_log_prob
+from hero.settings import PolicyGradientSettings
 
 
 def paired_noise(n: int, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:

@@ -48,7 +48,8 @@ class DDPOTrainer:
         self.model = self.policy.model  # the round loop samples with it
         self.best_image: np.ndarray | None = None
 
-    def start_noise(self, round_index: int, n: int, generator: torch.Generator) -> torch.Tensor | None:
+    def start_noise(self, round_index: int, n: int, generator: torch.Generator,
+                    prompts: list[str] | None = None) -> torch.Tensor | None:
         return None  # plain N(0, I) every round: DDPO does not steer the starting noise
 
     def current_best_image(self) -> np.ndarray | None:

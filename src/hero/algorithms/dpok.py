@@ -30,7 +30,6 @@ from torch import nn
 
 from hero.algorithms.base import LoraPolicy
 from hero.algorithms.ddpo import ddpo_rewards
-from hero.config import PolicyGradientSettings
 from hero.distributed import SINGLE, Dist
 from hero.feedback.base import RoundFeedback
 from hero.models.ddim import gaussian_log_prob
@@ -38,6 +37,7 @@ from hero.models.denoiser import Denoiser
 from hero.models.families import as_denoiser
 from hero.policy_gradient import accumulation_schedule, clip_and_step, clipped_surrogate_loss, trainable_steps
 from hero.rollout import Trajectories
+from hero.settings import PolicyGradientSettings
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:

@@ -46,6 +46,7 @@ from hero.feedback.base import RoundFeedback
 from hero.likelihood import DenoisingErrors, ImagePool, likelihood_update
 from hero.models.features import FrozenFeatures
 from hero.policy_gradient import policy_gradient_update
+from hero.prompts import group_slices
 from hero.rollout import Trajectories, rollout
 
 
@@ -169,30 +170,48 @@ class FeedbackMemory:
             setattr(self, k, v)
 
 
-def train_encoder(encoder: TripletEncoder, optimizer: torch.optim.Optimizer, memory: FeedbackMemory, *,
-                  epochs: int, margin: float, batch_size: int, last_round_only: bool,
-                  generator: torch.Generator) -> dict[str, float]:
-    """Triplet training: anchor = best, positive = a good image, negative = a not-good image."""
-    pos, neg = memory.triplet_data(last_round_only)
-    if len(pos) == 0 or len(neg) == 0 or epochs <= 0:
+def train_encoder(encoder: TripletEncoder, optimizer: torch.optim.Optimizer,
+                  memory: FeedbackMemory | list[FeedbackMemory], *, epochs: int, margin: float, batch_size: int,
+                  last_round_only: bool, generator: torch.Generator) -> dict[str, float]:
+    """Triplet training: anchor = best, positive = a good image, negative = a not-good image.
+
+    A prompt set passes one memory per prompt: each triplet is drawn within a prompt (its best, its good and
+    not-good images), one prompt after another in each epoch, so one encoder learns across the prompts.
+    """
+    memories = [memory] if isinstance(memory, FeedbackMemory) else list(memory)
+    data = []
+    for m in memories:
+        pos, neg = m.triplet_data(last_round_only)
+        if len(pos) and len(neg):
+            data.append((m.best_latent[None], pos, neg))
+    if not data or epochs <= 0:
         return {"triplet_loss": float("nan"), "triplets": 0}
-    anchor = memory.best_latent[None]
     losses = []
-    n = max(len(pos), len(neg))
     for _ in range(epochs):
-        # Every positive and every negative appears at least once per epoch, paired at random.
-        p_idx = torch.cat([torch.randperm(len(pos), generator=generator) for _ in range(math.ceil(n / len(pos)))])[:n]
-        n_idx = torch.cat([torch.randperm(len(neg), generator=generator) for _ in range(math.ceil(n / len(neg)))])[:n]
-        for lo in range(0, n, batch_size):
-            p, q = pos[p_idx[lo: lo + batch_size]], neg[n_idx[lo: lo + batch_size]]
-            a = encoder.project(anchor).expand(len(p), -1)
-            loss = triplet_loss(a, encoder.project(p), encoder.project(q), margin)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-    return {"triplet_loss": float(sum(losses[-max(1, len(losses) // epochs):]) / max(1, len(losses) // epochs)),
-            "triplets": n}
+        for anchor, pos, neg in data:
+            losses += _triplet_epoch(encoder, optimizer, anchor, pos, neg, margin, batch_size, generator)
+    per_epoch = max(1, len(losses) // epochs)
+    return {"triplet_loss": float(sum(losses[-per_epoch:]) / per_epoch),
+            "triplets": sum(max(len(p), len(q)) for _, p, q in data)}
+
+
+def _triplet_epoch(encoder: TripletEncoder, optimizer: torch.optim.Optimizer, anchor: torch.Tensor,
+                   pos: torch.Tensor, neg: torch.Tensor, margin: float, batch_size: int,
+                   generator: torch.Generator) -> list[float]:
+    """One pass in which every positive and every negative appears at least once, paired at random."""
+    n = max(len(pos), len(neg))
+    p_idx = torch.cat([torch.randperm(len(pos), generator=generator) for _ in range(math.ceil(n / len(pos)))])[:n]
+    n_idx = torch.cat([torch.randperm(len(neg), generator=generator) for _ in range(math.ceil(n / len(neg)))])[:n]
+    losses = []
+    for lo in range(0, n, batch_size):
+        p, q = pos[p_idx[lo: lo + batch_size]], neg[n_idx[lo: lo + batch_size]]
+        a = encoder.project(anchor).expand(len(p), -1)
+        loss = triplet_loss(a, encoder.project(p), encoder.project(q), margin)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
 
 
 class HeroTrainer:
@@ -217,20 +236,63 @@ class HeroTrainer:
         # Standardisation of φ, fixed from the first round so rewards of later rounds stay comparable.
         self.feature_stats: tuple[torch.Tensor, torch.Tensor] | None = None
         self.encoder_opt = torch.optim.Adam(self.encoder.parameters(), lr=self.settings.encoder_lr)
-        self.memory = FeedbackMemory()
+        # Per prompt (one for a one-prompt run): its best and good images' latents and starting noises.
+        self.memories: dict[str, FeedbackMemory] = {}
         self.best_image: np.ndarray | None = None
 
-    def start_noise(self, round_index: int, n: int, generator: torch.Generator) -> torch.Tensor | None:
-        if self.memory.best_noise is None or self.settings.noise == "plain":
-            return None  # round 0 (or hero.noise = plain): N(0, I)
-        return self.guided_noise(n, generator)
+    @property
+    def memory(self) -> FeedbackMemory:
+        """The one prompt's memory (a one-prompt run)."""
+        return self.memory_for(self.cfg.prompt)
 
-    def guided_noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """Feedback-guided z_T from the current best and good images (also used to evaluate "guided")."""
-        good = self.memory.good_noises
+    def has_best(self) -> bool:
+        """Whether any prompt has a best image yet (from round 1 on)."""
+        return any(m.best_latent is not None for m in self.memories.values())
+
+    def memory_for(self, prompt: str) -> FeedbackMemory:
+        return self.memories.setdefault(prompt, FeedbackMemory())
+
+    def start_noise(self, round_index: int, n: int, generator: torch.Generator,
+                    prompts: list[str] | None = None) -> torch.Tensor | None:
+        """Guided z_T from each image's prompt's best and good images; a prompt without a best yet (its first
+        round) gets N(0, I). None (all plain) before any best, or with ``hero.noise = plain``."""
+        if self.settings.noise == "plain":
+            return None
+        if prompts is None:
+            return None if self.memory.best_noise is None else self.guided_noise(n, generator)
+        known = [m.best_noise for m in self.memories.values() if m.best_noise is not None]
+        if not known:
+            return None
+        parts = []
+        for prompt, part in group_slices(prompts):
+            k = part.stop - part.start
+            m = self.memories.get(prompt)
+            parts.append(torch.randn((k, *known[0].shape), generator=generator) if m is None or m.best_noise is None
+                         else self.guided_noise(k, generator, prompt))
+        return torch.cat(parts)
+
+    def guided_noise(self, n: int, generator: torch.Generator, prompt: str | None = None) -> torch.Tensor:
+        """Feedback-guided z_T from the current best and good images of ``prompt`` (default: the run's one prompt;
+        also used to evaluate "guided")."""
+        memory = self.memory if prompt is None else self.memory_for(prompt)
+        good = memory.good_noises
         if good is None:
-            good = self.memory.best_noise[None][:0]
-        return guided_noise(n, self.memory.best_noise, good, self.settings.beta, self.settings.noise_eps, generator)
+            good = memory.best_noise[None][:0]
+        return guided_noise(n, memory.best_noise, good, self.settings.beta, self.settings.noise_eps, generator)
+
+    def rewards(self, inputs: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """r_i = (1 + cos(E f_i, E f_best))/2 against the best of image i's own prompt (every prompt judged has one:
+        its first round always picks a best); images of a prompt never judged get the neutral 0.5."""
+        groups = group_slices(prompts)
+        space = self.settings.reward_space
+        if len(groups) == 1 and groups[0][0] in self.memories:
+            return hero_rewards(self.encoder, inputs, self.memories[groups[0][0]].best_latent, space)
+        out = torch.full((len(inputs),), 0.5)
+        for prompt, part in groups:
+            best = self.memories[prompt].best_latent if prompt in self.memories else None
+            if best is not None:
+                out[part] = hero_rewards(self.encoder, inputs[part], best, space)
+        return out
 
     def current_best_image(self) -> np.ndarray | None:
         return self.best_image
@@ -239,19 +301,19 @@ class HeroTrainer:
               generator: torch.Generator) -> dict[str, float]:
         # Unjudged samples; the likelihood update has no reward to accept them by before round 1.
         t_sampling = time.perf_counter()
-        wanted = self.settings.unjudged and (self.pool is None or self.memory.best_latent is not None)
+        wanted = self.settings.unjudged and (self.pool is None or self.has_best())
         extra = self.sample_unjudged(round_index, generator) if wanted else None
         t0 = time.perf_counter()
         inputs = self.encoder_inputs(traj.final_latents)
         extra_inputs = None if extra is None else self.encoder_inputs(extra.final_latents)
-        accepted, extra_stats = self.accept_unjudged(inputs, feedback.good, extra_inputs)  # before E learns this round
-        self.memory.add_round(inputs, traj.start_noise, feedback.good, feedback.best)
-        if feedback.best is not None:
-            self.best_image = traj.images[feedback.best]
-        enc = train_encoder(self.encoder, self.encoder_opt, self.memory, epochs=self.settings.encoder_epochs,
-                            margin=self.settings.margin, batch_size=self.settings.encoder_batch_size,
+        accepted, extra_stats = self.accept_unjudged(inputs, traj.prompts, feedback.good, extra_inputs,
+                                                     None if extra is None else extra.prompts)  # before E learns
+        self.remember(inputs, traj, feedback)
+        enc = train_encoder(self.encoder, self.encoder_opt, list(self.memories.values()),
+                            epochs=self.settings.encoder_epochs, margin=self.settings.margin,
+                            batch_size=self.settings.encoder_batch_size,
                             last_round_only=self.settings.train_on == "round", generator=generator)
-        rewards = hero_rewards(self.encoder, inputs, self.memory.best_latent, self.settings.reward_space)
+        rewards = self.rewards(inputs, traj.prompts)
         t1 = time.perf_counter()
         if self.pool is not None:
             self.pool.add_round(traj, feedback.good, feedback.best)
@@ -266,8 +328,7 @@ class HeroTrainer:
         else:
             batch, batch_rewards = traj, rewards
             if extra is not None:  # every unjudged sample, with its learned reward, joins the policy gradient
-                extra_rewards = hero_rewards(self.encoder, extra_inputs, self.memory.best_latent,
-                                             self.settings.reward_space)
+                extra_rewards = self.rewards(extra_inputs, extra.prompts)
                 batch, batch_rewards = Trajectories.concat([traj, extra]), torch.cat([rewards, extra_rewards])
                 extra_stats = {"unjudged_samples": len(extra)}
             stats = policy_gradient_update(self.model, batch, batch_rewards, self.policy.optimizer,
@@ -281,25 +342,43 @@ class HeroTrainer:
                 "seconds_unjudged_sampling": t0 - t_sampling,
                 "seconds_representation": t1 - t0, "seconds_update": t2 - t1}
 
-    def sample_unjudged(self, round_index: int, generator: torch.Generator) -> Trajectories:
-        """``hero.unjudged`` images nobody will judge, from the round's kind of starting noise."""
-        n = self.settings.unjudged
-        return rollout(self.model, [self.cfg.prompt] * n, generator=generator,
-                       start_noise=self.start_noise(round_index, n, generator), **rollout_kwargs(self.cfg))
+    def remember(self, inputs: torch.Tensor, traj: Trajectories, feedback: RoundFeedback) -> None:
+        """Store the judged round in each prompt's memory (its best: ``feedback.best``, or a prompt set's per-prompt
+        ``bests``)."""
+        for prompt, part in group_slices(traj.prompts):
+            if feedback.prompts is None:
+                best = feedback.best
+            else:
+                best = next((b - part.start for b in feedback.bests if part.start <= b < part.stop), None)
+            self.memory_for(prompt).add_round(inputs[part], traj.start_noise[part], feedback.good[part], best)
+        if feedback.best is not None:
+            self.best_image = traj.images[feedback.best]
 
-    def accept_unjudged(self, inputs: torch.Tensor, good: list[bool], extra_inputs: torch.Tensor | None
+    def sample_unjudged(self, round_index: int, generator: torch.Generator) -> Trajectories:
+        """``hero.unjudged`` images nobody will judge, from the round's kind of starting noise; a prompt set's are
+        spread evenly over the prompts judged so far."""
+        n = self.settings.unjudged
+        if self.cfg.prompt_set:
+            judged = [p for p in self.cfg.prompt_list if p in self.memories] or self.cfg.prompt_list
+            prompts = sorted((judged[i % len(judged)] for i in range(n)), key=judged.index)
+            noise = self.start_noise(round_index, n, generator, prompts=prompts)
+        else:
+            prompts, noise = [self.cfg.prompt] * n, self.start_noise(round_index, n, generator)
+        return rollout(self.model, prompts, generator=generator, start_noise=noise, **rollout_kwargs(self.cfg))
+
+    def accept_unjudged(self, inputs: torch.Tensor, prompts: list[str], good: list[bool],
+                        extra_inputs: torch.Tensor | None, extra_prompts: list[str] | None
                         ) -> tuple[torch.Tensor | None, dict[str, float]]:
         """Which unjudged samples join the likelihood update's training set, and the calibration's figures.
 
         Both the round's judged images and the unjudged ones are scored by the encoder as it was before this round
         (round 0 has none: nothing is accepted), so the threshold is set on judgements it has not learned from.
         """
-        if extra_inputs is None or self.pool is None or self.memory.best_latent is None:
+        if extra_inputs is None or self.pool is None or not self.has_best():
             return None, {}
-        space = self.settings.reward_space
-        judged = hero_rewards(self.encoder, inputs, self.memory.best_latent, space)
+        judged = self.rewards(inputs, prompts)
         threshold = precision_threshold(judged, torch.tensor(good), self.settings.unjudged_precision)
-        accepted = hero_rewards(self.encoder, extra_inputs, self.memory.best_latent, space) >= threshold
+        accepted = self.rewards(extra_inputs, extra_prompts) >= threshold
         return accepted, {"unjudged_threshold": threshold, "unjudged_accepted": int(accepted.sum())}
 
     def likelihood_loss(self, errors: DenoisingErrors, labels: torch.Tensor) -> torch.Tensor:
@@ -317,7 +396,8 @@ class HeroTrainer:
 
     def save(self, folder: Path) -> None:
         self.policy.save(folder, {"encoder": self.encoder.state_dict(), "encoder_opt": self.encoder_opt.state_dict(),
-                                  "memory": self.memory.state_dict(), "best_image": self.best_image,
+                                  "memories": {p: m.state_dict() for p, m in self.memories.items()},
+                                  "best_image": self.best_image,
                                   "feature_stats": self.feature_stats,
                                   "pool": None if self.pool is None else self.pool.state_dict()})
 
@@ -325,7 +405,11 @@ class HeroTrainer:
         state = self.policy.load(folder)
         self.encoder.load_state_dict(state["encoder"])
         self.encoder_opt.load_state_dict(state["encoder_opt"])
-        self.memory.load_state_dict(state["memory"])
+        if "memory" in state:  # a checkpoint from before prompt sets: the one prompt's memory
+            state["memories"] = {self.cfg.prompt: state["memory"]}
+        self.memories = {}
+        for prompt, memory in state["memories"].items():
+            self.memory_for(prompt).load_state_dict(memory)
         self.best_image = state["best_image"]
         self.feature_stats = state.get("feature_stats")
         if self.pool is not None:

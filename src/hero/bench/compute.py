@@ -221,10 +221,10 @@ def _sampling(pipe, n: int, steps: int, guidance: float, batch: int, repeats: in
 
 
 def _update(pipe, traj, batch: int, k: int, repeats: int, sync) -> dict:
-    from hero.config import PolicyGradientSettings
     from hero.lora import add_lora
     from hero.models.families import denoiser_for
     from hero.policy_gradient import make_optimizer, policy_gradient_update
+    from hero.settings import PolicyGradientSettings
 
     network = denoiser_for(pipe).network
     add_lora(network, rank=8, alpha=8)

@@ -24,6 +24,11 @@ class FeedbackSource(Protocol):
         """Mark each image good or not and pick one best among the good ones and ``current_best``."""
         ...
 
+    # Optional, for prompt sets: a source that shows a whole round at once (the web page) has
+    #     judge_prompt_set(round_index, images, prompts, current_bests, record=None) -> RoundFeedback
+    # with each image's prompt (grouped) and each prompt's current best; it answers a best per prompt (``bests``).
+    # Any other source is asked judge_round once per prompt group (``hero.train.judge_prompt_groups``).
+
     # Optional, for pairwise algorithms (D3PO): a source that has it is asked
     #     judge_pairs(round_index, prompt, images, pairs, record=None) -> list[(winner, loser)]
     # for each candidate pair (i, j); a tie (no preference) gives no pair. One image judged = one feedback.

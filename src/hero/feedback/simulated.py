@@ -44,3 +44,24 @@ class SimulatedHuman:
         """(winner, loser) per candidate pair: the higher graded score wins; equal scores: no preference."""
         scores = np.array([reported_score(v) for v in self.judge.judge_batch(images, self.task)])
         return prefer(scores, pairs)
+
+
+class PromptSetHuman:
+    """The simulated human for a prompt set: one ``SimulatedHuman`` per prompt, each judging by its own task."""
+
+    def __init__(self, humans: dict[str, SimulatedHuman]):
+        self.humans = humans
+        self.name = next(iter(humans.values())).name
+
+    def _for(self, prompt: str) -> SimulatedHuman:
+        if prompt not in self.humans:
+            raise ValueError(f"the simulated human has no task for {prompt!r} (not in the run's prompt set)")
+        return self.humans[prompt]
+
+    def judge_round(self, round_index: int, prompt: str, images: np.ndarray, current_best: np.ndarray | None,
+                    record: Record | None = None) -> RoundFeedback:
+        return self._for(prompt).judge_round(round_index, prompt, images, current_best, record)
+
+    def judge_pairs(self, round_index: int, prompt: str, images: np.ndarray, pairs: list[tuple[int, int]],
+                    record: Record | None = None) -> list[tuple[int, int]]:
+        return self._for(prompt).judge_pairs(round_index, prompt, images, pairs, record)

@@ -216,8 +216,10 @@ def _check_log(run: RunFolder, fb: LogSummary, latest: int, cfg, sizes: list[int
     if gaps:
         raise RunFolderError(path, f"has no feedback for {_rounds(gaps)}, but holds round {max(fb.rounds)}")
     for r, got in fb.rounds.items():
-        if got.prompt != cfg.prompt:
-            raise RunFolderError(run.config_path, f"prompt is {cfg.prompt!r}, but round {r} was judged for "
+        expected = "\n".join(dict.fromkeys(cfg.round_prompts(r, got.n_images)))  # a set: its prompts, one per line
+        if got.prompt != expected:
+            what = "prompt is" if not cfg.prompt_set else f"the prompt set gives round {r}"
+            raise RunFolderError(run.config_path, f"{what} {expected!r}, but round {r} was judged for "
                                                   f"{got.prompt!r} ({path.name}); {RESUME_HINT}")
         if r >= len(sizes) or got.n_images != sizes[r]:
             size = "no round" if r >= len(sizes) else f"{sizes[r]} images"
@@ -285,7 +287,7 @@ def _check_rounds(run: RunFolder, latest: int, fb: LogSummary, cfg, sizes: list[
         judged, traj = r in fb.rounds, r in sampled
         n = fb.rounds[r].n_images if judged else sizes[r]
         if r > latest and traj:
-            _check_trajectories(run, r, judged, cfg.prompt, n)
+            _check_trajectories(run, r, judged, cfg.round_prompts(r, n), n)
         gone = len(run.missing_images(r, n)) if judged or traj else 0
         if r > latest and judged and not traj:
             if gone:
@@ -307,19 +309,21 @@ def _check_rounds(run: RunFolder, latest: int, fb: LogSummary, cfg, sizes: list[
     plan.drop_trajectories = [r for r in sampled if r <= latest]
 
 
-def _check_trajectories(run: RunFolder, r: int, judged: bool, prompt: str, n: int) -> None:
-    """A round still to learn from: its trajectories.pt is whole, sampled for this prompt, of the round's size."""
+def _check_trajectories(run: RunFolder, r: int, judged: bool, expected: list[str], n: int) -> None:
+    """A round still to learn from: its trajectories.pt is whole, sampled for the round's prompts (``expected``,
+    one per image), of the round's size."""
     path = run.round_dir(r) / "trajectories.pt"
     again = "" if judged else f"; round {r} is not judged yet: delete the file to sample it again"
     try:
         prompts, count = trajectories_summary(path)
     except RunFolderError as e:
         raise RunFolderError(path, e.what + again) from None
-    if set(prompts) != {prompt}:
-        raise RunFolderError(run.config_path, f"prompt is {prompt!r}, but round {r}'s images were sampled for "
-                                              f"{prompts[0]!r} ({path}); {RESUME_HINT}")
     if count != n:
         raise RunFolderError(path, f"holds {count} images, but the run's budget gives round {r} {n}{again}")
+    if list(prompts) != expected:
+        wrong = next(i for i, (a, b) in enumerate(zip(prompts, expected, strict=True)) if a != b)
+        raise RunFolderError(run.config_path, f"prompt is {expected[wrong]!r} for round {r}'s image {wrong}, but it "
+                                              f"was sampled for {prompts[wrong]!r} ({path}); {RESUME_HINT}")
 
 
 def _rounds(rs: list[int]) -> str:

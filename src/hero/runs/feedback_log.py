@@ -36,7 +36,12 @@ CREATE TABLE IF NOT EXISTS scores (
 CREATE TABLE IF NOT EXISTS relabels (
     round INTEGER NOT NULL REFERENCES rounds(round), image INTEGER NOT NULL, prompt TEXT NULL, good INTEGER NULL,
     score REAL NULL, source TEXT NOT NULL, PRIMARY KEY (round, image));
+CREATE TABLE IF NOT EXISTS image_prompts (
+    round INTEGER NOT NULL REFERENCES rounds(round), image INTEGER NOT NULL, prompt TEXT NOT NULL,
+    PRIMARY KEY (round, image));
 """
+# A prompt-set round (``hero.prompts``) stores each image's prompt in image_prompts and one best per prompt in
+# judgements.is_best; its rounds row has best NULL and, as prompt, the round's distinct prompts, one per line.
 
 
 class DuplicateRound(ValueError):
@@ -56,6 +61,9 @@ class RoundFeedback:
     DPOK) use instead of good = 1 / not good = 0. A pairwise round (D3PO) has no good/best marks: ``good`` is
     empty and ``pairs`` lists (winner, loser) over ``n_images`` images. ``round``, ``prompt`` and
     ``submitted_at`` are set on rounds read back from the log.
+
+    A prompt-set round gives each image's prompt in ``prompts`` and the best image of each prompt in ``bests``
+    (``best`` is then None); a one-prompt round has neither.
     """
 
     good: list[bool]
@@ -67,6 +75,19 @@ class RoundFeedback:
     round: int | None = None
     prompt: str | None = None
     submitted_at: float | None = None
+    prompts: list[str] | None = None  # a prompt-set round: each image's prompt
+    bests: tuple[int, ...] | None = None  # a prompt-set round: the best image of each prompt that has one
+
+    @property
+    def best_indices(self) -> tuple[int, ...]:
+        """The round's best images: one per prompt of a prompt-set round, else ``best`` (if any)."""
+        if self.bests is not None:
+            return tuple(self.bests)
+        return () if self.best is None else (self.best,)
+
+    def image_prompt(self, i: int) -> str | None:
+        """The prompt image ``i`` was sampled for."""
+        return self.prompts[i] if self.prompts is not None else self.prompt
 
     @property
     def n_feedback(self) -> int:
@@ -125,32 +146,49 @@ class FeedbackLog:
     # -- writing -------------------------------------------------------------------------------------------
 
     def record_round(self, round: int, prompt: str, good: Sequence[bool], best: int | None, source: str,
-                     scores: Sequence[float] | None = None) -> None:
-        """Store a round's good/not-good marks, best pick and optional graded scores in one committed transaction."""
+                     scores: Sequence[float] | None = None, prompts: Sequence[str] | None = None,
+                     bests: Sequence[int] | None = None) -> None:
+        """Store a round's good/not-good marks, best pick and optional graded scores in one committed transaction.
+
+        A prompt-set round passes each image's prompt (``prompts``) and the best of each prompt (``bests``, at
+        most one per prompt) instead of ``best``.
+        """
         round = _check_round(round)
         good = [bool(g) for g in good]
         n = len(good)
         if n == 0:
             raise InvalidFeedback(f"round {round}: no images judged")
-        if best is not None:
-            if not isinstance(best, int) or isinstance(best, bool) or not 0 <= best < n:
-                raise InvalidFeedback(f"round {round}: best={best!r} is not an image index in [0, {n})")
-            if not good[best]:
-                raise InvalidFeedback(f"round {round}: best image {best} is not marked good")
+        if prompts is not None and (len(prompts) != n or not all(isinstance(p, str) and p for p in prompts)):
+            raise InvalidFeedback(f"round {round}: {len(prompts)} prompts for {n} images")
+        if best is not None and bests is not None:
+            raise InvalidFeedback(f"round {round}: give best (one prompt) or bests (a prompt set), not both")
+        marked = [best] if best is not None else list(bests or [])
+        for b in marked:
+            if not isinstance(b, int) or isinstance(b, bool) or not 0 <= b < n:
+                raise InvalidFeedback(f"round {round}: best={b!r} is not an image index in [0, {n})")
+            if not good[b]:
+                raise InvalidFeedback(f"round {round}: best image {b} is not marked good")
+        groups = [prompts[b] if prompts is not None else prompt for b in marked]
+        if len(set(groups)) != len(groups):
+            raise InvalidFeedback(f"round {round}: more than one best image for a prompt")
         if scores is not None and len(scores) != n:
             raise InvalidFeedback(f"round {round}: {len(scores)} scores for {n} images")
-        rows = [(round, i, int(g), int(i == best)) for i, g in enumerate(good)]
+        rows = [(round, i, int(g), int(i in marked)) for i, g in enumerate(good)]
         # Scores are kept so that a resumed run learns from exactly what the uninterrupted one would have.
-        extra = None if scores is None else [(round, i, float(x)) for i, x in enumerate(scores)]
-        self._write(round, prompt, n, best, source, "INSERT INTO judgements VALUES (?, ?, ?, ?)", rows,
-                    ("INSERT INTO scores VALUES (?, ?, ?)", extra) if extra is not None else None)
+        more = [] if scores is None else [("INSERT INTO scores VALUES (?, ?, ?)",
+                                           [(round, i, float(x)) for i, x in enumerate(scores)])]
+        if prompts is not None:
+            more.append(("INSERT INTO image_prompts VALUES (?, ?, ?)", [(round, i, p) for i, p in enumerate(prompts)]))
+            prompt = "\n".join(dict.fromkeys(prompts))
+        self._write(round, prompt, n, best, source, "INSERT INTO judgements VALUES (?, ?, ?, ?)", rows, more)
 
     def record(self, round: int, prompt: str, feedback: RoundFeedback) -> None:
         """Store a source's answer for ``round``, good/best marks or pairs, committed before it returns."""
         if feedback.pairwise:
             self.record_pairs(round, prompt, feedback.pairs, feedback.n_feedback, feedback.source)
         else:
-            self.record_round(round, prompt, feedback.good, feedback.best, feedback.source, feedback.scores)
+            self.record_round(round, prompt, feedback.good, feedback.best, feedback.source, feedback.scores,
+                              feedback.prompts, feedback.bests)
 
     def record_pairs(self, round: int, prompt: str, pairs: Sequence[tuple[int, int]], n_images: int,
                      source: str) -> None:
@@ -173,7 +211,7 @@ class FeedbackLog:
         self._write(round, prompt, n_images, None, source, "INSERT INTO pairs VALUES (?, ?, ?)", rows)
 
     def _write(self, round: int, prompt: str, n: int, best: int | None, source: str, sql: str, rows: list,
-               more: tuple[str, list] | None = None) -> None:
+               more: Sequence[tuple[str, list]] = ()) -> None:
         with self._lock:
             # BEGIN IMMEDIATE takes the write lock up front, so the duplicate check and the insert cannot
             # interleave with another process recording the same round.
@@ -184,8 +222,8 @@ class FeedbackLog:
                 self._conn.execute("INSERT INTO rounds VALUES (?, ?, ?, ?, ?, ?)",
                                    (round, str(prompt), n, best, str(source), time.time()))
                 self._conn.executemany(sql, rows)
-                if more is not None:
-                    self._conn.executemany(*more)
+                for statement, values in more:
+                    self._conn.executemany(statement, values)
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
@@ -232,9 +270,14 @@ class FeedbackLog:
                 "SELECT winner, loser FROM pairs WHERE round = ? ORDER BY winner, loser", (round,))]
             scores = [x for (x,) in self._conn.execute(
                 "SELECT score FROM scores WHERE round = ? ORDER BY image", (round,))]
+            prompts = [p for (p,) in self._conn.execute(
+                "SELECT prompt FROM image_prompts WHERE round = ? ORDER BY image", (round,))]
+            bests = tuple(i for (i,) in self._conn.execute(
+                "SELECT image FROM judgements WHERE round = ? AND is_best = 1 ORDER BY image", (round,)))
         r, prompt, n, best, source, at = row
         return RoundFeedback(good=good, best=best, source=source, scores=scores or None,
-                             pairs=None if good else pairs, n_images=n, round=r, prompt=prompt, submitted_at=at)
+                             pairs=None if good else pairs, n_images=n, round=r, prompt=prompt, submitted_at=at,
+                             prompts=prompts or None, bests=bests if prompts else None)
 
     def rounds(self) -> list[int]:
         """Recorded round numbers, ascending."""
@@ -279,10 +322,11 @@ class FeedbackLog:
             for w, lo in fb.pairs or ():
                 beats.setdefault(w, []).append(lo)
             for i in range(fb.n_images):
-                rec = {"round": fb.round, "image": i, "prompt": fb.prompt, "source": fb.source,
-                       "submitted_at": fb.submitted_at, "n_images": fb.n_images}
+                rec = {"round": fb.round, "image": i, "prompt": fb.image_prompt(i), "source": fb.source,
+                       "submitted_at": fb.submitted_at, "n_images": fb.n_images,
+                       **({"prompt_set": True} if fb.prompts is not None else {})}
                 if fb.good:  # a good/best round; a pairwise round lists whom each image beat instead
-                    rec.update(good=fb.good[i], best=fb.best == i)
+                    rec.update(good=fb.good[i], best=i in fb.best_indices)
                     if fb.scores is not None:
                         rec["score"] = fb.scores[i]
                 else:
@@ -329,17 +373,21 @@ def read_jsonl(path: str | Path) -> list[RoundFeedback]:
     for r in sorted(by_round):
         recs = sorted(by_round[r], key=lambda x: x["image"])
         first = recs[0]
-        scores = None
+        scores, prompts, bests = None, None, None
+        if first.get("prompt_set"):
+            prompts = [x["prompt"] for x in recs]
+            bests = tuple(x["image"] for x in recs if x.get("best"))
         if "good" in first:
-            best = next((x["image"] for x in recs if x["best"]), None)
+            best = None if prompts else next((x["image"] for x in recs if x["best"]), None)
             good, pairs = [x["good"] for x in recs], None
             scores = [x["score"] for x in recs] if "score" in first else None
         else:
             best, good = None, []
             pairs = sorted((x["image"], lo) for x in recs for lo in x["beats"])
         out.append(RoundFeedback(good=good, best=best, source=first["source"], scores=scores, pairs=pairs,
-                                 n_images=first["n_images"], round=r, prompt=first["prompt"],
-                                 submitted_at=first["submitted_at"]))
+                                 n_images=first["n_images"], round=r,
+                                 prompt="\n".join(dict.fromkeys(prompts)) if prompts else first["prompt"],
+                                 submitted_at=first["submitted_at"], prompts=prompts, bests=bests))
     return out
 
 
@@ -350,11 +398,14 @@ def _check_round(round: int) -> int:
 
 
 def _implied_pairs(fb: RoundFeedback) -> list[tuple[int, int, int]]:
+    """Best beats every other image of its prompt, good beats not-good of the same prompt."""
     out = []
-    if fb.best is not None:
-        out += [(fb.round, fb.best, j) for j in range(len(fb.good)) if j != fb.best]
+    same = [fb.image_prompt(i) for i in range(len(fb.good))]
+    bests = fb.best_indices
+    for b in bests:
+        out += [(fb.round, b, j) for j in range(len(fb.good)) if j != b and same[j] == same[b]]
     # Good beats not-good; the best's wins were all listed above.
-    winners = [i for i, g in enumerate(fb.good) if g and i != fb.best]
+    winners = [i for i, g in enumerate(fb.good) if g and i not in bests]
     losers = [j for j, g in enumerate(fb.good) if not g]
-    out += [(fb.round, i, j) for i in winners for j in losers]
+    out += [(fb.round, i, j) for i in winners for j in losers if same[i] == same[j]]
     return out

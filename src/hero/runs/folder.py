@@ -165,6 +165,22 @@ class RunFolder:
         return sorted(int(m.group(1)) for m in found
                       if m is not None and (self.round_dir(int(m.group(1))) / "trajectories.pt").is_file())
 
+    def best_images_before(self, log, r: int) -> dict[str, np.ndarray]:
+        """Each prompt's current best before round ``r`` (``log``: the run's ``FeedbackLog``): the best of the latest
+        round that chose one for it, as shown. A prompt whose best's file is gone has none (a new one is picked)."""
+        out: dict[str, np.ndarray] = {}
+        for k in sorted((k for k in log.rounds() if k < r), reverse=True):
+            fb = log.get_round(k)
+            for i in fb.best_indices:
+                prompt = fb.image_prompt(i)
+                if prompt not in out and self.image_path(k, i).is_file():
+                    out[prompt] = self.read_image(k, i)
+        return out
+
+    def read_image(self, r: int, i: int) -> np.ndarray:
+        """Image ``i`` of round ``r`` as (H, W, 3) uint8, as it was shown."""
+        return np.asarray(Image.open(self.image_path(r, i)).convert("RGB"))
+
     def round_images(self, r: int) -> np.ndarray:
         files = sorted((self.round_dir(r) / "images").glob("*.png"))
         return np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])

@@ -17,9 +17,6 @@ import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 from hero.config import TrainConfig
 from hero.feedback.annotations import comparison_pairs, read_sample_meta, write_annotations
 from hero.runs.atomic import atomic_write_text
@@ -50,20 +47,11 @@ def pending_rounds(run_dir: str | Path) -> list[int]:
     return [r for r in sampled_rounds(run) if r not in done]
 
 
-def current_best_before(run: RunFolder, log: FeedbackLog, r: int) -> np.ndarray | None:
-    """The best image of the latest round before ``r`` that chose one, or None."""
-    for k in reversed([k for k in log.rounds() if k < r]):
-        fb = log.get_round(k)
-        if fb is not None and fb.best is not None and run.image_path(k, fb.best).is_file():
-            return np.asarray(Image.open(run.image_path(k, fb.best)).convert("RGB"))
-    return None
-
-
 def _run_settings(run: RunFolder, prompt: str | None) -> tuple[str, int, int, TrainConfig | None]:
     """(prompt, rounds total, budget, config or None) of a run folder."""
     cfg = TrainConfig.from_yaml(run.config_path) if run.config_path.is_file() else None
     sample = read_sample_meta(run.path)  # a `hero sample --pairs` folder
-    prompt = prompt or (cfg.prompt if cfg else None) or (sample or {}).get("prompt")
+    prompt = prompt or (cfg and (cfg.prompt or f"{len(cfg.prompt_list)} prompts")) or (sample or {}).get("prompt")
     if not prompt:
         raise ValueError(f"{run.path} has no config.yaml: pass --prompt")
     rounds = sampled_rounds(run)
@@ -97,10 +85,13 @@ def label_run(run_dir: str | Path, host: str | None = None, port: int | None = N
                 continue  # labelled meanwhile (another `hero label`, or the trainer's page)
             images = run.round_images(r)
             record = RoundRecorder(source.session.log, r, prompt)  # this loop's only writer of round r
+            bests = run.best_images_before(source.session.log, r)
             if pairwise:
                 source.judge_pairs(r, prompt, images, comparison_pairs(len(images)), record=record)
+            elif cfg is not None and cfg.prompt_set:  # the round's prompts, as the run sampled them
+                source.judge_prompt_set(r, images, cfg.round_prompts(r, len(images)), bests, record=record)
             else:
-                source.judge_round(r, prompt, images, current_best_before(run, source.session.log, r), record=record)
+                source.judge_round(r, prompt, images, bests.get(prompt), record=record)
             labelled += 1
     if read_sample_meta(run.path) is not None:
         write_annotations(run.path)
@@ -116,13 +107,13 @@ def export_run(run_dir: str | Path, out: str | Path | None = None) -> dict[str, 
     out.mkdir(parents=True, exist_ok=True)
     with FeedbackLog(run.feedback_db) as log:
         n_lines = log.export_jsonl(out / "feedback.jsonl")
-        prompts = {fb.round: fb.prompt for fb in log.all_rounds()}
+        rounds = {fb.round: fb for fb in log.all_rounds()}
         pairs = log.preference_pairs()
 
     def rel(r: int, i: int) -> str:  # image paths relative to the run folder, so the export travels with it
         return run.image_path(r, i).relative_to(run.path).as_posix()
 
-    lines = [json.dumps({"round": r, "prompt": prompts[r], "winner": w, "loser": lo,
+    lines = [json.dumps({"round": r, "prompt": rounds[r].image_prompt(w), "winner": w, "loser": lo,
                          "winner_image": rel(r, w), "loser_image": rel(r, lo)}) + "\n" for r, w, lo in pairs]
     atomic_write_text(out / "pairs.jsonl", "".join(lines))
     return {"feedback": n_lines, "pairs": len(lines), "out": str(out)}

@@ -6,7 +6,9 @@ Endpoints (all behind the guard, ``hero.web.guard``):
   GET  /api/state             {phase: judging|learning|done, round, prompt, n_images, image_ids, progress, ...}
   GET  /api/image/{r}/{i}     PNG of image i of the waiting round r (ints only, checked against the round)
   GET  /api/best/{r}          PNG of the current best shown beside round r
-  POST /api/submit            {round, good: [indices], best: index|null}; the rules: hero.web.session
+  GET  /api/best/{r}/{g}      a prompt-set round: PNG of the current best of its prompt group g
+  POST /api/submit            {round, good: [indices], best: index|null}, or for a prompt-set round
+                              {round, good, bests: [index|null per prompt group]}; the rules: hero.web.session
   POST /api/submit-pairs      {round, winners: [[w, l]], ties: [[i, j]]} for a pairwise (D3PO) round: hero.web.pairs
 
 Protection: the server binds 127.0.0.1 unless configured otherwise; a Host header outside the allow-list gets
@@ -37,6 +39,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from hero.feedback.base import Record, RoundFeedback
+from hero.prompts import group_slices
 from hero.web.guard import MAX_BODY, Guard, RequestError, SlowClientProtocol, load_token, read_json
 from hero.web.guard import error_response as _error
 from hero.web.session import RoundSpec, Session, SubmitError
@@ -79,7 +82,8 @@ def create_app(session: Session, token: str, allowed_hosts: Iterable[str], cooki
 
     async def best(request: Request) -> Response:
         rnd = path_id(request.path_params["round"])
-        data = None if rnd is None else session.best_png(rnd)
+        group = path_id(request.path_params.get("group", "0"))
+        data = None if rnd is None or group is None else session.best_png(rnd, group)
         return _error(404, "no current best for this round") if data is None else Response(data, media_type="image/png")
 
     async def answer(request: Request, handle) -> Response:
@@ -101,6 +105,7 @@ def create_app(session: Session, token: str, allowed_hosts: Iterable[str], cooki
     run_id = hashlib.sha256(token.encode()).hexdigest()[:16]  # names the page's saved draft; reveals nothing
     routes = [Route("/", index), Route("/static/{name}", static), Route("/api/state", state),
               Route("/api/image/{round}/{index}", image), Route("/api/best/{round}", best),
+              Route("/api/best/{round}/{group}", best),
               Route("/api/submit", submit, methods=["POST"]),
               Route("/api/submit-pairs", submit_pairs, methods=["POST"])]
     app = Starlette(routes=routes)
@@ -144,7 +149,7 @@ class WebFeedback:
     def for_config(cls, cfg) -> WebFeedback:
         """The web source of a TrainConfig (its out folder, rounds, budget and ``web`` section)."""
         return cls(cfg.out, cfg.rounds, cfg.budget, cfg.web.host, cfg.web.port, cfg.web.allowed_hosts,
-                   prompt=cfg.prompt)
+                   prompt=cfg.prompt or f"{len(cfg.prompt_list)} prompts")
 
     @property
     def url(self) -> str:
@@ -195,6 +200,16 @@ class WebFeedback:
         self._prepare(round_index, images)
         best = None if current_best is None else png_bytes(current_best)
         spec = RoundSpec(round_index, prompt, len(images), best)
+        return self.session.wait_for_feedback(spec, _needed(record), alive=self.alive)
+
+    def judge_prompt_set(self, round_index: int, images: np.ndarray, prompts: list[str],
+                         current_bests: dict[str, np.ndarray], record: Record | None = None) -> RoundFeedback:
+        """A prompt-set round in one page: its images grouped by prompt (``prompts``, one per image, grouped), each
+        group with its prompt and its current best; a best per prompt comes back (``RoundFeedback.bests``)."""
+        self._prepare(round_index, images)
+        groups = tuple((prompt, part.start, part.stop) for prompt, part in group_slices(prompts))
+        pngs = tuple(None if p not in current_bests else png_bytes(current_bests[p]) for p, _, _ in groups)
+        spec = RoundSpec(round_index, "", len(images), groups=groups, group_best_pngs=pngs)
         return self.session.wait_for_feedback(spec, _needed(record), alive=self.alive)
 
     def judge_pairs(self, round_index: int, prompt: str, images: np.ndarray, pairs: list[tuple[int, int]],

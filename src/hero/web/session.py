@@ -8,6 +8,9 @@ Rules a submission must follow (checked here, on the server, and again in the pa
 * exactly one best: an image index that is among the good ones (the best is always good), or ``null`` for
   "keep the current best", which only exists after a round has chosen one (so the first round must point at an
   image).
+* a prompt-set round (its images grouped by prompt) sends ``bests`` instead of ``best``: one entry per prompt
+  group, in order, each an image of that group that is marked good, or ``null`` to keep that prompt's current
+  best (only where it has one).
 
 Messages are for the person, who sees rounds and images numbered from 1 (the JSON's round 0 is "round 1", image
 id 0 is "image 1"); a message that names an id says both.
@@ -44,6 +47,7 @@ __all__ = ["Phase", "RoundSpec", "Session", "SubmitError"]
 
 Phase = str  # "learning" (the model is busy: sampling or updating) | "judging" | "done"
 _FIELDS = {"round", "good", "best"}
+_SET_FIELDS = {"round", "good", "bests"}  # a prompt-set round: a best per prompt group
 
 
 @dataclass(frozen=True)
@@ -55,21 +59,36 @@ class RoundSpec:
     n_images: int
     best_png: bytes | None = None  # the current best image (an earlier round's), PNG-encoded
     pairs: tuple[tuple[int, int], ...] | None = None  # a pairwise round (D3PO): the (i, j) pairs to compare
+    groups: tuple[tuple[str, int, int], ...] | None = None  # a prompt-set round: (prompt, first, end) per group
+    group_best_pngs: tuple[bytes | None, ...] | None = None  # ... and each group's current best (PNG) if any
+
+    def image_prompts(self) -> list[str]:
+        """Each image's prompt (a prompt-set round)."""
+        return [p for p, lo, hi in self.groups for _ in range(lo, hi)]
 
 
 
-def parse_submission(payload: Any) -> tuple[int, list[int], int | None]:
-    """(round, good indices, best) from the request's JSON, or SubmitError 400 when it is malformed."""
+def parse_submission(payload: Any) -> tuple[int, list[int], int | None | list[int | None]]:
+    """(round, good indices, best) from the request's JSON, or SubmitError 400 when it is malformed; a prompt-set
+    round's ``bests`` (a list, one entry per prompt group) comes back in place of ``best``."""
     if not isinstance(payload, dict):
         raise SubmitError(400, "the body must be a JSON object {round, good, best}")
-    if set(payload) != _FIELDS:
-        extra, missing = sorted(set(payload) - _FIELDS), sorted(_FIELDS - set(payload))
-        raise SubmitError(400, f"expected exactly the fields round, good, best (missing: {missing}, unknown: {extra})")
-    rnd, good, best = payload["round"], payload["good"], payload["best"]
+    fields = _SET_FIELDS if "bests" in payload else _FIELDS
+    if set(payload) != fields:
+        extra, missing = sorted(set(payload) - fields), sorted(fields - set(payload))
+        names = "round, good, bests" if fields is _SET_FIELDS else "round, good, best"
+        raise SubmitError(400, f"expected exactly the fields {names} (missing: {missing}, unknown: {extra})")
+    rnd, good = payload["round"], payload["good"]
     if not is_json_int(rnd):
         raise SubmitError(400, f"round must be an integer (|round| < 2**31), got {str(rnd)[:40]}")
     if not isinstance(good, list) or not all(is_json_int(i) for i in good):
         raise SubmitError(400, "good must be a list of image indices (integers, |id| < 2**31)")
+    if fields is _SET_FIELDS:
+        bests = payload["bests"]
+        if not isinstance(bests, list) or not all(b is None or is_json_int(b) for b in bests):
+            raise SubmitError(400, "bests must be a list with one image index (or null) per prompt group")
+        return rnd, good, bests
+    best = payload["best"]
     if best is not None and not is_json_int(best):
         raise SubmitError(400, f"best must be an image index (integer, |id| < 2**31) or null, got {str(best)[:40]}")
     return rnd, good, best
@@ -150,6 +169,8 @@ class Session:
             "current_best": bool(spec and spec.best_png is not None),
             "kind": "pairs" if spec and spec.pairs is not None else "good_best",
             "pairs": [list(p) for p in spec.pairs] if spec and spec.pairs is not None else [],
+            "groups": [{"prompt": p, "ids": list(range(lo, hi)), "current_best": spec.group_best_pngs[g] is not None}
+                       for g, (p, lo, hi) in enumerate(spec.groups)] if spec and spec.groups else [],
             "learning_s": learning_s, "last_learning_s": last_learning_s,
         }
         if phase == "done":
@@ -165,19 +186,34 @@ class Session:
         path = self.run.image_path(rnd, index)
         return path if path.is_file() else None
 
-    def best_png(self, rnd: int) -> bytes | None:
-        """The current best image shown beside round ``rnd``, or None."""
+    def best_png(self, rnd: int, group: int = 0) -> bytes | None:
+        """The current best image shown beside round ``rnd`` (a prompt-set round: beside its group ``group``), or
+        None."""
         with self._cond:
             spec = self._spec
-        return spec.best_png if spec is not None and spec.round == rnd else None
+        if spec is None or spec.round != rnd:
+            return None
+        if spec.groups is None:
+            return spec.best_png if group == 0 else None
+        return spec.group_best_pngs[group] if group < len(spec.groups) else None
 
     def submit(self, payload: Any) -> dict[str, Any]:
         """Validate, commit to the log, wake the loop; SubmitError (nothing written) when anything is wrong."""
         rnd, good_ids, best = parse_submission(payload)
         with self._cond:  # one submission at a time: the check and the write cannot interleave
             spec = self._waiting(rnd, pairwise=False)
-            good = self._check_rules(spec, good_ids, best)
-            self._commit(rnd, RoundFeedback(good=good, best=best, source=self.source))
+            if (spec.groups is not None) != isinstance(best, list):
+                raise SubmitError(422, f"round {rnd + 1} has " + (
+                    f"{len(spec.groups)} prompts: send bests, one per prompt" if spec.groups is not None else
+                    "one prompt: send best, not bests"))
+            if spec.groups is None:
+                good = self._check_rules(spec, good_ids, best)
+                answer = RoundFeedback(good=good, best=best, source=self.source)
+            else:
+                good = self._check_group_rules(spec, good_ids, best)
+                answer = RoundFeedback(good=good, best=None, source=self.source, prompts=spec.image_prompts(),
+                                       bests=tuple(b for b in best if b is not None))
+            self._commit(rnd, answer)
         return {"ok": True, "round": rnd, "good": sum(good), "feedback": self.log.n_feedback()}
 
     def submit_pairs(self, payload: Any) -> dict[str, Any]:
@@ -223,7 +259,8 @@ class Session:
         self._cond.notify_all()
 
     @staticmethod
-    def _check_rules(spec: RoundSpec, good_ids: list[int], best: int | None) -> list[bool]:
+    def _good_marks(spec: RoundSpec, good_ids: list[int]) -> list[bool]:
+        """The good marks as one bool per image, or 422 for an unknown or repeated id."""
         n = spec.n_images
         unknown = [i for i in good_ids if not 0 <= i < n]
         if unknown:
@@ -231,6 +268,15 @@ class Session:
                                    f"(images 1..{n} on the page)")
         if len(set(good_ids)) != len(good_ids):
             raise SubmitError(422, "an image is listed twice in good")
+        good = [False] * n
+        for i in good_ids:
+            good[i] = True
+        return good
+
+    @classmethod
+    def _check_rules(cls, spec: RoundSpec, good_ids: list[int], best: int | None) -> list[bool]:
+        """The good marks of a one-prompt round, and its best checked against them."""
+        good, n = cls._good_marks(spec, good_ids), spec.n_images
         if best is None:
             if spec.best_png is None:
                 raise SubmitError(422, "choose one best image: there is no current best to keep in this round")
@@ -239,9 +285,25 @@ class Session:
                                    f"(images 1..{n} on the page)")
         elif best not in good_ids:
             raise SubmitError(422, f"the best image (id {best}: image {best + 1} on the page) must also be marked good")
-        good = [False] * n
-        for i in good_ids:
-            good[i] = True
+        return good
+
+    @classmethod
+    def _check_group_rules(cls, spec: RoundSpec, good_ids: list[int], bests: list[int | None]) -> list[bool]:
+        """The rules of a prompt-set round: a best per prompt group, inside its group, marked good (or null: keep
+        that prompt's current best, where it has one)."""
+        if len(bests) != len(spec.groups):
+            raise SubmitError(422, f"bests has {len(bests)} entries, but this round has {len(spec.groups)} prompts "
+                                   "(one best, or null, per prompt)")
+        good = cls._good_marks(spec, good_ids)
+        for (prompt, lo, hi), best, png in zip(spec.groups, bests, spec.group_best_pngs, strict=True):
+            if best is None and png is None:
+                raise SubmitError(422, f"choose one best image for {prompt!r}: it has no current best to keep")
+            if best is not None and not lo <= best < hi:
+                raise SubmitError(422, f"the best for {prompt!r} must be one of its images (ids {lo}..{hi - 1}: "
+                                       f"images {lo + 1}..{hi} on the page), got id {best}")
+            if best is not None and not good[best]:
+                raise SubmitError(422, f"the best image for {prompt!r} (id {best}: image {best + 1} on the page) "
+                                       "must also be marked good")
         return good
 
     def close(self) -> None:

@@ -13,9 +13,11 @@ const ui = {
   round: null,        // round shown in the grid
   runId: null,        // the run it belongs to (another run may later be served on the same port)
   good: new Set(),    // indices marked good
-  best: null,         // null (none yet), KEEP, or an index
-  history: [],        // undo stack of {good, best}
-  focus: 0,           // focused cell: 0..n-1, or -1 for the current-best tile
+  groups: [],         // the round's prompt groups [{prompt, ids, current_best}]: one unless a prompt set
+  groupOf: [],        // image index -> its group
+  bests: [],          // per group: null (none yet), KEEP, or an index of that group
+  history: [],        // undo stack of {good, bests}
+  focus: 0,           // focused cell: 0..n-1, or -(g+1) for group g's current-best tile
   numBuf: "", numShift: false, numTimer: null, // digits typed but not applied yet (see typeDigit)
   armed: null,        // a warning shown once; the second Enter submits anyway
   sending: false,
@@ -111,17 +113,31 @@ function dropOldDrafts(s) {
   }
 }
 
+// A round's prompt groups: a prompt-set round's, or the one prompt's images as a single group.
+function groupsOf(s) {
+  if (s.groups && s.groups.length) return s.groups;
+  return [{ prompt: s.prompt, ids: s.image_ids, current_best: s.current_best }];
+}
+
 function startRound(s) {
   dropOldDrafts(s); // rounds before this one are submitted: their drafts are no longer needed
   cancelNumber();
   ui.round = s.round; ui.runId = s.run_id; ui.history = []; ui.armed = null; ui.focus = 0;
-  ui.good = new Set(); ui.best = null;
+  ui.good = new Set();
   if (s.kind === "pairs") return Pairs.start(s);
+  ui.groups = groupsOf(s);
+  ui.groupOf = [];
+  ui.groups.forEach((g, k) => g.ids.forEach((i) => { ui.groupOf[i] = k; }));
+  ui.bests = ui.groups.map(() => null);
   try {
     const d = JSON.parse(localStorage.getItem(draftKey()) || "null");
-    if (d) { ui.good = new Set(d.good.filter((i) => i < s.n_images)); ui.best = d.best; }
+    if (d) {
+      ui.good = new Set(d.good.filter((i) => i < s.n_images));
+      const saved = d.bests || [d.best]; // a draft from before prompt sets holds one best
+      ui.bests = ui.groups.map((g, k) => (saved[k] === KEEP || g.ids.includes(saved[k])) ? saved[k] : null);
+    }
   } catch (_) { /* no draft */ }
-  if (ui.best === KEEP && !s.current_best) ui.best = null;
+  ui.bests = ui.bests.map((b, k) => (b === KEEP && !ui.groups[k].current_best) ? null : b);
   buildGrid(s);
   $("num-rule").textContent = numberRule(s.n_images);
   say(ui.good.size ? "Your marks for this round were restored." : "");
@@ -133,9 +149,23 @@ function buildGrid(s) {
   const grid = $("grid");
   grid.replaceChildren();
   grid.classList.remove("pairs");
-  if (s.current_best) grid.append(cell(-1, `/api/best/${s.round}`, "current", "Current best (keep it with K)"));
-  for (const i of s.image_ids) grid.append(cell(i, `/api/image/${s.round}/${i}`, String(i + 1), `Image ${i + 1}`));
+  const several = ui.groups.length > 1;
+  grid.classList.toggle("grouped", several);
+  $("prompt").textContent = several ? `${ui.groups.length} prompts: a best for each` : s.prompt;
+  ui.groups.forEach((g, k) => {
+    if (several) { // a heading row: the group's prompt, over its images
+      const head = document.createElement("h2");
+      head.className = "group-head"; head.textContent = g.prompt;
+      grid.append(head);
+    }
+    const best = several ? `/api/best/${s.round}/${k}` : `/api/best/${s.round}`;
+    if (g.current_best) grid.append(cell(-(k + 1), best, "current", `Current best${several ? " for " + g.prompt : ""} (keep it with K)`));
+    for (const i of g.ids) grid.append(cell(i, `/api/image/${s.round}/${i}`, String(i + 1), `Image ${i + 1}`));
+  });
 }
+
+function tiles() { return [...$("grid").querySelectorAll(".tile")]; }
+function groupOfCell(i) { return i < 0 ? -i - 1 : ui.groupOf[i]; }
 
 function cell(i, src, label, alt) {
   const el = document.createElement("div");
@@ -158,21 +188,23 @@ function cell(i, src, label, alt) {
   return el;
 }
 
-function snapshot() { ui.history.push({ good: new Set(ui.good), best: ui.best }); ui.armed = null; }
+function snapshot() { ui.history.push({ good: new Set(ui.good), bests: [...ui.bests] }); ui.armed = null; }
 
 function toggleGood(i) {
   if (i < 0) return chooseBest(i);
   snapshot();
-  if (ui.good.has(i)) { ui.good.delete(i); if (ui.best === i) ui.best = null; } // the best is always good
+  const g = groupOfCell(i);
+  if (ui.good.has(i)) { ui.good.delete(i); if (ui.bests[g] === i) ui.bests[g] = null; } // the best is always good
   else ui.good.add(i);
   changed();
 }
 
+// The best of the cell's own prompt group (a prompt set has one best per prompt): an image, or KEEP.
 function chooseBest(i) {
   snapshot();
-  const pick = i < 0 ? KEEP : i;
-  ui.best = ui.best === pick ? null : pick;
-  if (typeof ui.best === "number") ui.good.add(ui.best);
+  const g = groupOfCell(i), pick = i < 0 ? KEEP : i;
+  ui.bests[g] = ui.bests[g] === pick ? null : pick;
+  if (typeof ui.bests[g] === "number") ui.good.add(ui.bests[g]);
   changed();
 }
 
@@ -181,22 +213,23 @@ function undo() {
   applyNumber(); // a waiting digit counts as typed: undo takes it back
   const last = ui.history.pop();
   if (!last) return say("Nothing to undo.");
-  ui.good = last.good; ui.best = last.best; ui.armed = null;
+  ui.good = last.good; ui.bests = last.bests; ui.armed = null;
   changed();
 }
 
 function changed() {
-  localStorage.setItem(draftKey(), JSON.stringify({ good: [...ui.good], best: ui.best }));
+  localStorage.setItem(draftKey(), JSON.stringify({ good: [...ui.good], bests: ui.bests }));
   say("");
   render();
 }
 
 function render() {
   const pending = ui.numBuf === "" ? null : Number(ui.numBuf) - 1;
-  for (const el of $("grid").children) {
+  for (const el of tiles()) {
     const i = Number(el.dataset.i);
     el.classList.toggle("pending", i === pending);
-    const isBest = i < 0 ? ui.best === KEEP : ui.best === i;
+    const best = ui.bests[groupOfCell(i)];
+    const isBest = i < 0 ? best === KEEP : best === i;
     const isGood = i >= 0 && ui.good.has(i);
     el.classList.toggle("good", isGood);
     el.classList.toggle("best", isBest);
@@ -207,8 +240,10 @@ function render() {
   }
   const n = ui.good.size;
   $("count-good").textContent = `${n} good of ${ui.state ? ui.state.n_images : 0}`;
-  $("count-best").textContent = ui.best === null ? "no best yet" : ui.best === KEEP ? "best: keep current" : `best: #${ui.best + 1}`;
-  $("count-best").classList.toggle("missing", ui.best === null);
+  const one = ui.bests[0], chosen = ui.bests.filter((b) => b !== null).length;
+  $("count-best").textContent = ui.bests.length > 1 ? `bests: ${chosen} of ${ui.bests.length} prompts` :
+    one === null || one === undefined ? "no best yet" : one === KEEP ? "best: keep current" : `best: #${one + 1}`;
+  $("count-best").classList.toggle("missing", chosen < ui.bests.length);
   $("undo").disabled = ui.history.length === 0;
 }
 
@@ -228,9 +263,11 @@ function say(text, kind = "") {
 
 function problems() {
   const s = ui.state, n = s.n_images;
-  if (ui.best === null) {
-    return { block: s.current_best ? "Choose one best image, or keep the current best (K)." :
-                                     "Choose one best image (Shift+click, Shift+number or B)." };
+  const missing = ui.bests.findIndex((b) => b === null);
+  if (missing >= 0) {
+    const g = ui.groups[missing], where = ui.groups.length > 1 ? ` for “${g.prompt}”` : "";
+    return { block: g.current_best ? `Choose one best image${where}, or keep the current best (K).` :
+                                     `Choose one best image${where} (Shift+click, Shift+number or B).` };
   }
   if (ui.good.size === 0) return { warn: "No image is marked good. Press Enter again to submit anyway." };
   if (ui.good.size === n) return { warn: "Every image is marked good (HERO learns most from a mix). Press Enter again to submit anyway." };
@@ -243,9 +280,11 @@ async function submit() {
   applyNumber(); // "1" then Enter at once: image 1 is marked, then the round goes
   const p = problems();
   if (p.block) return say(p.block, "error");
-  const key = `${ui.round}:${[...ui.good].sort().join(",")}:${ui.best}`;
+  const key = `${ui.round}:${[...ui.good].sort().join(",")}:${ui.bests.join(",")}`;
   if (p.warn && ui.armed !== key) { ui.armed = key; return say(p.warn, "warn"); }
-  const body = { round: ui.round, good: [...ui.good].sort((a, b) => a - b), best: ui.best === KEEP ? null : ui.best };
+  const good = [...ui.good].sort((a, b) => a - b), sent = ui.bests.map((b) => b === KEEP ? null : b);
+  const body = ui.groups.length > 1 || (ui.state.groups && ui.state.groups.length) ?
+    { round: ui.round, good, bests: sent } : { round: ui.round, good, best: sent[0] };
   return postRound("/api/submit", body, "marks");
 }
 
@@ -333,12 +372,22 @@ function applyNumber() {
   shift ? chooseBest(v - 1) : toggleGood(v - 1);
 }
 
+// K: keep the current best of the focused image's prompt (the round's one prompt, unless a prompt set).
+function keepCurrentBest() {
+  const g = groupOfCell(ui.focus) || 0;
+  if (!ui.groups[g] || !ui.groups[g].current_best) {
+    return say(ui.groups.length > 1 ? `There is no current best yet for “${ui.groups[g].prompt}”.` :
+                                      "There is no current best yet in this round.", "error");
+  }
+  chooseBest(-(g + 1));
+}
+
 function columns() {
   return getComputedStyle($("grid")).gridTemplateColumns.split(" ").filter(Boolean).length || 1;
 }
 
 function moveFocus(dx, dy) {
-  const cells = [...$("grid").children].map((el) => Number(el.dataset.i));
+  const cells = tiles().map((el) => Number(el.dataset.i));
   let pos = Math.max(0, cells.indexOf(ui.focus));
   pos = Math.min(cells.length - 1, Math.max(0, pos + dx + dy * columns()));
   setFocus(cells[pos], true);
@@ -368,7 +417,7 @@ function onKey(e) {
   }
   const actions = {
     enter: submit, " ": () => toggleGood(ui.focus), b: () => chooseBest(ui.focus), u: undo, backspace: undo,
-    k: () => ui.state.current_best ? chooseBest(-1) : say("There is no current best yet in this round.", "error"),
+    k: keepCurrentBest,
     z: () => zoom(true), arrowleft: () => moveFocus(-1, 0), arrowright: () => moveFocus(1, 0),
     arrowup: () => moveFocus(0, -1), arrowdown: () => moveFocus(0, 1),
   };
@@ -385,7 +434,7 @@ function onKey(e) {
 function fit() {
   if (ui.state && ui.state.kind === "pairs") return Pairs.fit();
   const grid = $("grid");
-  const cells = grid.children.length;
+  const cells = grid.children.length; // tiles, and a prompt set's heading rows counted as one cell each
   if (!cells) return;
   const gap = 10;
   const W = $("main").clientWidth - 32;

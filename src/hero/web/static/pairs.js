@@ -28,7 +28,7 @@ const Pairs = {
   build(s) {
     const grid = $("grid");
     grid.replaceChildren();
-    grid.classList.add("pairs");
+    grid.classList.add("pairs"); grid.classList.remove("grouped");
     grid.setAttribute("aria-label", "Pairs of images: choose the better image of each pair");
     this.pairs.forEach(([i, j], p) => {
       const card = document.createElement("div");
