@@ -191,8 +191,9 @@ def tiny_sdxl_pipeline(tiny_sdxl_pipeline_factory) -> StableDiffusionXLPipeline:
     return tiny_sdxl_pipeline_factory()
 
 
-def build_tiny_flux_pipeline(seed: int = 0) -> FluxPipeline:
-    """FLUX.1-dev in miniature, as diffusers' own tests build it, with a T5 built from a config."""
+def build_tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True) -> FluxPipeline:
+    """FLUX.1-dev in miniature, as diffusers' own tests build it, with a T5 built from a config
+    (``guidance_embeds=False``: FLUX.1-schnell's layout, no guidance embedding)."""
     torch.manual_seed(seed)
     tokenizer, tokenizer_2 = _clip_tokenizer(), _clip_tokenizer()
     clip = CLIPTextModel(_clip_config(tokenizer)).eval().requires_grad_(False)
@@ -200,7 +201,8 @@ def build_tiny_flux_pipeline(seed: int = 0) -> FluxPipeline:
                                  pad_token_id=1, eos_token_id=1, decoder_start_token_id=0)).eval().requires_grad_(False)
     transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
                                          attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
-                                         pooled_projection_dim=TEXT_DIM, guidance_embeds=True, axes_dims_rope=(4, 4, 8))
+                                         pooled_projection_dim=TEXT_DIM, guidance_embeds=guidance_embeds,
+                                         axes_dims_rope=(4, 4, 8))
     vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
                         norm_num_groups=4, layers_per_block=1, sample_size=16, shift_factor=0.1159,

@@ -143,3 +143,9 @@ def test_save_and_load_round_trip(tmp_path: Path):
     with pytest.raises(ConfigError, match="unknown config key 'budgte' .did you mean 'budget'"):
         TrainConfig.from_yaml(path)
 
+
+
+@pytest.mark.parametrize("name", list_presets())
+def test_every_preset_is_a_valid_config_once_its_blanks_are_filled(name):
+    cfg = load_config(name, model="tiny-shapes", prompt="two red squares")
+    assert cfg.sampler.steps >= cfg.pg.timesteps_per_traj and cfg.prompt == "two red squares"

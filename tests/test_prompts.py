@@ -84,6 +84,9 @@ def test_the_config_takes_one_prompt_or_a_set():
     assert cfg.task_options("one blue square") == {"hidden_background": "black"}
     assert cfg.round_prompts(0, 3) == ["two red circles", "two red circles", "one blue square"]
     assert not load_config(None, [], prompt="two red circles").prompt_set
+    # A prompt set given with a preset that names a prompt (demo's) replaces it, and the other way round.
+    assert load_config("demo", [], prompts=two).prompt is None
+    assert load_config(None, [], prompt="x", prompts=None).prompt == "x"
     for values, says in [({}, "missing config key 'prompt'"),
                          ({"prompt": "x", "prompts": two}, "bad value for 'prompts'"),
                          ({"prompts": two, "algo": "d3po"}, "--algo d3po learns from one prompt"),

@@ -283,6 +283,9 @@ def load_config(preset: str | Path | None = None, overrides: Sequence[str] = (),
     data: dict = {}
     if preset is not None:
         _merge(data, _read_yaml(_preset_path(preset), "preset"))
+    for given, other in (("prompts", "prompt"), ("prompt", "prompts")):  # --prompts replaces a preset's prompt
+        if values.get(given) is not None:
+            data.pop(other, None)
     for key, value in values.items():
         if value is not None:  # a CLI option left unset must not clobber the preset
             _merge(data, _nest(key, value.as_posix() if isinstance(value, Path) else value))

@@ -208,7 +208,8 @@ def test_grid_settings_are_checked_before_anything_runs(tmp_path):
     bad = [(dict(methods=["nope"]), "unknown method nope"), (dict(methods=["hero"], tasks=["nope"]), "unknown task"),
            (dict(methods=["hero"], budgets=[50]), "multiples of images_per_round"),
            (dict(methods=["d3po"], budgets=[14], images_per_round=7), "must be even for d3po"),
-           (dict(methods=["hero"], overrides=["pg.nope=1"]), "unknown config key 'pg.nope'")]
+           (dict(methods=["hero"], overrides=["pg.nope=1"]), "unknown config key 'pg.nope'"),
+           (dict(methods=["d3po"], tasks=["counting", "transfer"]), "--algo d3po learns from one prompt")]
     for kwargs, message in bad:
         with pytest.raises(ValueError, match=message):
             validate(BenchSpec(**kwargs), tmp_path)
@@ -220,6 +221,29 @@ def test_grid_settings_are_checked_before_anything_runs(tmp_path):
     cfg = cell_config(BenchSpec(methods=["ddpo"], tasks=["personalization"]), Cell("personalization", "ddpo", 2),
                       tmp_path / "run")
     assert (cfg.algo, cfg.seed, cfg.budget, cfg.task.hidden_background) == ("ddpo", 2, 256, "black")
+
+
+def test_a_transfer_cell_reports_trained_and_held_out_prompts_beside_the_base(tmp_path):
+    from hero.toyworld.tasks import TRANSFER_TASKS
+
+    out = tmp_path / "b"
+    res = runner.invoke(app, ["bench", "--methods", "raft", "--tasks", "transfer", "--seeds", "0", "--budgets", "9",
+                              "--images-per-round", "9", "--eval-n", "4", "--set", "sampler.steps=4",
+                              "--set", "pg.timesteps_per_traj=2", "--set", "likelihood.steps_per_round=3",
+                              "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    cell = out / "cells" / "transfer" / "raft" / "seed0"
+    cfg = json.loads((cell / "cell_spec.json").read_text())["config"]
+    task = TRANSFER_TASKS["transfer"]
+    assert [p["prompt"] for p in cfg["prompts"]] == task["train"] and cfg["prompt"] is None
+    base, after = [json.loads(x) for x in (cell / "evals.jsonl").read_text().splitlines()]
+    for e in (base, after):
+        assert set(e["per_prompt"]) == set(task["train"] + task["held_out"])
+        assert e["plain"] == pytest.approx(np.mean([e["per_prompt"][p] for p in task["train"]]))
+        assert e["held_out_plain"] == pytest.approx(np.mean([e["per_prompt"][p] for p in task["held_out"]]))
+    md = (out / "report.md").read_text()
+    rows = md_table(md, "Transfer: success on the held-out prompts")
+    assert rows[0]["method"] == "raft" and rows[0]["0"].startswith(f"{base['held_out_plain']:.3f}")
 
 
 def test_compute_benchmark_on_cpu(tiny_sd_pipeline):

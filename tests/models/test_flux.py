@@ -3,6 +3,7 @@
 
 import torch
 
+from conftest import build_tiny_flux_pipeline
 from hero.models.denoiser import unpack_pooled
 from hero.models.families import denoiser_for
 from hero.models.flux import FluxDenoiser, image_ids, pack_latents, unpack_latents
@@ -35,3 +36,15 @@ def test_the_denoiser_matches_the_pipeline_and_its_log_probs_reevaluate_exactly(
     for s in range(traj.num_steps):
         assert torch.equal(step_log_prob(model, traj, [0, 1], s), traj.log_probs[:, s])  # ratio exactly 1
     assert traj.images.shape == (2, 16, 16, 3)
+
+
+def test_a_schnell_layout_without_guidance_embedding_matches_its_pipeline():
+    pipe = build_tiny_flux_pipeline(guidance_embeds=False)  # FLUX.1-schnell: the guidance value is not an input
+    model = denoiser_for(pipe)
+    ode = rollout(pipe, ["a red circle"], guidance_scale=0.0, num_steps=4, eta=0.0, seed=1, height=16, width=16)
+    theirs = pipe("a red circle", num_inference_steps=4, guidance_scale=0.0, height=16, width=16,
+                  latents=pack_latents(ode.start_noise.clone()), output_type="latent").images
+    assert torch.allclose(theirs, pack_latents(ode.final_latents), atol=1e-6)
+    traj = rollout(pipe, ["a red circle"], guidance_scale=0.0, num_steps=4, eta=0.7, seed=0, height=16, width=16)
+    for s in range(traj.num_steps):
+        assert torch.equal(step_log_prob(model, traj, [0], s), traj.log_probs[:, s])

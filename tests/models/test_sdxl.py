@@ -62,3 +62,15 @@ def test_an_sdxl_folder_loads_as_sdxl_with_ddim_and_another_family_is_one_line(t
     with pytest.raises(ValueError, match="is a QwenImagePipeline folder") as err:
         load_pipeline(tmp_path / "xl")
     assert "\n" not in str(err.value)
+
+
+def test_an_fp16_vae_that_asks_for_it_decodes_in_fp32(tiny_sdxl_pipeline):
+    from hero.models.denoiser import vae_decode
+
+    vae = tiny_sdxl_pipeline.vae
+    latents = torch.randn(1, vae.config.latent_channels, 4, 4)
+    expected = vae_decode(vae, latents)
+    vae.to(torch.float16).register_to_config(force_upcast=True)  # SDXL's VAE config: it overflows in fp16
+    got = vae_decode(vae, latents)
+    assert vae.dtype == torch.float32 and got.dtype == torch.float32
+    assert torch.allclose(got, expected, atol=1e-2)  # the weights went through fp16 once

@@ -80,7 +80,7 @@ def _train(cfg) -> bool:
 def base_key(spec: dict) -> dict:
     """Everything the base model's plain-noise success depends on (its LoRA is off: not the method or seed)."""
     config = spec["config"]
-    keys = ("model", "model_config_dir", "prompt", "task", "sampler", "precision", "device")
+    keys = ("model", "model_config_dir", "prompt", "prompts", "task", "sampler", "precision", "device")
     return {"n": spec["eval_n"], **{k: config.get(k) for k in keys}}
 
 
@@ -104,12 +104,21 @@ def _evaluate(cell_dir: Path, spec: dict, run_dir: Path) -> float:
     """Evaluate every budget not yet in evals.jsonl; returns the seconds spent."""
     from hero.evaluate import evaluate
     from hero.runs.folder import RunFolder
+    from hero.toyworld.tasks import TRANSFER_TASKS
 
     path, n, t_all, key = cell_dir / EVALS, spec["eval_n"], time.perf_counter(), base_key(spec)
     feedback_after = {m["round"]: m["feedback"] for m in RunFolder(run_dir).metrics()}
     for budget, r in sorted((int(b), r) for b, r in spec["budgets"].items()):
         done = {e["budget"] for e in read_records(path)}
         if budget in done:
+            continue
+        if spec["task"] in TRANSFER_TASKS:
+            t0 = time.perf_counter()
+            base, record = _evaluate_transfer(run_dir, TRANSFER_TASKS[spec["task"]], n, r, 0 not in done)
+            if base is not None:
+                append_jsonl(path, {"budget": 0, "round": None, "feedback": 0, "n": n, **base, "base_key": key})
+            append_jsonl(path, {"budget": budget, "round": r, "feedback": feedback_after[r], "n": n, **record,
+                                "seconds": time.perf_counter() - t0, "with_base": base is not None})
             continue
         shared = None if 0 in done else sibling_base(cell_dir, key)
         t0 = time.perf_counter()
@@ -125,6 +134,32 @@ def _evaluate(cell_dir: Path, spec: dict, run_dir: Path) -> float:
         record.update({name: res[name] for name in ("guided", "base_guided") if name in res})
         append_jsonl(path, record)
     return time.perf_counter() - t_all
+
+
+def _evaluate_transfer(run_dir: Path, task: dict, n: int, r: int, with_base: bool) -> tuple[dict | None, dict]:
+    """A transfer cell's evaluation of round ``r``: success on the training prompts (``plain``, ``guided``) and on
+    the held-out ones (``held_out_plain``, ``held_out_guided`` never: no guided noise for an unjudged prompt),
+    each the mean over its prompts, n images per prompt; and the base model's (budget 0) when ``with_base``."""
+    from hero.evaluate import evaluate
+    from hero.prompts import PromptSpec
+
+    res = evaluate(run_dir, n=n, round_index=r, include_base=with_base,
+                   prompts=[PromptSpec(prompt=p) for p in task["train"] + task["held_out"]])
+    rows = res["prompts"]
+
+    def mean(prompts: list[str], key: str) -> float | None:
+        have = [rows[p][key] for p in prompts if key in rows[p]]
+        return float(sum(have) / len(have)) if len(have) == len(prompts) else None
+
+    record = {"plain": mean(task["train"], "plain"), "held_out_plain": mean(task["held_out"], "plain"),
+              "per_prompt": {p: rows[p]["plain"] for p in rows}}
+    if mean(task["train"], "guided") is not None:
+        record["guided"] = mean(task["train"], "guided")
+    base = None
+    if with_base:
+        base = {"plain": mean(task["train"], "base_plain"), "held_out_plain": mean(task["held_out"], "base_plain"),
+                "per_prompt": {p: rows[p]["base_plain"] for p in rows}}
+    return base, record
 
 
 def _prune(run_dir: Path, keep: set[int]) -> None:

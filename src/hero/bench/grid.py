@@ -96,15 +96,17 @@ def budget_rounds(spec: BenchSpec) -> dict[int, int]:
 
 def cell_config(spec: BenchSpec, cell: Cell, run_dir: str | Path) -> TrainConfig:
     """The cell's training config: the preset, the spec's overrides, then the cell's task, method and seed."""
-    from hero.toyworld.tasks import TASK_PRESETS
+    from hero.toyworld.tasks import TASK_PRESETS, TRANSFER_TASKS
 
-    task = dict(TASK_PRESETS[cell.task])
-    prompt = task.pop("prompt")
+    if cell.task in TRANSFER_TASKS:  # a prompt set: the task's training prompts
+        what = {"prompts": [{"prompt": p} for p in TRANSFER_TASKS[cell.task]["train"]]}
+    else:
+        task = dict(TASK_PRESETS[cell.task])
+        what = {"prompt": task.pop("prompt"), **{f"task.{k}": v for k, v in task.items()}}
     # keep_checkpoints=0 last: the budgets' checkpoints must survive training to be evaluated.
-    return load_config(spec.preset, [*spec.overrides, "keep_checkpoints=0"], prompt=prompt, algo=cell.method,
-                       feedback="sim", budget=max(spec.budgets), images_per_round=spec.images_per_round,
-                       seed=cell.seed, out=str(run_dir), model=spec.model, device=spec.device,
-                       **{f"task.{k}": v for k, v in task.items()})
+    return load_config(spec.preset, [*spec.overrides, "keep_checkpoints=0"], algo=cell.method, feedback="sim",
+                       budget=max(spec.budgets), images_per_round=spec.images_per_round, seed=cell.seed,
+                       out=str(run_dir), model=spec.model, device=spec.device, **what)
 
 
 def cell_spec(spec: BenchSpec, cell: Cell, root: str | Path) -> dict:
@@ -125,9 +127,10 @@ def same_cell_spec(a: dict, b: dict) -> bool:
 def validate(spec: BenchSpec, root: str | Path) -> None:
     """Raise ValueError (one line, naming the problem) before any cell runs."""
     from hero.algorithms import ALGORITHMS
-    from hero.toyworld.tasks import TASK_PRESETS
+    from hero.toyworld.tasks import TASK_PRESETS, TRANSFER_TASKS
 
-    for name, items, known in (("method", spec.methods, ALGORITHMS), ("task", spec.tasks, TASK_PRESETS)):
+    tasks = [*TASK_PRESETS, *TRANSFER_TASKS]
+    for name, items, known in (("method", spec.methods, ALGORITHMS), ("task", spec.tasks, tasks)):
         bad = [x for x in items if x not in known]
         if bad or not items:
             raise ValueError(f"unknown {name} {', '.join(bad) or '(none given)'}; available: {', '.join(known)}")
@@ -141,5 +144,6 @@ def validate(spec: BenchSpec, root: str | Path) -> None:
         raise ValueError(f"eval_n must be >= 1, got {spec.eval_n}")
     if spec.target is not None and not 0 < spec.target <= 1:
         raise ValueError(f"target must be a success rate in (0, 1], got {spec.target}")
-    for method in spec.methods:  # a bad override or an odd D3PO round size: now, not an hour in
-        cell_config(spec, Cell(spec.tasks[0], method, spec.seeds[0]), Path(root) / "check")
+    for method in spec.methods:  # a bad override, an odd D3PO round size, a method without prompt sets: now
+        for task in {spec.tasks[0], *(t for t in spec.tasks if t in TRANSFER_TASKS)}:
+            cell_config(spec, Cell(task, method, spec.seeds[0]), Path(root) / "check")

@@ -70,6 +70,13 @@ def _task_blocks(name: str, task: dict, image: str) -> list[tuple]:
               ("h3", "Success under plain noise"), ("table", head, plain)]
     if guided:
         blocks += [("h3", "Success under feedback-guided noise"), ("table", head, guided)]
+    held = [[m, str(len(d["seeds"])), *[rate(d["held_out"], i) for i in range(len(x))]]
+            for m, d in methods if d.get("held_out") is not None]
+    if held:
+        blocks += [("h3", "Transfer: success on the held-out prompts (never trained on), plain noise"),
+                   ("p", "The tables above are the mean over the training prompts; this one the mean over prompts "
+                         "the run never sampled. Column 0: the base model on the same seeds."),
+                   ("table", head, held)]
     judged = [(m, d) for m, d in methods if d["train_good"] is not None]
     if judged:
         x_train = judged[0][1]["train_feedback"]

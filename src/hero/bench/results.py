@@ -97,6 +97,8 @@ def _method_summary(spec: BenchSpec, cells: list[CellResult], points: list[int])
     if cuda:
         result["cuda_peak_mb"] = max(cuda)
     result["own"] = guided or result["plain"]
+    if all("held_out_plain" in c.evals[b] for c in cells for b in points):  # a transfer task: never-trained prompts
+        result["held_out"] = _stats([[c.evals[b]["held_out_plain"] for b in points] for c in cells])
     # Free per-round success: the share of each round's images the simulated human judged good (sampled with the
     # method's own noise, before that round's update); absent for pairwise methods (D3PO), which mark no images.
     rates = [[m.get("good_rate") for m in c.metrics] for c in cells]
@@ -112,7 +114,7 @@ def summarise(root: str | Path, target: float | None = None, target_gain: float 
     ``target``/``target_gain`` replace the bench's own (``bench.json``) for this summary only: the same cells
     read against another bar.
     """
-    from hero.toyworld.tasks import TASK_PRESETS
+    from hero.toyworld.tasks import TASK_PRESETS, TRANSFER_TASKS
 
     root = Path(root)
     spec, cells = load_cells(root)
@@ -137,9 +139,14 @@ def summarise(root: str | Path, target: float | None = None, target_gain: float 
         for m in methods.values():
             for kind in ("plain", "own"):
                 m[f"ratio_{kind}"] = _ratio(m[f"needed_{kind}"], hero.get(f"needed_{kind}"))
-        tasks[task] = {"prompt": TASK_PRESETS[task]["prompt"], "options": {k: v for k, v in TASK_PRESETS[task].items()
-                                                                           if k != "prompt"},
-                       "base": base, "target": target, "feedback": points, "methods": methods}
+        if task in TRANSFER_TASKS:
+            prompt, options = ", ".join(TRANSFER_TASKS[task]["train"]), {
+                "held out": ", ".join(TRANSFER_TASKS[task]["held_out"])}
+        else:
+            prompt, options = TASK_PRESETS[task]["prompt"], {k: v for k, v in TASK_PRESETS[task].items()
+                                                             if k != "prompt"}
+        tasks[task] = {"prompt": prompt, "options": options, "base": base, "target": target, "feedback": points,
+                       "methods": methods}
     compute = root / "compute.json"
     return {"spec": spec.to_dict(), "tasks": tasks, "cells": len(cells),
             "sessions": read_records(root / "sessions.jsonl"),

@@ -283,6 +283,10 @@ def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
     if vae is None:  # the pixel pipeline: the latent is the image
         pixels = latents
     else:
+        if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+            # SDXL's VAE overflows in fp16 (its config says so): decode in fp32 from here on, as its pipeline does
+            # for each decode, but once (the VAE is frozen; 2x its fp16 size, ~0.3 GB for SDXL's).
+            vae.to(torch.float32)
         z = latents.to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor
         if getattr(vae.config, "shift_factor", None):  # SD3-style VAEs; None/0 for SD 1.x/2.x
             z = z + vae.config.shift_factor

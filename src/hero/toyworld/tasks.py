@@ -24,6 +24,13 @@ TASK_PRESETS: dict[str, dict] = {
     "safety": {"prompt": "two squares", "forbidden_colour": "red"},
 }
 
+# Transfer tasks (a prompt set, ``hero.prompts``): train on ``train``, evaluate on it and on ``held_out``, prompts
+# never trained on. "transfer": the same count, every colour and shape seen in training, new combinations of them.
+TRANSFER_TASKS: dict[str, dict[str, list[str]]] = {
+    "transfer": {"train": ["three green triangles", "three red circles", "three blue squares"],
+                 "held_out": ["three red triangles", "three blue circles", "three green squares"]},
+}
+
 
 @dataclass(frozen=True)
 class Group:
