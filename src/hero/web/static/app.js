@@ -434,14 +434,18 @@ function onKey(e) {
 function fit() {
   if (ui.state && ui.state.kind === "pairs") return Pairs.fit();
   const grid = $("grid");
-  const cells = grid.children.length; // tiles, and a prompt set's heading rows counted as one cell each
+  const cells = tiles().length;
   if (!cells) return;
   const gap = 10;
+  // A prompt set: each group starts a row of its own under a heading row (about HEAD px with its margins).
+  const HEAD = 34, several = ui.groups.length > 1;
+  const perGroup = several ? ui.groups.map((g) => g.ids.length + (g.current_best ? 1 : 0)) : [cells];
+  const heads = several ? ui.groups.length : 0;
   const W = $("main").clientWidth - 32;
-  const H = $("main").clientHeight - 30;
+  const H = $("main").clientHeight - 30 - heads * (HEAD + gap);
   let best = { size: 0, cols: 1 };
   for (let cols = 1; cols <= cells; cols++) {
-    const rows = Math.ceil(cells / cols);
+    const rows = perGroup.reduce((sum, k) => sum + Math.ceil(k / cols), 0);
     const size = Math.min((W - gap * (cols - 1)) / cols, (H - gap * (rows - 1)) / rows);
     if (size > best.size) best = { size, cols };
   }
