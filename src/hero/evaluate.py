@@ -172,11 +172,11 @@ def evaluate(run_dir: str | Path, n: int = 256, seed: int = EVAL_SEED, include_b
     instead of sampled again; ``base_guided`` depends on this run's guided noise and is always sampled.
     ``prompts`` (or a prompt-set run) evaluates each prompt instead (``evaluate_prompts``).
     """
-    if prompts is not None or TrainConfig.from_yaml(RunFolder(run_dir).config_path).prompt_set:
-        return evaluate_prompts(run_dir, prompts, n=n, seed=seed, include_base=include_base,
-                                round_index=round_index)
     run = RunFolder(run_dir)
     cfg = TrainConfig.from_yaml(run.config_path)
+    if prompts is not None or cfg.prompt_set:
+        return evaluate_prompts(run_dir, prompts, n=n, seed=seed, include_base=include_base,
+                                round_index=round_index)
     last = _checkpoint_round(run, round_index)
     pipe = load_pipeline(cfg.model, device=cfg.device, model_config_dir=cfg.model_config_dir)
     model = denoiser_for(pipe)

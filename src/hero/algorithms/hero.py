@@ -285,7 +285,7 @@ class HeroTrainer:
         its first round always picks a best); images of a prompt never judged get the neutral 0.5."""
         groups = group_slices(prompts)
         space = self.settings.reward_space
-        if len(groups) == 1 and groups[0][0] in self.memories:
+        if len(groups) == 1 and groups[0][0] in self.memories:  # one prompt: the whole batch at once, as before
             return hero_rewards(self.encoder, inputs, self.memories[groups[0][0]].best_latent, space)
         out = torch.full((len(inputs),), 0.5)
         for prompt, part in groups:
