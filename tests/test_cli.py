@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+import torch
 from typer.testing import CliRunner
 
 from hero.cli import app
@@ -31,6 +33,14 @@ def test_bad_inputs_are_one_clear_error(tmp_path):
     assert res.exit_code == 2 and "not a built-in model" in flat(res.output)
     res = runner.invoke(app, ["sample", "--prompt", "a purple cat", "--judge"])
     assert res.exit_code == 2 and "not a toy-world prompt" in flat(res.output)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_the_machine_lacks_is_one_line_and_writes_nothing(tmp_path):
+    res = runner.invoke(app, ["train", "--prompt", "two red squares", "--feedback", "sim", "--set", "device=cuda",
+                              "--out", str(tmp_path / "run"), "--no-progress"])
+    assert res.exit_code == 2 and "device=cuda: this machine has no cuda device" in flat(res.output)
+    assert "Traceback" not in res.output and not (tmp_path / "run").exists()
 
 
 def test_console_script_runs():

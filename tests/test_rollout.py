@@ -40,6 +40,21 @@ def test_shapes_and_reproducibility(name, request):
     assert torch.equal(_rollout(pipe, start_noise=z).latents[:, 0], z)
 
 
+def test_compiled_sampling_runs_the_network_through_dynamo_with_the_same_images(tiny_pixel_pipeline):
+    graphs = []
+
+    def recording_backend(graph, example_inputs):  # a torch.compile backend that runs the traced graph as it is
+        graphs.append(graph)
+        return graph.forward
+
+    eager = _rollout(tiny_pixel_pipeline)
+    compiled = _rollout(tiny_pixel_pipeline, compile=True, compile_backend=recording_backend)
+    assert graphs, "the network was not traced"
+    torch.testing.assert_close(compiled.latents, eager.latents, rtol=1e-5, atol=1e-5)
+    assert np.abs(compiled.images.astype(int) - eager.images.astype(int)).max() <= 1
+    assert torch.equal(_rollout(tiny_pixel_pipeline).latents, eager.latents)  # the eager network is untouched
+
+
 @pytest.mark.parametrize("with_lora", [False, True])
 @pytest.mark.parametrize("name", PIPELINES)
 def test_reevaluation_gives_ratio_exactly_one(name, with_lora, request):

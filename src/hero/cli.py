@@ -176,7 +176,9 @@ def train(
     web, finished = None, False
     try:
         from hero.distributed import is_main_process
+        from hero.models.loading import require_device
 
+        require_device(cfg.device)  # before the run folder or the page: a missing GPU is a one-line error
         # Every process checks the folder (read-only) before any writes or serves: an error stops them all alike.
         plan = _check_resume(cfg) if resume is not None else None
         if cfg.feedback == "web" and is_main_process():  # under accelerate launch: one server, on rank 0
@@ -289,6 +291,8 @@ def eval_(
                                                             "from 0, as in metrics.jsonl) instead of the last one."),
     prompts: Path = typer.Option(None, help="Evaluate each prompt of this file (as for hero train --prompts), e.g. "
                                             "prompts the run never trained on: success per prompt and the mean."),
+    compile_: bool = typer.Option(None, "--compile/--no-compile", help="Sample through torch.compile: faster "
+                                  "after a one-off compile (docs/speed.md). Default: the run's sampler.compile."),
 ) -> None:
     """Success rates of the base model and the run's LoRA, under plain and guided noise (last line: JSON)."""
     from hero.evaluate import evaluate
@@ -299,7 +303,7 @@ def eval_(
     try:
         specs = None if prompts is None else read_prompt_file(
             prompts, check=lambda spec: parse_task(spec.prompt, **spec.task_options()))
-        result = evaluate(run_dir, n=n, seed=seed, round_index=round_, prompts=specs)
+        result = evaluate(run_dir, n=n, seed=seed, round_index=round_, prompts=specs, compile=compile_)
     except (FileNotFoundError, RunFolderError, PromptFileError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

@@ -42,7 +42,7 @@ def _samples(pipe, cfg: TrainConfig, n: int, noise: torch.Tensor | None, seed: i
     for lo in range(0, n, cfg.sampler.batch_size * 8):
         k = min(cfg.sampler.batch_size * 8, n - lo)
         traj = rollout(pipe, [cfg.prompt] * k, generator=g, start_noise=None if noise is None else noise[lo: lo + k],
-                       **rollout_kwargs(cfg))
+                       **rollout_kwargs(cfg, training=False))
         images.append(traj.images)
     return np.concatenate(images)
 
@@ -106,20 +106,30 @@ def _checkpoint_round(run: RunFolder, round_index: int | None) -> int:
     return last
 
 
+def _run_config(run: RunFolder, compile: bool | None) -> TrainConfig:
+    """The run's config, with ``sampler.compile`` set to ``compile`` unless it is None (the run's own)."""
+    cfg = TrainConfig.from_yaml(run.config_path)
+    if compile is None:
+        return cfg
+    return cfg.model_copy(update={"sampler": cfg.sampler.model_copy(update={"compile": compile})})
+
+
 def evaluate_prompts(run_dir: str | Path, prompts: list[PromptSpec] | None = None, n: int = 256,
-                     seed: int = EVAL_SEED, include_base: bool = True, round_index: int | None = None) -> dict:
+                     seed: int = EVAL_SEED, include_base: bool = True, round_index: int | None = None,
+                     compile: bool | None = None) -> dict:
     """Success per prompt and its mean, of the base model and the run's LoRA, on the same seeds per prompt.
 
     Args:
         prompts: the prompts to evaluate (e.g. held out: never trained on), each with its task options over the
             run's ``task`` section; None: the run's own prompt set (or its one prompt).
         n: images per prompt and condition.
+        compile: sample through torch.compile (``sampler.compile``; None: as the run's config says).
     Returns {"prompts": {prompt: {"trained", "base_plain", "plain", ["guided"], "stderr", ...}}, "mean": {...}}: the
     mean's standard error is sqrt(Σ s.e.²)/P (the prompts are sampled independently). Guided noise exists only for
     a prompt a HERO run judged.
     """
     run = RunFolder(run_dir)
-    cfg = TrainConfig.from_yaml(run.config_path)
+    cfg = _run_config(run, compile)
     last = _checkpoint_round(run, round_index)
     trained = set(cfg.prompt_list)
     if prompts is None:
@@ -164,19 +174,21 @@ def _mean_over_prompts(rows: list[dict]) -> dict:
 
 def evaluate(run_dir: str | Path, n: int = 256, seed: int = EVAL_SEED, include_base: bool = True,
              round_index: int | None = None, base_plain: float | None = None,
-             prompts: list[PromptSpec] | None = None) -> dict:
+             prompts: list[PromptSpec] | None = None, compile: bool | None = None) -> dict:
     """Success rates (share of images the judge calls good) as a dict; see the module docstring.
 
     ``round_index`` evaluates that round's checkpoint (it must still be on disk) instead of the last one.
     ``base_plain``, when known (the same model, prompt, sampler, seed and n evaluated elsewhere), is reported
     instead of sampled again; ``base_guided`` depends on this run's guided noise and is always sampled.
     ``prompts`` (or a prompt-set run) evaluates each prompt instead (``evaluate_prompts``).
+    ``compile`` samples through torch.compile (``sampler.compile``; None: as the run's config says): the same
+    success rates up to the images that float rounding flips.
     """
     run = RunFolder(run_dir)
-    cfg = TrainConfig.from_yaml(run.config_path)
+    cfg = _run_config(run, compile)
     if prompts is not None or cfg.prompt_set:
         return evaluate_prompts(run_dir, prompts, n=n, seed=seed, include_base=include_base,
-                                round_index=round_index)
+                                round_index=round_index, compile=compile)
     last = _checkpoint_round(run, round_index)
     pipe = load_pipeline(cfg.model, device=cfg.device, model_config_dir=cfg.model_config_dir)
     model = denoiser_for(pipe)

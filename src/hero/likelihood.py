@@ -161,6 +161,8 @@ class ImagePool:
     good: list[torch.Tensor] = field(default_factory=list)  # per round (n,) bool
     prompts: list[str] = field(default_factory=list)  # per image, in order
     embeds: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # prompt → (cond, uncond)
+    # Every round's latents in one tensor, made once per round added rather than at each of a round's 300 steps.
+    _stacked: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def add_round(self, traj: Trajectories, good: list[bool], best: int | None) -> None:
         """Store a judged round; the best image counts as good (a person picks it as the one to aim at)."""
@@ -170,6 +172,7 @@ class ImagePool:
         if best is not None:
             labels[best] = True
         self.latents.append(traj.final_latents.detach().float().cpu())
+        self._stacked = None
         self.good.append(labels)
         for i, p in enumerate(traj.prompts):
             self.prompts.append(p)
@@ -188,7 +191,9 @@ class ImagePool:
         """(x₀, conditioning) of the images ``idx``; each conditioning is the empty prompt's with probability
         ``cond_dropout`` (so the unconditional branch that guidance subtracts learns the images too), and always
         where ``unconditional`` (B,) bool is True."""
-        x0 = torch.cat(self.latents)[idx]
+        if self._stacked is None or len(self._stacked) != len(self):
+            self._stacked = torch.cat(self.latents)
+        x0 = self._stacked[idx]
         drop = torch.rand(len(idx), generator=generator) < cond_dropout
         if unconditional is not None:
             drop |= unconditional.cpu()
@@ -202,3 +207,4 @@ class ImagePool:
     def load_state_dict(self, state: dict) -> None:
         for k, v in state.items():
             setattr(self, k, v)
+        self._stacked = None

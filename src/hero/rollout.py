@@ -5,11 +5,18 @@ The sampler is an explicit loop with classifier-free guidance. For each step the
 the loop samples x_{t-1} = μ + σ·ξ and records log N(x_{t-1}; μ, σ²) averaged over latent elements (fp32).
 ``step_log_prob`` re-evaluates a stored transition with the *same* code path, so with unchanged
 weights the policy-gradient ratio is exactly 1.
+
+``compile=True`` samples through ``torch.compile(network)`` (PyTorch's inductor: fused kernels, generated C++ on a
+CPU). It computes the same function up to float rounding, not to the bit, so its log-probs are not the eager
+network's: only the samplings whose log-probs no update re-evaluates use it (``sampler.compile``; the evaluation,
+the likelihood methods' rounds, ``hero.algorithms.base.rollout_kwargs``). The compiled code is cached per network
+by PyTorch, so a later rollout, or the same network with updated LoRA weights, does not compile again; switching
+the adapter off (the base model) or a new batch shape compiles once more (docs/speed.md has the gain and the cost).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -119,12 +126,12 @@ def step_posterior(model: Denoiser, x: torch.Tensor, timesteps: torch.Tensor, st
 
 def _sample_chunk(model: Denoiser, x: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
                   timesteps: torch.Tensor, guidance_scale: float, eta: float,
-                  noise: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+                  noise: torch.Tensor | None, network=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the sampling loop on one batch; returns latents (B, T+1, ...) and log-probs (B, T)."""
     latents, log_probs = [x], []
     for i, t in enumerate(timesteps):
         steps = torch.full((len(x),), i, dtype=torch.long)
-        out = model.prediction(x, t.expand(len(x)), cond, uncond, guidance_scale)
+        out = model.prediction(x, t.expand(len(x)), cond, uncond, guidance_scale, network)
         mu, sigma = model.posterior(out, x, timesteps, steps, eta)
         if eta > 0:
             x = mu + sigma * noise[:, i]
@@ -140,13 +147,16 @@ def _sample_chunk(model: Denoiser, x: torch.Tensor, cond: torch.Tensor, uncond: 
 def rollout(pipe, prompts: Sequence[str], *, guidance_scale: float, num_steps: int = 20, eta: float = 1.0,
             generator: torch.Generator | None = None, seed: int | None = None, start_noise: torch.Tensor | None = None,
             batch_size: int = 8, height: int | None = None, width: int | None = None,
-            shard: tuple[int, int] | None = None) -> Trajectories:
+            shard: tuple[int, int] | None = None, compile: bool = False,
+            compile_backend: str | Callable = "inductor") -> Trajectories:
     """Sample one image per prompt with the family's stochastic sampler (η = ``eta``) and CFG, recording it all.
 
     ``pipe``: a loaded pipeline (its family's ``Denoiser`` is made here) or a ``Denoiser``.
     ``shard=(rank, world_size)``: sample only that process's contiguous share of the prompts
     (``hero.distributed.shard_range``; it must not be empty). The start and step noise are drawn for *all* prompts
     first and then sliced, so the shards of all ranks, concatenated in rank order, are the unsharded rollout.
+    ``compile``: sample through ``torch.compile(network, backend=compile_backend)`` (see the module docstring: its
+    log-probs are not the eager network's to the bit).
     """
     if generator is not None and seed is not None:
         raise ValueError("pass either generator or seed, not both")
@@ -171,6 +181,7 @@ def rollout(pipe, prompts: Sequence[str], *, guidance_scale: float, num_steps: i
         prompts, start_noise = prompts[own.start: own.stop], start_noise[own.start: own.stop]
         noise = None if noise is None else noise[own.start: own.stop]
 
+    network = torch.compile(model.network, backend=compile_backend) if compile else None
     parts = []
     for lo in range(0, len(prompts), batch_size):
         chunk = prompts[lo: lo + batch_size]
@@ -178,7 +189,8 @@ def rollout(pipe, prompts: Sequence[str], *, guidance_scale: float, num_steps: i
         cond, uncond = model.encode(chunk)
         x = start_noise[lo: lo + batch_size] * model.init_noise_sigma()
         step_noise = None if noise is None else noise[lo: lo + batch_size]
-        latents, log_probs = _sample_chunk(model, x, cond, uncond, timesteps, guidance_scale, eta, step_noise)
+        latents, log_probs = _sample_chunk(model, x, cond, uncond, timesteps, guidance_scale, eta, step_noise,
+                                           network)
         images = to_uint8(model.decode(latents[:, -1]))
         parts.append(Trajectories(prompts=chunk, start_noise=start_noise[lo: lo + batch_size], latents=latents,
                                   timesteps=timesteps, log_probs=log_probs, prompt_embeds=cond,

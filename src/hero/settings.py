@@ -26,6 +26,9 @@ class SamplerConfig(Section):
     guidance_scale: float = Field(2.0, ge=0.0)
     resolution: int | None = Field(None, ge=8)  # pixels; None: the model's native size
     batch_size: int = Field(8, ge=1)  # images per denoising forward pass (memory, not results)
+    # torch.compile the network for the samplings that keep only images (the evaluation, the likelihood methods'
+    # rounds; hero.rollout): faster after a one-off compile, and never for a rollout a policy update re-evaluates.
+    compile: bool = False
 
 
 class LoraSettings(Section):

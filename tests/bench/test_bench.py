@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -246,7 +247,7 @@ def test_a_transfer_cell_reports_trained_and_held_out_prompts_beside_the_base(tm
     assert rows[0]["method"] == "raft" and rows[0]["0"].startswith(f"{base['held_out_plain']:.3f}")
 
 
-def test_compute_benchmark_on_cpu(tiny_sd_pipeline):
+def test_compute_benchmark_on_cpu(tiny_sd_pipeline, monkeypatch):
     from hero.bench.compute import (
         build_flux_pipeline,
         build_sd3_pipeline,
@@ -260,12 +261,20 @@ def test_compute_benchmark_on_cpu(tiny_sd_pipeline):
     result = run_compute(n=2, steps=2, repeats=1, sd15=False, echo=lambda s: None)
     (row,) = result["results"]
     for key in ("rollout_images_per_s", "pipeline_images_per_s", "update_steps_per_s", "unet_gflop_per_image_step",
-                "rollout_tflops_per_s", "update_tflops_per_s"):
+                "rollout_tflops_per_s", "update_tflops_per_s", "likelihood_steps_per_s", "likelihood_tflops_per_s",
+                "round_sampling_s", "round_pg_update_s", "round_likelihood_update_s"):
         assert row[key] > 0, key
-    assert "peak_fraction" not in row  # CPU: no peak table
+    assert 0 < row["pg_update_share"] < 1 and 0 < row["likelihood_update_share"] < 1
+    assert row["round_sampling_s"] == pytest.approx(64 / row["rollout_images_per_s"], rel=1e-3)
+    assert "peak_fraction" not in row and "compiled_rollout_images_per_s" not in row  # CPU: no peak table
+    # --compile times the rollout through torch.compile (traced only here: inductor's compile takes a minute).
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: real_compile(module, backend="eager"))
     # The SD path (a VAE, a CLIP text encoder), on a tiny pipeline and on the builder with tiny configs.
-    sd = measure(tiny_sd_pipeline, "tiny-sd", n=2, steps=2, guidance=5.0, batch=2, update_batch=2, repeats=1)
+    sd = measure(tiny_sd_pipeline, "tiny-sd", n=2, steps=2, guidance=5.0, batch=2, update_batch=2, repeats=1,
+                 compiled=True, likelihood_steps=1)
     assert sd["resolution"] == 16 and sd["rollout_images_per_s"] > 0 and sd["update_steps_per_s"] > 0
+    assert sd["compiled_rollout_images_per_s"] > 0 and sd["compiled_speedup"] > 0 and sd["compile_seconds"] >= 0
     pipe = build_sd_pipeline(
         unet=dict(sample_size=4, layers_per_block=1, block_out_channels=(8, 16), cross_attention_dim=16,
                   attention_head_dim=4, norm_num_groups=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),

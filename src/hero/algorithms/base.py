@@ -67,11 +67,25 @@ def round_generator(seed: int, round_index: int, stream: int) -> torch.Generator
     return torch.Generator("cpu").manual_seed(seed * 1_000_003 + round_index * 101 + stream)
 
 
-def rollout_kwargs(cfg) -> dict:
-    """A TrainConfig's sampler settings as keyword arguments of ``hero.rollout.rollout``."""
+# The methods whose updates read only a round's final images, never its rollout's log-probs (hero.likelihood).
+IMAGE_ONLY_ALGOS = ("raft", "kto", "nft")
+
+
+def keeps_only_images(cfg) -> bool:
+    """Whether the method of a TrainConfig learns from the final images alone (no policy-gradient ratio)."""
+    return cfg.algo in IMAGE_ONLY_ALGOS or (cfg.algo == "hero" and cfg.hero.update == "likelihood")
+
+
+def rollout_kwargs(cfg, training: bool = True) -> dict:
+    """A TrainConfig's sampler settings as keyword arguments of ``hero.rollout.rollout``.
+
+    ``sampler.compile`` applies to an evaluation (``training=False``) and to the rounds of a method that keeps only
+    the images; a rollout whose log-probs a policy update re-evaluates stays eager, so that its ratio is exact.
+    """
     s = cfg.sampler
+    compile_ = s.compile and (not training or keeps_only_images(cfg))
     return dict(guidance_scale=s.guidance_scale, num_steps=s.steps, eta=s.eta, batch_size=s.batch_size,
-                height=s.resolution, width=s.resolution)
+                height=s.resolution, width=s.resolution, compile=compile_)
 
 
 def likelihood_config(cfg, with_base: bool) -> LikelihoodConfig:

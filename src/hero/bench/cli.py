@@ -114,6 +114,8 @@ def compute(
     threads: int = typer.Option(None, min=1, help="CPU threads for torch (default: torch's; on a busy machine 1 "
                                                   "is often faster)."),
     out: Path = typer.Option(None, help="Also write compute.json here (in a bench folder the report shows it)."),
+    compiled: bool = typer.Option(False, "--compile", help="Also time the rollout through torch.compile "
+                                                           "(sampler.compile), with its one-off compile."),
 ) -> None:
     """Images/s of rollout with log-probs vs the plain diffusers pipeline, update steps/s, FLOP rate."""
     import torch
@@ -124,7 +126,7 @@ def compute(
         torch.set_num_threads(threads)
 
     result = run_compute(n=n, steps=steps, repeats=repeats, sd15=sd15, sd15_n=sd15_n, device=device,
-                         echo=typer.echo, sdxl=sdxl, sdxl_n=sdxl_n, sd35=sd35, flux=flux)
+                         echo=typer.echo, sdxl=sdxl, sdxl_n=sdxl_n, sd35=sd35, flux=flux, compiled=compiled)
     if out is not None:
         from hero.runs.atomic import atomic_write_text
 

@@ -6,6 +6,12 @@ Per setting it measures (median of ``repeats`` timings after a warm-up):
   batch and size (``hero.sampling.sample_images``), so the ratio is the price of recording trajectories;
 - **update steps/s**: optimiser steps of ``policy_gradient_update`` (LoRA on the UNet; each step = a minibatch of
   trajectories × K timesteps, forward and backward), and trajectory-timesteps per second;
+- **likelihood steps/s**: optimiser steps of ``hero.likelihood.likelihood_update`` (RAFT's, Diffusion-KTO's: the
+  denoising loss with the base model's prediction, batch 2 × the update's), and images/s;
+- **a round's seconds** (``round_seconds``): the demo's round of 64 images priced from those rates, sampling, its
+  policy update and the likelihood methods' 300 steps, with each update's share of the round;
+- with ``compiled``, **compiled rollout images/s**: the same rollout through ``torch.compile`` (``sampler.compile``),
+  its speed-up and the one-off compile's seconds;
 - **FLOPs**, counted with ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions): a UNet step is
   the difference between rollouts of 2 and 1 steps (text encoding and decoding cancel), the rollout's total adds
   them back; the update's are counted over one whole update. The achieved rate divides them by the timings; on
@@ -198,13 +204,14 @@ def _flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-def _sampling(pipe, n: int, steps: int, guidance: float, batch: int, repeats: int, sync) -> dict:
+def _sampling(pipe, n: int, steps: int, guidance: float, batch: int, repeats: int, sync,
+              compiled: bool = False) -> dict:
     from hero.rollout import rollout
     from hero.sampling import sample_images
 
-    def roll(k: int, num_steps: int, seed: int = 0):
+    def roll(k: int, num_steps: int, seed: int = 0, compile: bool = False):
         return rollout(pipe, [PROMPT] * k, guidance_scale=guidance, num_steps=num_steps, eta=1.0, seed=seed,
-                       batch_size=batch)
+                       batch_size=batch, compile=compile)
 
     b = min(n, batch)
     one, two = _flops(lambda: roll(b, 1)), _flops(lambda: roll(b, 2))  # also the warm-up
@@ -214,10 +221,16 @@ def _sampling(pipe, n: int, steps: int, guidance: float, batch: int, repeats: in
     t_roll = _timed(lambda r: roll(n, steps, seed=r), repeats, sync)
     t_pipe = _timed(lambda r: sample_images(pipe, PROMPT, n, seed=r, steps=steps, guidance_scale=guidance,
                                             batch_size=batch), repeats, sync)
-    return {"rollout_images_per_s": n / t_roll, "pipeline_images_per_s": n / t_pipe,
-            "rollout_relative_speed": t_pipe / t_roll, "unet_gflop_per_image_step": step_flops / 1e9,
-            "rollout_tflops_per_s": image_flops * n / t_roll / 1e12,
-            "pipeline_tflops_per_s": image_flops * n / t_pipe / 1e12, "traj": roll(n, steps)}
+    row = {"rollout_images_per_s": n / t_roll, "pipeline_images_per_s": n / t_pipe,
+           "rollout_relative_speed": t_pipe / t_roll, "unet_gflop_per_image_step": step_flops / 1e9,
+           "rollout_tflops_per_s": image_flops * n / t_roll / 1e12,
+           "pipeline_tflops_per_s": image_flops * n / t_pipe / 1e12}
+    if compiled:  # the first compiled rollout compiles (its time, less a timed one, is the compile's cost)
+        t_first = _timed(lambda r: roll(n, steps, compile=True), 1, sync)
+        t_compiled = _timed(lambda r: roll(n, steps, seed=r, compile=True), repeats, sync)
+        row.update(compiled_rollout_images_per_s=n / t_compiled, compiled_speedup=t_roll / t_compiled,
+                   compile_seconds=max(t_first - t_compiled, 0.0))
+    return {**row, "traj": roll(n, steps)}
 
 
 def _update(pipe, traj, batch: int, k: int, repeats: int, sync) -> dict:
@@ -239,8 +252,47 @@ def _update(pipe, traj, batch: int, k: int, repeats: int, sync) -> dict:
             "update_tflops_per_s": flops / seconds / 1e12, "update_batch": batch, "update_timesteps": k}
 
 
+def _likelihood(pipe, traj, batch: int, steps: int, repeats: int, sync) -> dict:
+    """Optimiser steps of the likelihood methods' update (``hero.likelihood``: the denoising loss on judged images
+    with the pull to the base model, three network passes a step), on the rollout's images."""
+    from hero.likelihood import ImagePool, LikelihoodConfig, likelihood_update
+    from hero.models.families import denoiser_for
+    from hero.policy_gradient import make_optimizer
+
+    model = denoiser_for(pipe)
+    pool = ImagePool()
+    pool.add_round(traj, [True] * len(traj), None)
+    cfg = LikelihoodConfig(steps=steps, batch_size=batch)
+    optimizer = make_optimizer(model.network, lr=1e-3)
+
+    def run(r: int) -> None:
+        likelihood_update(model, pool, torch.arange(len(pool)), optimizer, cfg,
+                          lambda errors, labels: (errors.model + errors.to_base).mean(),
+                          torch.Generator("cpu").manual_seed(r))
+
+    flops = _flops(lambda: run(0))  # also the warm-up
+    seconds = _timed(run, repeats, sync)
+    return {"likelihood_steps_per_s": steps / seconds, "likelihood_images_per_s": steps * batch / seconds,
+            "likelihood_tflops_per_s": flops / seconds / 1e12, "likelihood_batch": batch}
+
+
+# The round that ``round_seconds`` prices: the demo's (64 images; its policy update 2 epochs of 8-trajectory
+# steps, ``presets/demo.yaml``) and the likelihood methods' default 300 steps (``settings.LikelihoodSettings``).
+ROUND_IMAGES, ROUND_PG_STEPS, ROUND_LIKELIHOOD_STEPS = 64, 2 * 64 // 8, 300
+
+
+def round_seconds(row: dict) -> dict:
+    """A round's seconds of sampling, of a policy update and of a likelihood update, from a row's rates, and each
+    update's share of its round (update / (sampling + update))."""
+    sampling = ROUND_IMAGES / row["rollout_images_per_s"]
+    pg = ROUND_PG_STEPS / row["update_steps_per_s"]
+    likelihood = ROUND_LIKELIHOOD_STEPS / row["likelihood_steps_per_s"]
+    return {"round_sampling_s": sampling, "round_pg_update_s": pg, "round_likelihood_update_s": likelihood,
+            "pg_update_share": pg / (sampling + pg), "likelihood_update_share": likelihood / (sampling + likelihood)}
+
+
 def measure(pipe, setting: str, n: int, steps: int, guidance: float, batch: int, update_batch: int,
-            repeats: int = 2) -> dict:
+            repeats: int = 2, compiled: bool = False, likelihood_steps: int = 4) -> dict:
     """Time sampling and the update for one pipeline (see the module docstring); returns one result row."""
     from hero.models.families import denoiser_for
 
@@ -255,10 +307,12 @@ def measure(pipe, setting: str, n: int, steps: int, guidance: float, batch: int,
     row = {"setting": setting, "device": name, "dtype": str(model.network.dtype).removeprefix("torch."),
            "resolution": size, "n": n, "steps": steps, "guidance": guidance, "batch": batch}
     with torch.no_grad():
-        sampled = _sampling(pipe, n, steps, guidance, batch, repeats, sync)
+        sampled = _sampling(pipe, n, steps, guidance, batch, repeats, sync, compiled)
     traj = sampled.pop("traj")
     row.update(sampled)
     row.update(_update(pipe, traj, min(update_batch, n), min(5, steps), repeats, sync))
+    row.update(_likelihood(pipe, traj, 2 * update_batch, likelihood_steps, repeats, sync))
+    row.update(round_seconds(row))
     peak = peak_tflops(row["device"]) if cuda and model.network.dtype in (torch.bfloat16, torch.float16) else None
     if peak:
         row.update(peak_tflops=peak, peak_fraction=row["rollout_tflops_per_s"] / peak,
@@ -270,7 +324,7 @@ def measure(pipe, setting: str, n: int, steps: int, guidance: float, batch: int,
 
 def run_compute(n: int = 16, steps: int = 20, repeats: int = 2, sd15: bool | None = None, sd15_n: int = 8,
                 device: str | None = None, echo: Callable[[str], None] = print, sdxl: bool = False,
-                sdxl_n: int = 4, sd35: bool = False, flux: bool = False) -> dict:
+                sdxl_n: int = 4, sd35: bool = False, flux: bool = False, compiled: bool = False) -> dict:
     """The tiny model on CPU, then SD 1.5 at 512 px where a GPU is present (or asked for), then SDXL, SD 3.5
     Medium and FLUX.1-dev at 1024 px when asked for; echoes each row."""
     import json
@@ -279,7 +333,7 @@ def run_compute(n: int = 16, steps: int = 20, repeats: int = 2, sd15: bool | Non
     from hero.sampling import DEFAULT_GUIDANCE
 
     rows = [measure(load_pipeline("tiny-shapes"), "tiny-shapes", n, steps, DEFAULT_GUIDANCE, batch=n,
-                    update_batch=8, repeats=repeats)]
+                    update_batch=8, repeats=repeats, compiled=compiled)]
     echo(json.dumps(rows[-1]))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     # (asked for, builder, setting, images per timing, guidance of the model card, trajectories per update pass)
@@ -296,7 +350,8 @@ def run_compute(n: int = 16, steps: int = 20, repeats: int = 2, sd15: bool | Non
             continue
         pipe = build() if build is build_sd_pipeline else build(device=device)  # the large ones: built in place
         pipe = pipe.to(device=device, dtype=dtype)
-        rows.append(measure(pipe, setting, k, steps, guidance, batch=k, update_batch=update_batch, repeats=repeats))
+        rows.append(measure(pipe, setting, k, steps, guidance, batch=k, update_batch=update_batch, repeats=repeats,
+                            compiled=compiled))
         echo(json.dumps(rows[-1]))
         del pipe  # free the GPU for the next architecture
     return {"results": rows, "torch": torch.__version__, "threads": torch.get_num_threads()}

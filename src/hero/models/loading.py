@@ -74,6 +74,22 @@ def weight_dtype(precision: str) -> torch.dtype:
     return PRECISIONS[precision]
 
 
+def require_device(device: str | torch.device) -> None:
+    """Raise a ValueError that says what to do when ``device`` ("cuda", "cuda:1", "mps", ...) is not on this
+    machine, before anything is loaded or written (torch's own error comes late, as a traceback)."""
+    device = torch.device(device)
+    kind = device.type
+    if kind == "cpu":
+        return
+    backend = getattr(torch, kind, None) if kind != "mps" else torch.backends.mps
+    count = torch.cuda.device_count() if kind == "cuda" else None
+    available = backend is not None and backend.is_available()
+    if not available or (count is not None and device.index is not None and device.index >= count):
+        have = f"{count} CUDA device(s)" if count else f"no {kind} device"
+        raise ValueError(f"device={device}: this machine has {have} (torch {torch.__version__}); "
+                         "use --set device=cpu, or run on a machine with that device")
+
+
 def load_pipeline(model: str | Path = "tiny-shapes", device: str | torch.device = "cpu",
                   dtype: torch.dtype = torch.float32, model_config_dir: str | Path | None = None
                   ) -> StableDiffusionPipeline | StableDiffusionXLPipeline | StableDiffusion3Pipeline | FluxPipeline:
@@ -86,6 +102,7 @@ def load_pipeline(model: str | Path = "tiny-shapes", device: str | torch.device 
     The scheduler is DDIM (with the checkpoint's own schedule config), the sampler the engine uses, except for the
     flow-matching families (SD 3, FLUX), which keep their own (``hero.models.flow`` samples its SDE).
     """
+    require_device(device)
     if str(model) in BUILTIN:
         pipe = _load_tiny_shapes(shipped_model_dir())
     elif str(model).lower().endswith(SINGLE_FILE_SUFFIXES):

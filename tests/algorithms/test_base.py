@@ -1,0 +1,25 @@
+"""The methods' shared pieces: which rollouts may sample through torch.compile."""
+
+from __future__ import annotations
+
+import pytest
+
+from hero.algorithms import ALGORITHMS
+from hero.algorithms.base import IMAGE_ONLY_ALGOS, keeps_only_images, rollout_kwargs
+from hero.config import load_config
+
+
+@pytest.mark.parametrize("algo", sorted(ALGORITHMS))
+def test_only_rollouts_no_update_reevaluates_are_compiled(algo):
+    cfg = load_config(prompt="three green triangles", algo=algo, overrides=["sampler.compile=true"])
+    assert rollout_kwargs(cfg, training=False)["compile"]  # an evaluation keeps only images
+    # A policy update divides by the rollout's own log-probs: that rollout stays eager, so its ratio is exact.
+    assert rollout_kwargs(cfg)["compile"] == (algo in IMAGE_ONLY_ALGOS) == keeps_only_images(cfg)
+    off = load_config(prompt="three green triangles", algo=algo)
+    assert not rollout_kwargs(off)["compile"] and not rollout_kwargs(off, training=False)["compile"]
+
+
+def test_hero_with_the_likelihood_update_samples_compiled():
+    cfg = load_config(prompt="three green triangles", algo="hero",
+                      overrides=["sampler.compile=true", "hero.update=likelihood"])
+    assert keeps_only_images(cfg) and rollout_kwargs(cfg)["compile"]
