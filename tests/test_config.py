@@ -89,6 +89,8 @@ def test_precedence_preset_then_values_then_overrides(tmp_path: Path):
     (dict(overrides=["task.hidden_background=pink"]), "bad value for 'task.hidden_background': 'pink'"),
     (dict(overrides=["task.colour=red"]), "unknown config key 'task.colour'"),
     (dict(overrides=["budget"]), "bad override 'budget' (expected key=value"),
+    (dict(algo="kto", overrides=["likelihood.rejected=unconditional"]),
+     "bad value for 'likelihood.rejected': 'unconditional' (only raft trains"),
     (dict(preset="no-such-preset"), "unknown preset 'no-such-preset' (available: demo"),
 ])
 def test_errors_are_one_line_and_name_the_key(kwargs, message):

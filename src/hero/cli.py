@@ -149,7 +149,7 @@ def train(
                                                      "`hero sample --pairs` folder (docs/d3po.md), then stop."),
 ) -> None:
     """Fine-tune online from feedback: sample a round, get judgements, learn, repeat until the budget is spent."""
-    from hero.config import ConfigError, load_config
+    from hero.config import ConfigError
     from hero.prompts import PromptFileError
     from hero.runs.errors import RunFolderError, one_line
     from hero.train import train as run_training
@@ -165,11 +165,9 @@ def train(
                      "--seed": seed, "--out": out, "--preset": preset}
             cfg = _resumed_config(resume, feedback, budget, set_, fixed)
         else:
-            cfg = load_config(preset, set_, prompt=prompt, model=model, algo=algo, feedback=feedback, budget=budget,
-                              images_per_round=images_per_round, seed=seed, out=None if out is None else str(out),
-                              prompts=None if prompts is None else _read_prompts(prompts, None))
-            if prompts is not None and cfg.feedback.startswith("sim"):
-                _read_prompts(prompts, cfg)  # the simulated human must be able to judge every prompt
+            cfg = _new_config(preset, set_, prompts, prompt=prompt, model=model, algo=algo, feedback=feedback,
+                              budget=budget, images_per_round=images_per_round, seed=seed,
+                              out=None if out is None else str(out))
     except (ConfigError, RunFolderError, PromptFileError) as e:  # RunFolderError: a file of the run is unreadable
         typer.echo(f"error: {one_line(e, limit=600)}", err=True)
         raise typer.Exit(2) from None
@@ -193,6 +191,16 @@ def train(
             web.close(done=finished)
     if is_main_process():
         typer.echo(f"run finished: {run.path}  (LoRA: {run.path / 'lora'}; evaluate with `hero eval {run.path}`)")
+
+
+def _new_config(preset: str | None, set_: list[str], prompts: Path | None, **options):
+    """A new run's config from the command line; a ``--prompts`` file is also parsed by the simulated human."""
+    from hero.config import load_config
+
+    cfg = load_config(preset, set_, prompts=None if prompts is None else _read_prompts(prompts, None), **options)
+    if prompts is not None and cfg.feedback.startswith("sim"):
+        _read_prompts(prompts, cfg)  # the simulated human must be able to judge every prompt
+    return cfg
 
 
 def _read_prompts(path: Path, sim_cfg) -> list[dict]:

@@ -241,6 +241,10 @@ class TrainConfig(Section):
                 raise PydanticCustomError("config", "missing value for 'reward_model.{key}' (--feedback {spec} "
                                           "loads from local paths: set reward_model.{key}=...)",
                                           {"key": key, "spec": self.feedback})
+        if self.likelihood.rejected != "unused" and self.algo != "raft":  # would be silently ignored otherwise
+            raise PydanticCustomError("config", "bad value for 'likelihood.rejected': '{value}' (only raft trains "
+                                      "the not-good images on the empty prompt; kto and nft learn from them "
+                                      "already, the other methods not at all)", {"value": self.likelihood.rejected})
         if self.algo == "d3po":  # images come in pairs sharing a starting noise: every round must pair up
             for key, value in (("images_per_round", self.images_per_round), ("budget", self.budget)):
                 if value % 2:

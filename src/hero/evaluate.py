@@ -30,7 +30,7 @@ from hero.prompts import PromptSpec, TaskOptions
 from hero.rollout import rollout
 from hero.runs.feedback_log import FeedbackLog
 from hero.runs.folder import RunFolder
-from hero.toyworld import Judge, parse_task
+from hero.toyworld import Judge, Verdict, parse_task
 
 EVAL_SEED = 987_654  # distinct from every training round's seed
 
@@ -84,14 +84,28 @@ class _Report:
         p = sum(v.good for v in verdicts) / len(images)
         self.result[key] = p
         # Why images were rejected: the share failing each component, and the objects the judge counted.
-        self.result["failures"][key] = {c: sum(not getattr(v, c) for v in verdicts) / len(images)
-                                        for c in COMPONENTS if any(not getattr(v, c) for v in verdicts)}
+        failed = [failed_components(v) for v in verdicts]
+        self.result["failures"][key] = {c: sum(c in f for f in failed) / len(images)
+                                        for c in COMPONENTS if any(c in f for f in failed)}
         counts = np.bincount([v.n_objects for v in verdicts])
         self.result["objects"][key] = {int(k): float(c / len(images)) for k, c in enumerate(counts) if c}
         self.result["stderr"][key] = math.sqrt(p * (1 - p) / len(images))  # binomial standard error
         self.result["diversity"][key] = diversity(images)
         if len(self.training):
             self.result["memorisation"][key] = memorisation(images, self.training)
+
+
+def failed_components(v: Verdict) -> set[str]:
+    """The judge components an image fails; ``binding`` only when colour, shape and count are right.
+
+    The judge's binding check also fails whenever the count is wrong (a fourth triangle is an object no group
+    claims), so reported as it is it would repeat ``count``; here it names only the attribute mixing that the
+    other components do not explain ("one red square and one blue circle" for a red circle and a blue square).
+    """
+    failed = {c for c in COMPONENTS if not getattr(v, c)}
+    if failed & {"colour", "shape", "count"}:
+        failed.discard("binding")
+    return failed
 
 
 def _checkpoint_round(run: RunFolder, round_index: int | None) -> int:
