@@ -55,7 +55,8 @@ def test_resume_goes_on_with_another_judge_and_a_larger_budget(tmp_path):
     from hero.runs.feedback_log import FeedbackLog
 
     run = tmp_path / "run"
-    fast = ["--set", "sampler.steps=3", "--set", "pg.timesteps_per_traj=2", "--set", "hero.encoder_epochs=2"]
+    fast = ["--set", "sampler.steps=3", "--set", "pg.timesteps_per_traj=2", "--set", "hero.encoder_epochs=2",
+            "--set", "likelihood.steps_per_round=3", "--set", "likelihood.batch_size=4"]
     res = runner.invoke(app, ["train", "--prompt", "two red squares", "--feedback", "reward:jpeg", "--budget", "4",
                               "--images-per-round", "4", "--out", str(run), "--no-progress", *fast])
     assert res.exit_code == 0, res.output

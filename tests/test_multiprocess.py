@@ -39,7 +39,7 @@ from hero.rollout import Trajectories, rollout
 
 ACCELERATE = Path(sys.executable).parent / "accelerate"
 OVERRIDES = ["sampler.steps=3", "sampler.batch_size=2", "hero.encoder_epochs=3", "pg.timesteps_per_traj=2",
-             "pg.batch_size=2", "pg.grad_accum=2"]
+             "pg.batch_size=2", "pg.grad_accum=2", "hero.update=policy_gradient"]  # the data-parallel policy gradient
 VALUES = dict(prompt="two red squares", algo="hero", budget=8, images_per_round=4, seed=3)
 
 # Run by every process: train, then save this process's LoRA (the run folder has rank 0's only).

@@ -22,7 +22,9 @@ from hero.runs.feedback_log import FeedbackLog
 from hero.sampling import sample_images
 from hero.train import train
 
-FAST = ["sampler.steps=4", "hero.encoder_epochs=3", "pg.timesteps_per_traj=2"]
+# HERO's default update is the likelihood one: a few short steps, not 300 of 16.
+FAST = ["sampler.steps=4", "hero.encoder_epochs=3", "pg.timesteps_per_traj=2",
+        "likelihood.steps_per_round=3", "likelihood.batch_size=4"]
 
 
 @pytest.fixture(scope="module")

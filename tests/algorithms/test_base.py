@@ -14,12 +14,13 @@ def test_only_rollouts_no_update_reevaluates_are_compiled(algo):
     cfg = load_config(prompt="three green triangles", algo=algo, overrides=["sampler.compile=true"])
     assert rollout_kwargs(cfg, training=False)["compile"]  # an evaluation keeps only images
     # A policy update divides by the rollout's own log-probs: that rollout stays eager, so its ratio is exact.
-    assert rollout_kwargs(cfg)["compile"] == (algo in IMAGE_ONLY_ALGOS) == keeps_only_images(cfg)
+    only_images = algo in IMAGE_ONLY_ALGOS or algo == "hero"  # HERO's default update is the likelihood one
+    assert rollout_kwargs(cfg)["compile"] == only_images == keeps_only_images(cfg)
     off = load_config(prompt="three green triangles", algo=algo)
     assert not rollout_kwargs(off)["compile"] and not rollout_kwargs(off, training=False)["compile"]
 
 
-def test_hero_with_the_likelihood_update_samples_compiled():
+def test_hero_with_the_policy_gradient_update_samples_eagerly():
     cfg = load_config(prompt="three green triangles", algo="hero",
-                      overrides=["sampler.compile=true", "hero.update=likelihood"])
-    assert keeps_only_images(cfg) and rollout_kwargs(cfg)["compile"]
+                      overrides=["sampler.compile=true", "hero.update=policy_gradient"])
+    assert not keeps_only_images(cfg) and not rollout_kwargs(cfg)["compile"]

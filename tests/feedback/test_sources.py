@@ -117,7 +117,8 @@ def test_train_with_ai_feedback_then_continue_with_a_person(tmp_path):
     res = CliRunner().invoke(app, [
         "train", "--prompt", "two red squares", "--feedback", "reward:pickscore", "--budget", "8",
         "--images-per-round", "4", "--out", str(out), "--no-progress", "--set", f"reward_model.path={clip}",
-        "--set", "sampler.steps=3", "--set", "pg.timesteps_per_traj=1", "--set", "hero.encoder_epochs=2"])
+        "--set", "sampler.steps=3", "--set", "pg.timesteps_per_traj=1", "--set", "hero.encoder_epochs=2",
+        "--set", "likelihood.steps_per_round=2", "--set", "likelihood.batch_size=4"])
     assert res.exit_code == 0, res.output
     log = FeedbackLog(out / "feedback.sqlite")
     assert log.rounds() == [0, 1] and {log.get_round(r).source for r in (0, 1)} == {"reward:pickscore"}

@@ -304,7 +304,8 @@ def test_a_run_with_auto_precision_records_what_it_used(tmp_path, monkeypatch):
     from hero.train import train
 
     monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda: False)
-    cfg = load_config(None, ["sampler.steps=2", "pg.timesteps_per_traj=1", "hero.encoder_epochs=1"],
+    cfg = load_config(None, ["sampler.steps=2", "pg.timesteps_per_traj=1", "hero.encoder_epochs=1",
+                             "likelihood.steps_per_round=2", "likelihood.batch_size=4"],
                       prompt="a red circle", budget=4, images_per_round=4, precision="auto",
                       out=str(tmp_path / "run"))
     run = train(cfg, show_progress=False)

@@ -32,7 +32,9 @@ pytestmark = pytest.mark.slow
 CHROMIUM = os.environ.get("HERO_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
-FAST = ["sampler.steps=4", "hero.encoder_epochs=3", "pg.timesteps_per_traj=2"]
+# HERO's default update is the likelihood one: a few short steps, not 300 of 16.
+FAST = ["sampler.steps=4", "hero.encoder_epochs=3", "pg.timesteps_per_traj=2",
+        "likelihood.steps_per_round=3", "likelihood.batch_size=4"]
 SCREENSHOT = os.environ.get("HERO_WEB_SCREENSHOT")  # a path: also save the first round's screenshot there
 SHOTS = os.environ.get("HERO_WEB_SHOTS")  # a folder: also save the pending-digit and learning states there
 

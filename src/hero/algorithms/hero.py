@@ -9,8 +9,9 @@ Per round (the paper, Hiranaka et al., ICLR 2025; docs/hero.md):
 4. reward r_i = (1 + cos(E f_i, E f_best))/2 over final denoised latents f;
 5. the DDPO update of the LoRA weights with those rewards.
 
-Beyond the paper (``hero.update``, ``hero.noise``, ``hero.unjudged``; docs/learning.md): the update may instead be
-the likelihood update of RAFT (``hero.likelihood``) on the judged-good images, the starting noise may be plain,
+Beyond the paper (``hero.update``, ``hero.noise``, ``hero.unjudged``; docs/learning.md): the update is by default
+the likelihood update of RAFT (``hero.likelihood``) on the judged-good images (measured to learn more per judgement
+on the built-in model; ``hero.update=policy_gradient`` is step 5), the starting noise may be plain,
 and each round may sample unjudged images that the learned reward scores at no feedback cost. With the likelihood
 update, an unjudged image joins the training set when its reward clears the threshold at which the round's own
 judgements, scored by the encoder *before* it learns from them (so they are held out), were at least
@@ -215,7 +216,7 @@ def _triplet_epoch(encoder: TripletEncoder, optimizer: torch.optim.Optimizer, an
 
 
 class HeroTrainer:
-    """HERO on the shared engine: feedback-guided noise, triplet-trained embeddings as reward, DDPO update."""
+    """HERO on the shared engine: feedback-guided noise, triplet-trained reward, a likelihood or DDPO update."""
 
     name = "hero"
 
