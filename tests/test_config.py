@@ -91,6 +91,9 @@ def test_precedence_preset_then_values_then_overrides(tmp_path: Path):
     (dict(overrides=["budget"]), "bad override 'budget' (expected key=value"),
     (dict(algo="kto", overrides=["likelihood.rejected=unconditional"]),
      "bad value for 'likelihood.rejected': 'unconditional' (only raft trains"),
+    (dict(algo="ddpo", overrides=["sampler.eta=0"]), "bad value for 'sampler.eta': 0 (the deterministic sampler "
+                                                     "has no log-prob for ddpo's policy update"),
+    (dict(algo="hero", overrides=["sampler.eta=0", "hero.update=policy_gradient"]), "bad value for 'sampler.eta'"),
     (dict(preset="no-such-preset"), "unknown preset 'no-such-preset' (available: demo"),
 ])
 def test_errors_are_one_line_and_name_the_key(kwargs, message):
@@ -101,6 +104,11 @@ def test_errors_are_one_line_and_name_the_key(kwargs, message):
     assert message in text
     assert "\n" not in text
     assert isinstance(info.value, ValueError)
+
+
+def test_the_deterministic_sampler_is_fine_where_no_update_reads_its_log_probs():
+    for algo in ("raft", "hero", "seiko"):  # hero: its default likelihood update
+        assert load_config(prompt="x", algo=algo, overrides=["sampler.eta=0"]).sampler.eta == 0
 
 
 def test_missing_prompt_and_typo_both_reported():

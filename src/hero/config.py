@@ -245,12 +245,21 @@ class TrainConfig(Section):
             raise PydanticCustomError("config", "bad value for 'likelihood.rejected': '{value}' (only raft trains "
                                       "the not-good images on the empty prompt; kto and nft learn from them "
                                       "already, the other methods not at all)", {"value": self.likelihood.rejected})
+        if self.sampler.eta == 0 and self._trains_log_probs():  # caught now, not after a round has been judged
+            raise PydanticCustomError("config", "bad value for 'sampler.eta': 0 (the deterministic sampler has no "
+                                      "log-prob for {algo}'s policy update to train: use > 0, e.g. 1.0 for DDIM "
+                                      "or 0.7 for a flow model's SDE)", {"algo": self.algo})
         if self.algo == "d3po":  # images come in pairs sharing a starting noise: every round must pair up
             for key, value in (("images_per_round", self.images_per_round), ("budget", self.budget)):
                 if value % 2:
                     raise PydanticCustomError("config", "bad value for '{key}': {value} (must be even for d3po: "
                                               "images are compared in pairs)", {"key": key, "value": value})
         return self
+
+    def _trains_log_probs(self) -> bool:
+        """Whether the update reads the rollout's per-step log-probs (a policy gradient or D3PO's DPO loss)."""
+        return self.algo in ("ddpo", "d3po", "dpok", "herd") or (self.algo == "hero"
+                                                                 and self.hero.update == "policy_gradient")
 
     def _one_prompt_source(self) -> None:
         """Exactly one of ``prompt`` and ``prompts``; a set only for the methods that learn from one."""

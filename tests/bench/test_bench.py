@@ -228,10 +228,10 @@ def test_a_transfer_cell_reports_trained_and_held_out_prompts_beside_the_base(tm
     from hero.toyworld.tasks import TRANSFER_TASKS
 
     out = tmp_path / "b"
-    res = runner.invoke(app, ["bench", "--methods", "raft", "--tasks", "transfer", "--seeds", "0", "--budgets", "9",
+    res = runner.invoke(app, ["bench", "--methods", "raft", "--tasks", "transfer", "--seeds", "0,1", "--budgets", "9",
                               "--images-per-round", "9", "--eval-n", "4", "--set", "sampler.steps=4",
                               "--set", "pg.timesteps_per_traj=2", "--set", "likelihood.steps_per_round=3",
-                              "--out", str(out)])
+                              "--jobs", "1", "--out", str(out)])
     assert res.exit_code == 0, res.output
     cell = out / "cells" / "transfer" / "raft" / "seed0"
     cfg = json.loads((cell / "cell_spec.json").read_text())["config"]
@@ -242,6 +242,9 @@ def test_a_transfer_cell_reports_trained_and_held_out_prompts_beside_the_base(tm
         assert set(e["per_prompt"]) == set(task["train"] + task["held_out"])
         assert e["plain"] == pytest.approx(np.mean([e["per_prompt"][p] for p in task["train"]]))
         assert e["held_out_plain"] == pytest.approx(np.mean([e["per_prompt"][p] for p in task["held_out"]]))
+    # The second seed's cell takes the base model's per-prompt record from the first, rather than sampling it again.
+    shared, _ = [json.loads(x) for x in (cell.parent / "seed1" / "evals.jsonl").read_text().splitlines()]
+    assert shared.pop("shared_from") == "raft/seed0" and shared == base
     md = (out / "report.md").read_text()
     rows = md_table(md, "Transfer: success on the held-out prompts")
     assert rows[0]["method"] == "raft" and rows[0]["0"].startswith(f"{base['held_out_plain']:.3f}")

@@ -84,8 +84,8 @@ def base_key(spec: dict) -> dict:
     return {"n": spec["eval_n"], **{k: config.get(k) for k in keys}}
 
 
-def sibling_base(cell_dir: Path, key: dict) -> tuple[str, float] | None:
-    """(sibling, success) of the base model already evaluated by another cell of this task with the same key.
+def sibling_base(cell_dir: Path, key: dict) -> tuple[str, dict] | None:
+    """(sibling, its budget-0 record) of the base model already evaluated by another cell of this task, same key.
 
     Every cell of a task in one bench evaluates the same base model on the same evaluation noise, so the first
     to finish it saves the others that sampling (one evaluation in five). Two cells that start together may
@@ -96,7 +96,7 @@ def sibling_base(cell_dir: Path, key: dict) -> tuple[str, float] | None:
             continue
         for e in read_records(evals):
             if e.get("budget") == 0 and e.get("base_key") == key and "shared_from" not in e:
-                return f"{evals.parent.parent.name}/{evals.parent.name}", e["plain"]
+                return f"{evals.parent.parent.name}/{evals.parent.name}", e
     return None
 
 
@@ -113,6 +113,10 @@ def _evaluate(cell_dir: Path, spec: dict, run_dir: Path) -> float:
         if budget in done:
             continue
         if spec["task"] in TRANSFER_TASKS:
+            shared = None if 0 in done else sibling_base(cell_dir, key)
+            if shared:  # the same base model, prompts and evaluation seeds: its per-prompt record is this cell's too
+                append_jsonl(path, {**shared[1], "shared_from": shared[0]})
+                done.add(0)
             t0 = time.perf_counter()
             base, record = _evaluate_transfer(run_dir, TRANSFER_TASKS[spec["task"]], n, r, 0 not in done)
             if base is not None:
@@ -123,7 +127,7 @@ def _evaluate(cell_dir: Path, spec: dict, run_dir: Path) -> float:
         shared = None if 0 in done else sibling_base(cell_dir, key)
         t0 = time.perf_counter()
         res = evaluate(run_dir, n=n, round_index=r, include_base=0 not in done,
-                       base_plain=shared[1] if shared else None)
+                       base_plain=shared[1]["plain"] if shared else None)
         seconds = time.perf_counter() - t0
         if "base_plain" in res:  # feedback 0: the base model under plain noise (no feedback, so no guidance)
             base = {"budget": 0, "round": None, "feedback": 0, "n": n, "plain": res["base_plain"], "base_key": key}
