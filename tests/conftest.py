@@ -19,6 +19,7 @@ The ``*_factory`` fixtures build a fresh pipeline with the same random weights f
 
 from __future__ import annotations
 
+import os
 import string
 
 import pytest
@@ -47,6 +48,7 @@ from transformers import (
     T5EncoderModel,
 )
 
+from hero.models.loading import CPU_BF16_ENV
 from hero.models.pixel_pipeline import PixelStableDiffusionPipeline
 from hero.models.tiny_shapes import sampling_scheduler
 
@@ -55,6 +57,10 @@ torch.set_num_threads(1)  # a background job shares this machine; tiny models ga
 TEXT_DIM = 16
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "an", "red", "green", "blue", "circle", "square",
          "triangle", "on", "the", "left", "right", "small", "big"]
+
+# precision "auto" (the default) picks bf16 on a CPU with native bf16 and fp32 elsewhere: the tests pin fp32 (here
+# and in every subprocess they start), so they compute the same on any machine; those about bf16 ask for it.
+os.environ[CPU_BF16_ENV] = "0"
 
 
 def _tiny_unet(in_channels: int, **extra) -> UNet2DConditionModel:

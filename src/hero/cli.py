@@ -31,7 +31,7 @@ def sample(
     steps: int = typer.Option(20, min=1, help="DDIM steps."),
     eta: float = typer.Option(1.0, min=0.0, help="DDIM eta (1.0: as stochastic as DDPM)."),
     guidance: float = typer.Option(None, help="Classifier-free guidance scale (default: the sampler's)."),
-    precision: str = typer.Option("fp32", help="fp32, bf16, fp16 (autocast) or auto (bf16 where native)."),
+    precision: str = typer.Option("auto", help="auto (bf16 where native, else fp32), fp32, bf16 or fp16 (autocast)."),
     judge: bool = typer.Option(False, "--judge", help="Judge the images (toy-world prompts) and print rates as JSON."),
     pairs: bool = typer.Option(False, "--pairs", help="D3PO offline: images in noise-sharing pairs plus their "
                                                       "trajectories (annotate with `hero label OUT`; docs/d3po.md)."),

@@ -141,9 +141,11 @@ class TrainConfig(Section):
     device: str = "cpu"
     # bf16/fp16: frozen weights stored in that dtype and UNet calls autocast to it; LoRA weights, their gradients,
     # the optimiser and the log-probs stay fp32. fp16 gets dynamic loss scaling (``rollout.LossScale``,
-    # checkpointed with each round). "auto": bf16 where native (not on a CPU without avx512_bf16/AMX: ~20x
-    # slower there, docs/speed.md), else fp32, recorded in config.yaml (``models.loading.resolve_precision``).
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
+    # checkpointed with each round). "auto" (the default): bf16 where native (a GPU with bf16, a CPU with
+    # avx512_bf16/AMX), else fp32 (a CPU without them emulates bf16 ~20x slower, docs/speed.md); the choice is
+    # written into config.yaml (``models.loading.resolve_precision``). bf16's quality was measured within the
+    # standard errors of fp32 before it became the default (docs/speed.md).
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     keep_checkpoints: int = Field(0, ge=0)  # per-round checkpoints kept (the last ones); 0 keeps all
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     lora: LoraSettings = Field(default_factory=LoraSettings)

@@ -6,15 +6,17 @@ call (``unet_call``); nothing is set globally.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from hero.runs.atomic import atomic_write_text
 
-__all__ = ["FP32", "LossScale", "Precision", "unet_call", "unet_output"]
+__all__ = ["FP32", "LossScale", "Precision", "autocast", "unet_call", "unet_output"]
 
 _HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -101,6 +103,23 @@ def _scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
     return _ScaleGrad.apply(x, factor) if torch.is_grad_enabled() and x.requires_grad else x
 
 
+def autocast(device_type: str, dtype: torch.dtype, math_attention: bool = True) -> contextlib.ExitStack:
+    """``torch.autocast`` to ``dtype``; for bf16 on a CPU also PyTorch's math attention kernel (``math_attention``).
+
+    Why: on a CPU, the fused (flash) attention kernel's backward in bf16 took 31 ms a call against 5.8 ms in fp32
+    (the built-in model's 8×8 attention, 1 thread, ``torch.profiler``), which made a bf16 policy update slower
+    than an fp32 one; the math kernel's is a pair of batched matmuls (docs/speed.md). The same kernel must run in
+    every call of a run, with or without gradients, so that a rollout's log-probs re-evaluate to a ratio of exactly
+    1: ``unet_call`` turns it off for a network with gradient checkpointing, whose backward recomputes the forward
+    outside this context (and so with the fused kernel).
+    """
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.autocast(device_type, dtype=dtype))
+    if math_attention and device_type == "cpu" and dtype == torch.bfloat16:
+        stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+    return stack
+
+
 def unet_call(unet, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
               precision: Precision = FP32) -> torch.Tensor:
     """unet(x, t, context).sample in fp32, run at ``precision``: every engine call of a denoising network."""
@@ -109,7 +128,7 @@ def unet_call(unet, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
         return unet(x.to(unet.dtype), t, encoder_hidden_states=context.to(unet.dtype)).sample.float()
     if scaler is not None:  # gradients leave through the inputs unscaled again
         x, context = _scale_grad(x, 1.0 / scaler.scale), _scale_grad(context, 1.0 / scaler.scale)
-    with torch.autocast(x.device.type, dtype=half):
+    with autocast(x.device.type, half, math_attention=not getattr(unet, "is_gradient_checkpointing", False)):
         out = unet(x.to(unet.dtype), t, encoder_hidden_states=context.to(unet.dtype)).sample.float()
     return out if scaler is None else _scale_grad(out, scaler.scale)
 

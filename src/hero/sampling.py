@@ -14,6 +14,7 @@ from diffusers import StableDiffusionPipeline
 
 from hero.models.families import denoiser_for
 from hero.models.loading import resolve_precision
+from hero.precision import autocast
 
 DEFAULT_STEPS = 20
 DEFAULT_ETA = 1.0
@@ -29,7 +30,7 @@ def precision_context(precision: str, device: torch.device | str = "cpu"):
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
     if precision not in dtypes:
         raise ValueError(f"precision={precision!r}: expected one of fp32, bf16, fp16")
-    return torch.autocast(torch.device(device).type, dtype=dtypes[precision])
+    return autocast(torch.device(device).type, dtypes[precision])
 
 
 def sample_images(pipe: StableDiffusionPipeline, prompt: str, n: int, seed: int = 0,

@@ -261,8 +261,14 @@ def test_compute_benchmark_on_cpu(tiny_sd_pipeline, monkeypatch):
         run_compute,
     )
 
-    result = run_compute(n=2, steps=2, repeats=1, sd15=False, echo=lambda s: None)
-    (row,) = result["results"]
+    result = run_compute(n=2, steps=2, repeats=1, sd15=False, echo=lambda s: None, precisions=("fp32", "bf16"))
+    row, bf16 = result["results"]  # the tiny model at each precision, side by side
+    assert (row["precision"], row["dtype"], bf16["precision"], bf16["dtype"]) == ("fp32", "float32", "bf16",
+                                                                                  "bfloat16")
+    assert set(bf16["speedup_vs_fp32"]) == {"rollout_images_per_s", "pipeline_images_per_s", "update_steps_per_s",
+                                            "likelihood_steps_per_s"} and "speedup_vs_fp32" not in row
+    assert bf16["speedup_vs_fp32"]["rollout_images_per_s"] == pytest.approx(
+        bf16["rollout_images_per_s"] / row["rollout_images_per_s"], rel=1e-2)
     for key in ("rollout_images_per_s", "pipeline_images_per_s", "update_steps_per_s", "unet_gflop_per_image_step",
                 "rollout_tflops_per_s", "update_tflops_per_s", "likelihood_steps_per_s", "likelihood_tflops_per_s",
                 "round_sampling_s", "round_pg_update_s", "round_likelihood_update_s"):

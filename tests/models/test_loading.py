@@ -195,6 +195,20 @@ def test_bf16_weights_autocast_unet_fp32_log_probs_and_lora(tiny_sd_pipeline):
         weight_dtype("fp8")
 
 
+def test_bf16_on_a_cpu_runs_the_math_attention_kernel_except_under_checkpointing(tiny_sd_pipeline):
+    from hero.precision import autocast
+
+    # The fused kernel's bf16 backward is ~5x slower than fp32's on a CPU (docs/speed.md); the math kernel is used
+    # in every call, so rollout and update compute alike (the ratio-1 check above runs through it).
+    with autocast("cpu", torch.bfloat16):
+        assert not torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    for kwargs in ({"dtype": torch.bfloat16, "math_attention": False}, {"dtype": torch.float16}):
+        with autocast("cpu", **kwargs):
+            assert torch.backends.cuda.flash_sdp_enabled()
+    assert torch.backends.cuda.flash_sdp_enabled() and not torch.is_autocast_enabled("cpu")  # all restored
+
+
 def _lora_grads(pipe, traj) -> list[torch.Tensor]:
     for p in lora_parameters(pipe):
         p.grad = None
@@ -292,10 +306,17 @@ def test_auto_precision_picks_bf16_only_where_the_cpu_has_it(tmp_path, monkeypat
     info.write_text("flags\t\t: fpu sse2 avx512f avx512_bf16 amx_tile\n")
     assert loading.cpu_has_native_bf16(info)
     assert not loading.cpu_has_native_bf16(tmp_path / "missing")  # unknown: never bf16
+    monkeypatch.delenv(loading.CPU_BF16_ENV, raising=False)  # tests/conftest.py sets it to 0
     for native, picked in ((True, "bf16"), (False, "fp32")):
         monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda native=native: native)
         assert loading.resolve_precision("auto", "cpu") == picked
     assert loading.resolve_precision("fp16", "cpu") == "fp16"  # an explicit choice is kept
+    for forced, picked in (("1", "bf16"), ("0", "fp32")):  # the environment decides over the flags (here: none)
+        monkeypatch.setenv(loading.CPU_BF16_ENV, forced)
+        assert loading.resolve_precision("auto", "cpu") == picked
+    monkeypatch.setenv(loading.CPU_BF16_ENV, "yes")
+    with pytest.raises(ValueError, match="HERO_CPU_BF16='yes': expected 1"):
+        loading.resolve_precision("auto", "cpu")
 
 
 def test_a_run_with_auto_precision_records_what_it_used(tmp_path, monkeypatch):

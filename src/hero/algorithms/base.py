@@ -15,6 +15,7 @@ from hero.likelihood import LikelihoodConfig
 from hero.lora import add_lora, save_lora
 from hero.models.denoiser import Denoiser
 from hero.models.families import denoiser_for
+from hero.models.loading import resolve_precision
 from hero.policy_gradient import make_optimizer
 from hero.precision import Precision
 from hero.rollout import Trajectories
@@ -106,7 +107,8 @@ class LoraPolicy:
         """``dist``: the processes every update averages its gradients over (``SINGLE``: this one);
         ``lr``: the optimiser's rate when not ``lora.lr`` (the likelihood methods have their own)."""
         self.pipe, self.dist = pipe, dist
-        self.model = denoiser_for(pipe, Precision.named(cfg.precision))  # how every network call runs: visible here
+        # How every network call runs, visible here ("auto" as hero.train resolves it, for a trainer made directly).
+        self.model = denoiser_for(pipe, Precision.named(resolve_precision(cfg.precision, cfg.device)))
         # The policy-gradient settings, for the methods that use them. A prompt set standardises its advantages per
         # prompt (DDPO's per-prompt statistics, within the round): an easy prompt does not drown a hard one.
         self.pg = cfg.pg.model_copy(update={"per_prompt_advantages": True}) if cfg.prompt_set else cfg.pg

@@ -116,17 +116,24 @@ def compute(
     out: Path = typer.Option(None, help="Also write compute.json here (in a bench folder the report shows it)."),
     compiled: bool = typer.Option(False, "--compile", help="Also time the rollout through torch.compile "
                                                            "(sampler.compile), with its one-off compile."),
+    precision: str = typer.Option("fp32", help="Comma-separated precisions for the tiny model's rows, side by "
+                                               "side (e.g. fp32,bf16; auto: what a run would pick here)."),
 ) -> None:
     """Images/s of rollout with log-probs vs the plain diffusers pipeline, update steps/s, FLOP rate."""
     import torch
 
     from hero.bench.compute import run_compute
+    from hero.models.loading import resolve_precision
 
     if threads is not None:
         torch.set_num_threads(threads)
-
+    precisions = tuple(resolve_precision(p.strip(), "cpu") for p in precision.split(","))
+    for p in precisions:
+        if p not in ("fp32", "bf16", "fp16"):
+            raise typer.BadParameter(f"{p!r}: expected fp32, bf16, fp16 or auto", param_hint="--precision")
     result = run_compute(n=n, steps=steps, repeats=repeats, sd15=sd15, sd15_n=sd15_n, device=device,
-                         echo=typer.echo, sdxl=sdxl, sdxl_n=sdxl_n, sd35=sd35, flux=flux, compiled=compiled)
+                         echo=typer.echo, sdxl=sdxl, sdxl_n=sdxl_n, sd35=sd35, flux=flux, compiled=compiled,
+                         precisions=precisions)
     if out is not None:
         from hero.runs.atomic import atomic_write_text
 

@@ -204,23 +204,25 @@ def _flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-def _sampling(pipe, n: int, steps: int, guidance: float, batch: int, repeats: int, sync,
+def _sampling(model, n: int, steps: int, guidance: float, batch: int, repeats: int, sync,
               compiled: bool = False) -> dict:
     from hero.rollout import rollout
     from hero.sampling import sample_images
 
+    pipe, precision = model.pipe, model.precision.name
+
     def roll(k: int, num_steps: int, seed: int = 0, compile: bool = False):
-        return rollout(pipe, [PROMPT] * k, guidance_scale=guidance, num_steps=num_steps, eta=1.0, seed=seed,
+        return rollout(model, [PROMPT] * k, guidance_scale=guidance, num_steps=num_steps, eta=1.0, seed=seed,
                        batch_size=batch, compile=compile)
 
     b = min(n, batch)
     one, two = _flops(lambda: roll(b, 1)), _flops(lambda: roll(b, 2))  # also the warm-up
     step_flops = (two - one) / b  # one UNet step (both CFG halves) per image
     image_flops = one / b + (steps - 1) * step_flops  # the whole rollout per image, text encoding and decoding too
-    sample_images(pipe, PROMPT, b, steps=2, guidance_scale=guidance, batch_size=batch)  # warm-up
+    sample_images(pipe, PROMPT, b, steps=2, guidance_scale=guidance, batch_size=batch, precision=precision)  # warm-up
     t_roll = _timed(lambda r: roll(n, steps, seed=r), repeats, sync)
     t_pipe = _timed(lambda r: sample_images(pipe, PROMPT, n, seed=r, steps=steps, guidance_scale=guidance,
-                                            batch_size=batch), repeats, sync)
+                                            batch_size=batch, precision=precision), repeats, sync)
     row = {"rollout_images_per_s": n / t_roll, "pipeline_images_per_s": n / t_pipe,
            "rollout_relative_speed": t_pipe / t_roll, "unet_gflop_per_image_step": step_flops / 1e9,
            "rollout_tflops_per_s": image_flops * n / t_roll / 1e12,
@@ -233,33 +235,30 @@ def _sampling(pipe, n: int, steps: int, guidance: float, batch: int, repeats: in
     return {**row, "traj": roll(n, steps)}
 
 
-def _update(pipe, traj, batch: int, k: int, repeats: int, sync) -> dict:
+def _update(model, traj, batch: int, k: int, repeats: int, sync) -> dict:
     from hero.lora import add_lora
-    from hero.models.families import denoiser_for
     from hero.policy_gradient import make_optimizer, policy_gradient_update
     from hero.settings import PolicyGradientSettings
 
-    network = denoiser_for(pipe).network
+    network = model.network
     add_lora(network, rank=8, alpha=8)
     cfg = PolicyGradientSettings(batch_size=batch, grad_accum=1, timesteps_per_traj=k, inner_epochs=1)
     optimizer = make_optimizer(network, lr=3e-4)
     rewards = torch.linspace(0, 1, len(traj))
     stats: dict = {}
-    flops = _flops(lambda: stats.update(policy_gradient_update(pipe, traj, rewards, optimizer, cfg)))  # warm-up
-    seconds = _timed(lambda r: policy_gradient_update(pipe, traj, rewards, optimizer, cfg), repeats, sync)
+    flops = _flops(lambda: stats.update(policy_gradient_update(model, traj, rewards, optimizer, cfg)))  # warm-up
+    seconds = _timed(lambda r: policy_gradient_update(model, traj, rewards, optimizer, cfg), repeats, sync)
     return {"update_steps_per_s": stats["grad_steps"] / seconds,
             "update_trajectory_steps_per_s": stats["backward_passes"] * batch / seconds,
             "update_tflops_per_s": flops / seconds / 1e12, "update_batch": batch, "update_timesteps": k}
 
 
-def _likelihood(pipe, traj, batch: int, steps: int, repeats: int, sync) -> dict:
+def _likelihood(model, traj, batch: int, steps: int, repeats: int, sync) -> dict:
     """Optimiser steps of the likelihood methods' update (``hero.likelihood``: the denoising loss on judged images
     with the pull to the base model, three network passes a step), on the rollout's images."""
     from hero.likelihood import ImagePool, LikelihoodConfig, likelihood_update
-    from hero.models.families import denoiser_for
     from hero.policy_gradient import make_optimizer
 
-    model = denoiser_for(pipe)
     pool = ImagePool()
     pool.add_round(traj, [True] * len(traj), None)
     cfg = LikelihoodConfig(steps=steps, batch_size=batch)
@@ -292,26 +291,32 @@ def round_seconds(row: dict) -> dict:
 
 
 def measure(pipe, setting: str, n: int, steps: int, guidance: float, batch: int, update_batch: int,
-            repeats: int = 2, compiled: bool = False, likelihood_steps: int = 4) -> dict:
-    """Time sampling and the update for one pipeline (see the module docstring); returns one result row."""
+            repeats: int = 2, compiled: bool = False, likelihood_steps: int = 4, precision: str = "fp32") -> dict:
+    """Time sampling and the update for one pipeline (see the module docstring); returns one result row.
+
+    ``precision``: how the engine runs the network ("fp32", or "bf16"/"fp16" autocast, as a run's ``precision``);
+    the plain pipeline runs under the same autocast.
+    """
     from hero.models.families import denoiser_for
+    from hero.precision import Precision
 
     device = pipe.device
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    model = denoiser_for(pipe)
+    model = denoiser_for(pipe, Precision.named(precision))
     size = model.image_size()
     name = torch.cuda.get_device_name(device) if cuda else f"cpu ({torch.get_num_threads()} threads)"
     row = {"setting": setting, "device": name, "dtype": str(model.network.dtype).removeprefix("torch."),
+           "precision": precision,
            "resolution": size, "n": n, "steps": steps, "guidance": guidance, "batch": batch}
     with torch.no_grad():
-        sampled = _sampling(pipe, n, steps, guidance, batch, repeats, sync, compiled)
+        sampled = _sampling(model, n, steps, guidance, batch, repeats, sync, compiled)
     traj = sampled.pop("traj")
     row.update(sampled)
-    row.update(_update(pipe, traj, min(update_batch, n), min(5, steps), repeats, sync))
-    row.update(_likelihood(pipe, traj, 2 * update_batch, likelihood_steps, repeats, sync))
+    row.update(_update(model, traj, min(update_batch, n), min(5, steps), repeats, sync))
+    row.update(_likelihood(model, traj, 2 * update_batch, likelihood_steps, repeats, sync))
     row.update(round_seconds(row))
     peak = peak_tflops(row["device"]) if cuda and model.network.dtype in (torch.bfloat16, torch.float16) else None
     if peak:
@@ -324,17 +329,29 @@ def measure(pipe, setting: str, n: int, steps: int, guidance: float, batch: int,
 
 def run_compute(n: int = 16, steps: int = 20, repeats: int = 2, sd15: bool | None = None, sd15_n: int = 8,
                 device: str | None = None, echo: Callable[[str], None] = print, sdxl: bool = False,
-                sdxl_n: int = 4, sd35: bool = False, flux: bool = False, compiled: bool = False) -> dict:
-    """The tiny model on CPU, then SD 1.5 at 512 px where a GPU is present (or asked for), then SDXL, SD 3.5
-    Medium and FLUX.1-dev at 1024 px when asked for; echoes each row."""
+                sdxl_n: int = 4, sd35: bool = False, flux: bool = False, compiled: bool = False,
+                precisions: tuple[str, ...] = ("fp32",)) -> dict:
+    """The tiny model on CPU (one row per precision, its frozen weights stored as a run at it stores them; each
+    row after the first gains ``speedup_vs_<first>``: rollout, pipeline and update rates against the first row's),
+    then SD 1.5 at 512 px where a GPU is present (or asked for), then SDXL, SD 3.5 Medium and FLUX.1-dev at
+    1024 px when asked for; echoes each row."""
     import json
 
     from hero.models import load_pipeline
+    from hero.models.loading import weight_dtype
     from hero.sampling import DEFAULT_GUIDANCE
 
-    rows = [measure(load_pipeline("tiny-shapes"), "tiny-shapes", n, steps, DEFAULT_GUIDANCE, batch=n,
-                    update_batch=8, repeats=repeats, compiled=compiled)]
-    echo(json.dumps(rows[-1]))
+    rows: list[dict] = []
+    for precision in precisions:
+        row = measure(load_pipeline("tiny-shapes", dtype=weight_dtype(precision)), "tiny-shapes", n, steps,
+                      DEFAULT_GUIDANCE, batch=n, update_batch=8, repeats=repeats, compiled=compiled,
+                      precision=precision)
+        if rows:
+            row[f"speedup_vs_{rows[0]['precision']}"] = {
+                key: round(row[key] / rows[0][key], 3) for key in ("rollout_images_per_s", "pipeline_images_per_s",
+                                                                   "update_steps_per_s", "likelihood_steps_per_s")}
+        rows.append(row)
+        echo(json.dumps(row))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     # (asked for, builder, setting, images per timing, guidance of the model card, trajectories per update pass)
     architectures = [

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -51,11 +52,15 @@ def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+CPU_BF16_ENV = "HERO_CPU_BF16"  # "1" or "0": overrides the CPU's flags for "auto" (a VM may hide them)
+
+
 def resolve_precision(precision: str, device: str | torch.device) -> str:
     """``precision`` itself, or for "auto" what suits ``device``: bf16 where it is native, else fp32.
 
     On a CPU without bf16 instructions autocast emulates it: the built-in UNet's forward took 254 ms per image
-    against 12 ms in fp32 on such a machine (docs/speed.md), so "auto" never picks it there.
+    against 12 ms in fp32 on such a machine (docs/speed.md), so "auto" never picks it there. On a CPU the
+    environment variable ``HERO_CPU_BF16`` (1 or 0), when set, decides instead of the CPU's flags.
     """
     if precision != "auto":
         return precision
@@ -63,7 +68,11 @@ def resolve_precision(precision: str, device: str | torch.device) -> str:
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     if device.type == "cpu":
-        return "bf16" if cpu_has_native_bf16() else "fp32"
+        forced = os.environ.get(CPU_BF16_ENV, "").strip()
+        if forced not in ("", "0", "1"):
+            raise ValueError(f"{CPU_BF16_ENV}={forced!r}: expected 1 (bf16) or 0 (fp32), or leave it unset")
+        native = forced == "1" if forced else cpu_has_native_bf16()
+        return "bf16" if native else "fp32"
     return "fp32"
 
 
