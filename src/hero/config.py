@@ -49,6 +49,8 @@ _MISSING = "???"  # OmegaConf's "must be set" marker, usable in presets
 # The methods that learn from a prompt set (``hero train --prompts``); the others read one prompt in their updates.
 PROMPT_SET_ALGOS = ("hero", "ddpo", "raft", "kto", "nft")
 PAIRWISE_ALGOS = ("d3po",)  # methods that learn from (winner, loser) pairs over noise-sharing images
+# The methods whose updates read only a round's final images, never its rollout's log-probs (hero.likelihood).
+IMAGE_ONLY_ALGOS = ("raft", "kto", "nft")
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")  # an original-layout SD checkpoint in one file
 
 
@@ -143,8 +145,8 @@ class TrainConfig(Section):
     # the optimiser and the log-probs stay fp32. fp16 gets dynamic loss scaling (``rollout.LossScale``,
     # checkpointed with each round). "auto" (the default): bf16 where native (a GPU with bf16, a CPU with
     # avx512_bf16/AMX), else fp32 (a CPU without them emulates bf16 ~20x slower, docs/speed.md); the choice is
-    # written into config.yaml (``models.loading.resolve_precision``). bf16's quality was measured within the
-    # standard errors of fp32 before it became the default (docs/speed.md).
+    # written into config.yaml (``models.loading.resolve_precision``). bf16's quality was measured against fp32
+    # before it became the default (the judge's table within its standard errors; docs/speed.md).
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     keep_checkpoints: int = Field(0, ge=0)  # per-round checkpoints kept (the last ones); 0 keeps all
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
@@ -258,10 +260,14 @@ class TrainConfig(Section):
                                               "images are compared in pairs)", {"key": key, "value": value})
         return self
 
+    def keeps_only_images(self) -> bool:
+        """Whether the method learns from the final images alone (no policy-gradient ratio)."""
+        return self.algo in IMAGE_ONLY_ALGOS or (self.algo == "hero" and self.hero.update == "likelihood")
+
     def _trains_log_probs(self) -> bool:
-        """Whether the update reads the rollout's per-step log-probs (a policy gradient or D3PO's DPO loss)."""
-        return self.algo in ("ddpo", "d3po", "dpok", "herd") or (self.algo == "hero"
-                                                                 and self.hero.update == "policy_gradient")
+        """Whether the update reads the rollout's per-step log-probs (a policy gradient or D3PO's DPO loss; SEIKO
+        backpropagates through the sampler instead)."""
+        return not self.keeps_only_images() and self.algo != "seiko"
 
     def _one_prompt_source(self) -> None:
         """Exactly one of ``prompt`` and ``prompts``; a set only for the methods that learn from one."""

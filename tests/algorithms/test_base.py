@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from hero.algorithms import ALGORITHMS
-from hero.algorithms.base import IMAGE_ONLY_ALGOS, keeps_only_images, rollout_kwargs
-from hero.config import load_config
+from hero.algorithms.base import keeps_only_images, rollout_kwargs
+from hero.config import IMAGE_ONLY_ALGOS, load_config
 
 
 @pytest.mark.parametrize("algo", sorted(ALGORITHMS))

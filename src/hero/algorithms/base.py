@@ -68,13 +68,9 @@ def round_generator(seed: int, round_index: int, stream: int) -> torch.Generator
     return torch.Generator("cpu").manual_seed(seed * 1_000_003 + round_index * 101 + stream)
 
 
-# The methods whose updates read only a round's final images, never its rollout's log-probs (hero.likelihood).
-IMAGE_ONLY_ALGOS = ("raft", "kto", "nft")
-
-
 def keeps_only_images(cfg) -> bool:
     """Whether the method of a TrainConfig learns from the final images alone (no policy-gradient ratio)."""
-    return cfg.algo in IMAGE_ONLY_ALGOS or (cfg.algo == "hero" and cfg.hero.update == "likelihood")
+    return cfg.keeps_only_images()
 
 
 def rollout_kwargs(cfg, training: bool = True) -> dict:
