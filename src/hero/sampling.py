@@ -14,7 +14,7 @@ from diffusers import StableDiffusionPipeline
 
 from hero.models.families import denoiser_for
 from hero.models.loading import resolve_precision
-from hero.precision import autocast
+from hero.precision import Precision, autocast
 
 DEFAULT_STEPS = 20
 DEFAULT_ETA = 1.0
@@ -23,14 +23,8 @@ DEFAULT_GUIDANCE = 2.0  # measured best for tiny-shapes shapes (docs/tiny-shapes
 
 def precision_context(precision: str, device: torch.device | str = "cpu"):
     """Autocast context for "fp32" (none), "bf16", "fp16" or "auto" (``hero.models.loading.resolve_precision``)."""
-    if precision == "auto":
-        precision = resolve_precision(precision, device)
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision not in dtypes:
-        raise ValueError(f"precision={precision!r}: expected one of fp32, bf16, fp16")
-    return autocast(torch.device(device).type, dtypes[precision])
+    half = Precision.named(resolve_precision(precision, device)).dtype  # the engine's own names and check
+    return contextlib.nullcontext() if half is None else autocast(torch.device(device).type, half)
 
 
 def sample_images(pipe: StableDiffusionPipeline, prompt: str, n: int, seed: int = 0,
