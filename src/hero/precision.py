@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from hero.runs.atomic import atomic_write_text
 
@@ -103,20 +104,60 @@ def _scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
     return _ScaleGrad.apply(x, factor) if torch.is_grad_enabled() and x.requires_grad else x
 
 
-def autocast(device_type: str, dtype: torch.dtype, math_attention: bool = True) -> contextlib.ExitStack:
-    """``torch.autocast`` to ``dtype``; for bf16 on a CPU also PyTorch's math attention kernel (``math_attention``).
+class _MatmulAttention(TorchFunctionMode):
+    """Runs ``F.scaled_dot_product_attention`` inside it as softmax(QKᵀ · scale) V: two matmuls and an fp32
+    softmax, differentiated by autograd.
 
-    Why: on a CPU, the fused (flash) attention kernel's backward in bf16 took 31 ms a call against 5.8 ms in fp32
-    (the built-in model's 8×8 attention, 1 thread, ``torch.profiler``), which made a bf16 policy update slower
-    than an fp32 one; the math kernel's is a pair of batched matmuls (docs/speed.md). The same kernel must run in
-    every call of a run, with or without gradients, so that a rollout's log-probs re-evaluate to a ratio of exactly
-    1: ``unet_call`` turns it off for a network with gradient checkpointing, whose backward recomputes the forward
-    outside this context (and so with the fused kernel).
+    Why: on a CPU in bf16 both of PyTorch's kernels are slow. The fused (flash) kernel's backward took 52 ms where
+    this takes 7.7 ms (batch 128, 4 heads, 64 × 64 tokens, 2 threads), and the math kernel's forward pays for its
+    masked-row checks (``aten::all``/``where``/``isneginf``: a third of its time): 7.8 ms forward against 2.8 ms
+    here (``benchmarks/attention_kernels.py``, docs/speed.md). Calls it cannot serve as written (dropout, causal,
+    grouped-query) go to PyTorch's own kernel.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            return _matmul_attention(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
+def _matmul_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0, is_causal: bool = False,
+                      scale: float | None = None, enable_gqa: bool = False) -> torch.Tensor:
+    if dropout_p > 0 or is_causal or enable_gqa:
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
+                                              is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    # In slices of the batch whose scores fit in a core's cache (2^20 floats): a whole batch's do not, and its
+    # softmax then runs at memory speed (3x slower at 128 × 16 heads × 64 × 64).
+    per_item = query[0].numel() // query.shape[-1] * key.shape[-2]
+    rows = max(1, _SCORES_PER_SLICE // max(per_item, 1))
+    out = []
+    for i in range(0, query.shape[0], rows):
+        scores = (query[i: i + rows] @ key[i: i + rows].transpose(-2, -1)).float() * scale
+        if attn_mask is not None:
+            mask = attn_mask[i: i + rows] if attn_mask.shape[0] == query.shape[0] else attn_mask
+            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
+        out.append(scores.softmax(-1).to(value.dtype) @ value[i: i + rows])
+    return out[0] if len(out) == 1 else torch.cat(out)
+
+
+_SCORES_PER_SLICE = 2**20
+
+
+def autocast(device_type: str, dtype: torch.dtype, matmul_attention: bool = True) -> contextlib.ExitStack:
+    """``torch.autocast`` to ``dtype``; for bf16 on a CPU also the engine's matmul attention (``matmul_attention``,
+    ``_MatmulAttention``: 2-3× faster there than either of PyTorch's kernels).
+
+    The same attention must run in every call of a run, with or without gradients, so that a rollout's log-probs
+    re-evaluate to a ratio of exactly 1: ``unet_call`` turns it off for a network with gradient checkpointing,
+    whose backward recomputes the forward outside this context (and so with PyTorch's kernel).
     """
     stack = contextlib.ExitStack()
     stack.enter_context(torch.autocast(device_type, dtype=dtype))
-    if math_attention and device_type == "cpu" and dtype == torch.bfloat16:
-        stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+    if matmul_attention and device_type == "cpu" and dtype == torch.bfloat16:
+        stack.enter_context(_MatmulAttention())
     return stack
 
 
@@ -128,7 +169,7 @@ def unet_call(unet, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
         return unet(x.to(unet.dtype), t, encoder_hidden_states=context.to(unet.dtype)).sample.float()
     if scaler is not None:  # gradients leave through the inputs unscaled again
         x, context = _scale_grad(x, 1.0 / scaler.scale), _scale_grad(context, 1.0 / scaler.scale)
-    with autocast(x.device.type, half, math_attention=not getattr(unet, "is_gradient_checkpointing", False)):
+    with autocast(x.device.type, half, matmul_attention=not getattr(unet, "is_gradient_checkpointing", False)):
         out = unet(x.to(unet.dtype), t, encoder_hidden_states=context.to(unet.dtype)).sample.float()
     return out if scaler is None else _scale_grad(out, scaler.scale)
 
