@@ -1,13 +1,16 @@
 """Seconds of sampling and of a policy update per attention kernel and precision, on the built-in model (CPU).
 
-    .venv/bin/python benchmarks/attention_kernels.py [--threads 1] [--n 32]
+    .venv/bin/python benchmarks/attention_kernels.py [--threads 2] [--n 64] [--repeats 3]
 
-Why it exists: on a CPU the fused (flash) attention kernel's backward in bf16 is several times slower than in fp32,
-which made bf16 policy updates slower than fp32 ones; ``hero.precision.autocast`` therefore runs the math kernel
-for bf16 on a CPU (docs/speed.md). One JSON line per (precision, kernel): sampling n images (20 DDIM steps, η = 1,
-guidance 2.0) and one policy update of those n trajectories × 5 steps, 8 per optimiser step, after a warm-up each.
-"upcast" runs the attention itself in fp32 inside the bf16 autocast (a patched ``scaled_dot_product_attention``,
-for comparison only).
+Why it exists: on a CPU both of PyTorch's attention kernels are slow in bf16 (the fused one's backward, the math
+one's forward): ``hero.precision.autocast`` runs the math kernel there by default and, with
+``memory.attention=matmul``, attention as two matmuls and an fp32 softmax ("matmul"; docs/speed.md).
+
+One JSON line per (precision, attention): the median over ``repeats`` rounds (the variants interleaved within each
+round, so that a busy machine slows them alike) of sampling n images (20 DDIM steps, η = 1, guidance 2.0, one
+batch) and of one policy update of those n trajectories × 5 steps, 8 per optimiser step. "math"/"fused" are
+PyTorch's kernels; "upcast" runs the fused kernel in fp32 inside the bf16 autocast (a patched
+``scaled_dot_product_attention``, for comparison only).
 """
 
 from __future__ import annotations
@@ -15,23 +18,24 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import statistics
 import time
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-import hero.precision
 from hero.lora import add_lora
 from hero.models import load_pipeline
 from hero.models.families import denoiser_for
-from hero.models.loading import weight_dtype
 from hero.policy_gradient import make_optimizer, policy_gradient_update
 from hero.precision import Precision
 from hero.rollout import rollout
 from hero.settings import PolicyGradientSettings
 
 FUSED_SDPA = F.scaled_dot_product_attention
+VARIANTS = (("fp32", "fused"), ("fp32", "math"), ("bf16", "matmul"), ("bf16", "fused"), ("bf16", "math"),
+            ("bf16", "upcast"))
 
 
 def _upcast_sdpa(q, k, v, *args, **kwargs):
@@ -41,54 +45,59 @@ def _upcast_sdpa(q, k, v, *args, **kwargs):
 
 @contextlib.contextmanager
 def kernel(name: str):
-    """The math kernel, the fused one, or the fused one in fp32 ("upcast"). For the last two the engine's own
-    choice (the math kernel for bf16 on a CPU, in ``hero.precision.autocast``) is switched off while timing."""
+    """PyTorch's math kernel, its fused one, the fused one in fp32 ("upcast"), or the engine's matmuls ("matmul")."""
     if name == "math":
         with sdpa_kernel([SDPBackend.MATH]):
             yield
         return
-    engine_choice = hero.precision.sdpa_kernel
-    hero.precision.sdpa_kernel = lambda backends: contextlib.nullcontext()
     if name == "upcast":
         F.scaled_dot_product_attention = _upcast_sdpa
     try:
         yield
     finally:
-        hero.precision.sdpa_kernel, F.scaled_dot_product_attention = engine_choice, FUSED_SDPA
+        F.scaled_dot_product_attention = FUSED_SDPA
 
 
-def time_variant(precision: str, name: str, n: int) -> dict:
-    # Precision.named("fp32") is no autocast, so the kernel set here is the one every call uses.
-    pipe = load_pipeline("tiny-shapes", dtype=weight_dtype(precision))
-    model = denoiser_for(pipe, Precision.named(precision))
-    prompts = ["three green triangles"] * n
-    with kernel(name), torch.no_grad():
-        rollout(model, prompts[:4], guidance_scale=2.0, num_steps=2, eta=1.0, seed=0, batch_size=n)
-        t0 = time.perf_counter()
-        traj = rollout(model, prompts, guidance_scale=2.0, num_steps=20, eta=1.0, seed=0, batch_size=n)
-        sampling = time.perf_counter() - t0
+def _variant_model(precision: str, name: str):
+    named = Precision.named(precision)
+    attention = "matmul" if name == "matmul" else "pytorch"  # "pytorch": only ``kernel``'s choice applies
+    model = denoiser_for(load_pipeline("tiny-shapes"), Precision(named.dtype, named.scaler, attention))
     add_lora(model.network, rank=8, alpha=8)
+    return model, make_optimizer(model.network, lr=3e-5)
+
+
+def time_once(model, optimizer, name: str, n: int, seed: int) -> tuple[float, float]:
+    """Seconds of one rollout of n images and of one policy update of its trajectories."""
     cfg = PolicyGradientSettings(batch_size=8, grad_accum=1, timesteps_per_traj=5, inner_epochs=1)
-    optimizer = make_optimizer(model.network, lr=3e-5)
-    rewards = torch.linspace(0, 1, n)
     with kernel(name):
-        policy_gradient_update(model, traj, rewards, optimizer, cfg)  # warm-up
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            traj = rollout(model, ["three green triangles"] * n, guidance_scale=2.0, num_steps=20, eta=1.0,
+                           seed=seed, batch_size=n)
+            sampling = time.perf_counter() - t0
         t0 = time.perf_counter()
-        policy_gradient_update(model, traj, rewards, optimizer, cfg)
-        update = time.perf_counter() - t0
-    return {"precision": precision, "attention": name, "n": n, "threads": torch.get_num_threads(),
-            "sampling_s": round(sampling, 2), "update_s": round(update, 2)}
+        policy_gradient_update(model, traj, torch.linspace(0, 1, n), optimizer, cfg)
+        return sampling, time.perf_counter() - t0
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--n", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--n", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    for precision, name in (("fp32", "fused"), ("fp32", "math"), ("bf16", "fused"), ("bf16", "math"),
-                            ("bf16", "upcast")):
-        print(json.dumps(time_variant(precision, name, args.n)), flush=True)
+    models = {v: _variant_model(*v) for v in VARIANTS}
+    for v, (model, optimizer) in models.items():
+        time_once(model, optimizer, v[1], min(args.n, 8), seed=0)  # warm-up
+    times: dict = {v: [] for v in VARIANTS}
+    for r in range(args.repeats):
+        for v, (model, optimizer) in models.items():
+            times[v].append(time_once(model, optimizer, v[1], args.n, seed=r))
+    for (precision, name), runs in times.items():
+        print(json.dumps({"precision": precision, "attention": name, "n": args.n, "threads": args.threads,
+                          "repeats": args.repeats, "sampling_s": round(statistics.median(s for s, _ in runs), 2),
+                          "update_s": round(statistics.median(u for _, u in runs), 2)}), flush=True)
 
 
 if __name__ == "__main__":

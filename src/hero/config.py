@@ -84,8 +84,10 @@ class MemorySettings(Section):
     # update minibatch, about a third more update time. Sampling (no gradients) is unaffected.
     gradient_checkpointing: bool = False
     # "sdpa": PyTorch's scaled_dot_product_attention (diffusers' default processor with torch 2: flash /
-    # memory-efficient kernels where the GPU has them); "xformers": xformers' kernel, if it is installed.
-    attention: Literal["sdpa", "xformers"] = "sdpa"
+    # memory-efficient kernels where the GPU has them; its math kernel for bf16 on a CPU); "matmul": the engine
+    # runs attention as two matmuls and an fp32 softmax (hero.precision), ~25 % faster sampling in bf16 on a CPU but
+    # not the default (docs/speed.md); "xformers": xformers' kernel, if it is installed.
+    attention: Literal["sdpa", "matmul", "xformers"] = "sdpa"
 
 
 class RewardModelSettings(Section):

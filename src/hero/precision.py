@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
 from hero.runs.atomic import atomic_write_text
@@ -20,6 +21,7 @@ from hero.runs.atomic import atomic_write_text
 __all__ = ["FP32", "LossScale", "Precision", "autocast", "unet_call", "unet_output"]
 
 _HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
+ATTENTION = ("auto", "matmul", "pytorch")
 
 
 @dataclass
@@ -71,13 +73,18 @@ class Precision:
 
     dtype: torch.dtype | None = None  # the autocast dtype; None: fp32, no autocast
     scaler: LossScale | None = None  # fp16 only
+    # How attention runs (``autocast``): "auto" (PyTorch's kernels; its math kernel for bf16 on a CPU), "matmul"
+    # (two matmuls and an fp32 softmax: ``memory.attention=matmul``), "pytorch" (PyTorch's own choice, always).
+    attention: str = "auto"
 
     @classmethod
-    def named(cls, name: str | None) -> Precision:
+    def named(cls, name: str | None, attention: str = "auto") -> Precision:
         """"fp32" (or None), "bf16" or "fp16" -> its Precision; fp16 gets a fresh loss scale."""
         if name not in (None, "fp32", *_HALF):
             raise ValueError(f"precision={name!r}: expected one of fp32, bf16, fp16")
-        return cls(_HALF.get(name), LossScale() if name == "fp16" else None)
+        if attention not in ATTENTION:
+            raise ValueError(f"attention={attention!r}: expected one of {', '.join(ATTENTION)}")
+        return cls(_HALF.get(name), LossScale() if name == "fp16" else None, attention)
 
     @property
     def name(self) -> str:
@@ -108,10 +115,10 @@ class _MatmulAttention(TorchFunctionMode):
     """Runs ``F.scaled_dot_product_attention`` inside it as softmax(QKᵀ · scale) V: two matmuls and an fp32
     softmax, differentiated by autograd.
 
-    Why: on a CPU in bf16 both of PyTorch's kernels are slow. The fused (flash) kernel's backward took 52 ms where
-    this takes 7.7 ms (batch 128, 4 heads, 64 × 64 tokens, 2 threads), and the math kernel's forward pays for its
-    masked-row checks (``aten::all``/``where``/``isneginf``: a third of its time): 7.8 ms forward against 2.8 ms
-    here (``benchmarks/attention_kernels.py``, docs/speed.md). Calls it cannot serve as written (dropout, causal,
+    Why: on a CPU in bf16 both of PyTorch's kernels are slow. The fused (flash) kernel's backward is 5x slower
+    than fp32's, and the math kernel's forward pays for its masked-row checks (``aten::all``/``where``/``isneginf``):
+    sampling 64 images on the built-in model took 8.1 s with this against 11.0 s with the math kernel
+    (``benchmarks/attention_kernels.py``, docs/speed.md). Calls it cannot serve as written (dropout, causal,
     grouped-query) go to PyTorch's own kernel.
     """
 
@@ -146,18 +153,22 @@ def _matmul_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
 _SCORES_PER_SLICE = 2**20
 
 
-def autocast(device_type: str, dtype: torch.dtype, matmul_attention: bool = True) -> contextlib.ExitStack:
-    """``torch.autocast`` to ``dtype``; for bf16 on a CPU also the engine's matmul attention (``matmul_attention``,
-    ``_MatmulAttention``: 2-3× faster there than either of PyTorch's kernels).
+def autocast(device_type: str, dtype: torch.dtype | None, attention: str = "auto") -> contextlib.ExitStack:
+    """``torch.autocast`` to ``dtype`` (None: none, fp32) with the attention ``Precision.attention`` names.
 
-    The same attention must run in every call of a run, with or without gradients, so that a rollout's log-probs
-    re-evaluate to a ratio of exactly 1: ``unet_call`` turns it off for a network with gradient checkpointing,
-    whose backward recomputes the forward outside this context (and so with PyTorch's kernel).
+    "auto": for bf16 on a CPU, PyTorch's math kernel, whose backward is 5x faster there than the fused kernel's
+    (docs/speed.md); "matmul": ``_MatmulAttention`` (faster again, opt-in: ``memory.attention=matmul``);
+    "pytorch": whatever PyTorch picks. The same attention must run in every call of a run, with or without
+    gradients, so that a rollout's log-probs re-evaluate to a ratio of exactly 1: ``unet_call`` asks for "pytorch"
+    for a network with gradient checkpointing, whose backward recomputes the forward outside this context.
     """
     stack = contextlib.ExitStack()
-    stack.enter_context(torch.autocast(device_type, dtype=dtype))
-    if matmul_attention and device_type == "cpu" and dtype == torch.bfloat16:
+    if dtype is not None:
+        stack.enter_context(torch.autocast(device_type, dtype=dtype))
+    if attention == "matmul":
         stack.enter_context(_MatmulAttention())
+    elif attention == "auto" and device_type == "cpu" and dtype == torch.bfloat16:
+        stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
     return stack
 
 
@@ -165,11 +176,10 @@ def unet_call(unet, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
               precision: Precision = FP32) -> torch.Tensor:
     """unet(x, t, context).sample in fp32, run at ``precision``: every engine call of a denoising network."""
     half, scaler = precision.dtype, precision.scaler
-    if half is None:
-        return unet(x.to(unet.dtype), t, encoder_hidden_states=context.to(unet.dtype)).sample.float()
     if scaler is not None:  # gradients leave through the inputs unscaled again
         x, context = _scale_grad(x, 1.0 / scaler.scale), _scale_grad(context, 1.0 / scaler.scale)
-    with autocast(x.device.type, half, matmul_attention=not getattr(unet, "is_gradient_checkpointing", False)):
+    attention = "pytorch" if getattr(unet, "is_gradient_checkpointing", False) else precision.attention
+    with autocast(x.device.type, half, attention):
         out = unet(x.to(unet.dtype), t, encoder_hidden_states=context.to(unet.dtype)).sample.float()
     return out if scaler is None else _scale_grad(out, scaler.scale)
 

@@ -195,28 +195,49 @@ def test_bf16_weights_autocast_unet_fp32_log_probs_and_lora(tiny_sd_pipeline):
         weight_dtype("fp8")
 
 
-def test_bf16_on_a_cpu_runs_the_matmul_attention_and_it_is_attention(tiny_sd_pipeline):
+def test_bf16_on_a_cpu_runs_the_math_kernel_or_the_matmul_attention(tiny_sd_pipeline):
     import torch.nn.functional as F
 
     from hero.precision import autocast
 
-    # PyTorch's bf16 attention kernels are slow on a CPU (docs/speed.md): inside autocast("cpu", bf16) every
-    # F.scaled_dot_product_attention runs as two matmuls and an fp32 softmax; it must still be attention.
+    # The fused kernel's bf16 backward is ~5x slower than fp32's on a CPU (docs/speed.md): "auto" runs the math
+    # kernel there in every call (so rollout and update compute alike); "pytorch" leaves PyTorch's choice.
+    with autocast("cpu", torch.bfloat16):
+        assert not torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    for args in ((torch.bfloat16, "pytorch"), (torch.float16, "auto"), (torch.bfloat16, "matmul")):
+        with autocast("cpu", *args):
+            assert torch.backends.cuda.flash_sdp_enabled()
+    assert torch.backends.cuda.flash_sdp_enabled() and not torch.is_autocast_enabled("cpu")  # all restored
+    # "matmul" (memory.attention=matmul): every F.scaled_dot_product_attention inside runs as two matmuls and an
+    # fp32 softmax, in slices of the batch; it must still be attention, masks, scale and fallbacks included.
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(2, 3, 5, 8, generator=g) for _ in range(3))
-    bool_mask = torch.rand(2, 1, 5, 5, generator=g) > 0.3
+    q, k, v = (torch.randn(6, 4, 256, 8, generator=g) for _ in range(3))  # 4 × 256 × 256 scores: slices of 4
+    bool_mask = torch.rand(6, 1, 256, 256, generator=g) > 0.3
     bool_mask[..., 0] = True  # every row keeps a key
-    float_mask = torch.randn(2, 1, 5, 5, generator=g)
+    float_mask = torch.randn(1, 4, 256, 256, generator=g)
     for kw in ({}, {"attn_mask": bool_mask}, {"attn_mask": float_mask}, {"scale": 0.2}, {"is_causal": True}):
         reference = F.scaled_dot_product_attention(q, k, v, **kw)
-        leaves = [t.clone().bfloat16().requires_grad_() for t in (q, k, v)]
-        with autocast("cpu", torch.bfloat16):
-            out = F.scaled_dot_product_attention(*leaves, **kw)
-            assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-        assert out.dtype == torch.bfloat16 and torch.allclose(out.float(), reference, atol=0.05), kw
-        out.float().sum().backward()
-        assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in leaves)
-    assert not torch.is_autocast_enabled("cpu")  # restored
+        for dtype, atol in ((torch.bfloat16, 0.05), (None, 1e-5)):
+            leaves = [(t.bfloat16() if dtype else t).clone().requires_grad_() for t in (q, k, v)]
+            with autocast("cpu", dtype, "matmul"):
+                out = F.scaled_dot_product_attention(*leaves, **kw)
+            assert torch.allclose(out.float(), reference, atol=atol), (kw, dtype)
+            out.float().sum().backward()
+            assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in leaves)
+
+
+def test_memory_attention_matmul_reaches_the_trainer(tiny_sd_pipeline):
+    from hero.algorithms.base import LoraPolicy
+
+    cfg = load_config(None, ["memory.attention=matmul", "precision=bf16"], prompt="p")
+    model = LoraPolicy(cfg, tiny_sd_pipeline).model
+    assert model.precision.attention == "matmul"
+    with torch.no_grad():  # sampled in one batch of 3, re-evaluated 2 at a time: still a ratio of exactly 1
+        traj = rollout(model, ["a red circle"] * 3, guidance_scale=3.0, num_steps=3, seed=0, batch_size=3)
+        assert torch.equal(step_log_prob(model, traj, [0, 2], 1), traj.log_probs[[0, 2], 1])
+    with pytest.raises(ValueError, match="attention"):
+        Precision.named("bf16", "flash")
 
 
 def _lora_grads(pipe, traj) -> list[torch.Tensor]:

@@ -104,7 +104,8 @@ class LoraPolicy:
         ``lr``: the optimiser's rate when not ``lora.lr`` (the likelihood methods have their own)."""
         self.pipe, self.dist = pipe, dist
         # How every network call runs, visible here ("auto" as hero.train resolves it, for a trainer made directly).
-        self.model = denoiser_for(pipe, Precision.named(resolve_precision(cfg.precision, cfg.device)))
+        attention = "matmul" if cfg.memory.attention == "matmul" else "auto"
+        self.model = denoiser_for(pipe, Precision.named(resolve_precision(cfg.precision, cfg.device), attention))
         # The policy-gradient settings, for the methods that use them. A prompt set standardises its advantages per
         # prompt (DDPO's per-prompt statistics, within the round): an easy prompt does not drown a hard one.
         self.pg = cfg.pg.model_copy(update={"per_prompt_advantages": True}) if cfg.prompt_set else cfg.pg

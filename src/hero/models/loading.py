@@ -163,8 +163,8 @@ def configure_memory(pipe, gradient_checkpointing: bool = False, attention: str 
             raise ValueError("memory.attention=xformers: the xformers package is not installed (install it, or "
                              "keep memory.attention=sdpa, PyTorch's own fused attention)")
         pipe.enable_xformers_memory_efficient_attention()
-    elif attention != "sdpa":
-        raise ValueError(f"memory.attention={attention!r}: expected sdpa or xformers")
+    elif attention not in ("sdpa", "matmul"):  # matmul: the engine's calls switch it (hero.precision.autocast)
+        raise ValueError(f"memory.attention={attention!r}: expected sdpa, matmul or xformers")
     if gradient_checkpointing:
         denoiser_for(pipe).network.enable_gradient_checkpointing()
 
