@@ -59,9 +59,8 @@ def kernel(name: str):
 
 
 def _variant_model(precision: str, name: str):
-    named = Precision.named(precision)
     attention = "matmul" if name == "matmul" else "pytorch"  # "pytorch": only ``kernel``'s choice applies
-    model = denoiser_for(load_pipeline("tiny-shapes"), Precision(named.dtype, named.scaler, attention))
+    model = denoiser_for(load_pipeline("tiny-shapes"), Precision.named(precision, attention))
     add_lora(model.network, rank=8, alpha=8)
     return model, make_optimizer(model.network, lr=3e-5)
 
