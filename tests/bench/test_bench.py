@@ -120,6 +120,23 @@ def test_report_opens_with_plots_and_numbers_from_the_logs(bench_dir, tmp_path):
     assert rows["ddpo"]["feedback to target"] == first
 
 
+def test_report_puts_diversity_and_memorisation_beside_the_last_success(bench_dir):
+    out, _ = bench_dir
+    rows = md_table((out / "report.md").read_text(), "### Diversity and memorisation at 16 feedback")
+    cells = {m: {e["budget"]: e for e in map(json.loads, (out / "cells" / "counting" / m / "seed0" / "evals.jsonl")
+                                              .read_text().splitlines())} for m in METHODS}
+    base = cells["hero"][0]["diversity"]["plain"]
+    assert rows[0]["model"] == "base model" and rows[0]["pairwise"] == f"{base['pairwise']:.3f}"
+    got = {(r["model"], r["noise"]): r for r in rows[1:]}
+    assert set(got) == {("hero", "plain"), ("hero", "guided"), ("ddpo", "plain")}  # guided: HERO's noise only
+    for (method, cond), row in got.items():
+        last = cells[method][16]
+        assert row["success"] == f"{last[cond]:.3f} ± {last['stderr'][cond]:.3f}"
+        assert row["pairwise"] == f"{last['diversity'][cond]['pairwise']:.3f}"
+        assert row["nearest judged-good"] == f"{last['memorisation'][cond]['nn_distance']:.3f}"
+        assert row["copies"] == f"{last['memorisation'][cond]['copy_rate']:.2f}"
+
+
 def test_report_reads_the_same_cells_against_another_target(bench_dir, tmp_path):
     out, _ = bench_dir
     copy = tmp_path / "copy"

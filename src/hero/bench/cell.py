@@ -131,13 +131,22 @@ def _evaluate(cell_dir: Path, spec: dict, run_dir: Path) -> float:
         seconds = time.perf_counter() - t0
         if "base_plain" in res:  # feedback 0: the base model under plain noise (no feedback, so no guidance)
             base = {"budget": 0, "round": None, "feedback": 0, "n": n, "plain": res["base_plain"], "base_key": key}
+            if not shared:  # sampled here: its diversity too (memorisation is of this cell's images, so not kept)
+                base["diversity"] = {"plain": res["diversity"]["base_plain"]}
             append_jsonl(path, {**base, "shared_from": shared[0]} if shared else base)
         record = {"budget": budget, "round": r, "feedback": feedback_after[r], "n": n, "plain": res["plain"],
                   "seconds": seconds,  # with_base: these seconds include sampling the base model
                   "with_base": "base_plain" in res and (not shared or "base_guided" in res)}
         record.update({name: res[name] for name in ("guided", "base_guided") if name in res})
+        record.update(sample_quality(res, ("plain", "guided")))
         append_jsonl(path, record)
     return time.perf_counter() - t_all
+
+
+def sample_quality(res: dict, conditions: tuple[str, ...]) -> dict:
+    """The standard error, diversity and memorisation of ``res`` (``hero.evaluate``) for the conditions it has."""
+    return {key: {c: res[key][c] for c in conditions if c in res.get(key, {})}
+            for key in ("stderr", "diversity", "memorisation")}
 
 
 def _evaluate_transfer(run_dir: Path, task: dict, n: int, r: int, with_base: bool) -> tuple[dict | None, dict]:

@@ -70,6 +70,7 @@ def _task_blocks(name: str, task: dict, image: str) -> list[tuple]:
               ("h3", "Success under plain noise"), ("table", head, plain)]
     if guided:
         blocks += [("h3", "Success under feedback-guided noise"), ("table", head, guided)]
+    blocks += _quality_blocks(task)
     held = [[m, str(len(d["seeds"])), *[rate(d["held_out"], i) for i in range(len(x))]]
             for m, d in methods if d.get("held_out") is not None]
     if held:
@@ -87,6 +88,31 @@ def _task_blocks(name: str, task: dict, image: str) -> list[tuple]:
                          "feedback spent before the round."),
                    ("table", ["method", "seeds", *[str(f) for f in x_train]], rows)]
     return blocks
+
+
+def _quality_blocks(task: dict) -> list[tuple]:
+    """Diversity and memorisation beside the success at the largest budget: a collapsed method shows here."""
+    def num(row: dict, key: str, fmt: str = ".3f") -> str:
+        return format(row[key], fmt) if key in row else "—"
+
+    base = task["base_diversity"] or {}
+    rows = [["base model", "plain", f"{task['base']:.3f}", num(base, "pairwise"), num(base, "duplicate_rate", ".2f"),
+             "—", "—"]]
+    for m, d in task["methods"].items():
+        for cond, q in d["quality"].items():
+            success = d[cond]["mean"][-1]
+            rows.append([m, cond, f"{success:.3f}" + (f" ± {q['stderr']:.3f}" if "stderr" in q else ""),
+                         num(q, "pairwise"), num(q, "duplicate_rate", ".2f"), num(q, "nn_distance"),
+                         num(q, "copy_rate", ".2f")])
+    if len(rows) == 1:
+        return []
+    return [("h3", f"Diversity and memorisation at {task['feedback'][-1]} feedback"),
+            ("p", "Seed means (hero.diversity, pixels in [0, 1]): pairwise, the mean RMS distance between two "
+                  "evaluation samples; duplicates, the share with a near-copy (RMS < 0.05) among the others; "
+                  "nearest judged-good, the mean RMS distance from a sample to the closest image judged good during "
+                  "the run; copies, the share closer than 0.05 to one. ± : the mean binomial standard error of one "
+                  "seed's success. A method that collapses onto a few images has low pairwise and nearest distances."),
+            ("table", ["model", "noise", "success", "pairwise", "duplicates", "nearest judged-good", "copies"], rows)]
 
 
 def _target_blocks(summary: dict) -> list[tuple]:

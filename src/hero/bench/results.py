@@ -84,6 +84,27 @@ def _seconds(cells: list[CellResult]) -> dict:
     return out
 
 
+QUALITY = {"pairwise": "diversity", "duplicate_rate": "diversity", "nn_distance": "memorisation",
+           "copy_rate": "memorisation"}
+
+
+def _quality(records: list[dict]) -> dict:
+    """Seed means of the diversity and memorisation measures (``hero.diversity``) per condition, and the mean
+    binomial standard error; a condition or measure that a record lacks (cells evaluated before they were kept)
+    is left out."""
+    out = {}
+    for cond in ("plain", "guided"):
+        row = {}
+        for name, group in (*QUALITY.items(), ("stderr", None)):
+            values = [e[group][cond][name] if group else e["stderr"][cond] for e in records
+                      if cond in e.get(group or "stderr", {})]
+            if values and len(values) == len(records):
+                row[name] = float(np.mean(values))
+        if row:
+            out[cond] = row
+    return out
+
+
 def _method_summary(spec: BenchSpec, cells: list[CellResult], points: list[int]) -> dict:
     plain = [[c.evals[b]["plain"] for b in points] for c in cells]
     guided = None
@@ -97,6 +118,7 @@ def _method_summary(spec: BenchSpec, cells: list[CellResult], points: list[int])
     if cuda:
         result["cuda_peak_mb"] = max(cuda)
     result["own"] = guided or result["plain"]
+    result["quality"] = _quality([c.evals[points[-1]] for c in cells])
     if all("held_out_plain" in c.evals[b] for c in cells for b in points):  # a transfer task: never-trained prompts
         result["held_out"] = _stats([[c.evals[b]["held_out_plain"] for b in points] for c in cells])
     # Free per-round success: the share of each round's images the simulated human judged good (sampled with the
@@ -145,8 +167,10 @@ def summarise(root: str | Path, target: float | None = None, target_gain: float 
         else:
             prompt, options = TASK_PRESETS[task]["prompt"], {k: v for k, v in TASK_PRESETS[task].items()
                                                              if k != "prompt"}
+        base_div = [c.evals[0]["diversity"]["plain"] for c in cells if c.cell.task == task
+                    and "plain" in c.evals[0].get("diversity", {})]
         tasks[task] = {"prompt": prompt, "options": options, "base": base, "target": target, "feedback": points,
-                       "methods": methods}
+                       "methods": methods, "base_diversity": base_div[0] if base_div else None}
     compute = root / "compute.json"
     return {"spec": spec.to_dict(), "tasks": tasks, "cells": len(cells),
             "sessions": read_records(root / "sessions.jsonl"),
