@@ -138,12 +138,12 @@ def _evaluate(cell_dir: Path, spec: dict, run_dir: Path) -> float:
                   "seconds": seconds,  # with_base: these seconds include sampling the base model
                   "with_base": "base_plain" in res and (not shared or "base_guided" in res)}
         record.update({name: res[name] for name in ("guided", "base_guided") if name in res})
-        record.update(sample_quality(res, ("plain", "guided")))
+        record.update(_sample_quality(res, ("plain", "guided")))
         append_jsonl(path, record)
     return time.perf_counter() - t_all
 
 
-def sample_quality(res: dict, conditions: tuple[str, ...]) -> dict:
+def _sample_quality(res: dict, conditions: tuple[str, ...]) -> dict:
     """The standard error, diversity and memorisation of ``res`` (``hero.evaluate``) for the conditions it has."""
     return {key: {c: res[key][c] for c in conditions if c in res.get(key, {})}
             for key in ("stderr", "diversity", "memorisation")}

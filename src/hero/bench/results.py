@@ -89,17 +89,14 @@ QUALITY = {"pairwise": "diversity", "duplicate_rate": "diversity", "nn_distance"
 
 
 def _quality(records: list[dict]) -> dict:
-    """Seed means of the diversity and memorisation measures (``hero.diversity``) per condition, and the mean
-    binomial standard error; a condition or measure that a record lacks (cells evaluated before they were kept)
-    is left out."""
+    """Seed means of the diversity and memorisation measures (``hero.diversity``) and of the binomial standard
+    error, per condition; a measure that some record lacks (cells evaluated before they were kept) is left out."""
     out = {}
     for cond in ("plain", "guided"):
-        row = {}
-        for name, group in (*QUALITY.items(), ("stderr", None)):
-            values = [e[group][cond][name] if group else e["stderr"][cond] for e in records
-                      if cond in e.get(group or "stderr", {})]
-            if values and len(values) == len(records):
-                row[name] = float(np.mean(values))
+        columns = {name: [e[group][cond][name] for e in records if cond in e.get(group, {})]
+                   for name, group in QUALITY.items()}
+        columns["stderr"] = [e["stderr"][cond] for e in records if cond in e.get("stderr", {})]
+        row = {name: float(np.mean(v)) for name, v in columns.items() if v and len(v) == len(records)}
         if row:
             out[cond] = row
     return out
