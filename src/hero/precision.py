@@ -136,8 +136,8 @@ def _matmul_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
         return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
                                               is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
     scale = query.shape[-1] ** -0.5 if scale is None else scale
-    # In slices of the batch whose scores fit in a core's cache (2^20 floats): a whole batch's do not, and then
-    # runs at memory speed (batch 128 × 16 heads × 64 × 64 tokens, bf16: 64 ms forward in one piece, 7 ms sliced).
+    # In slices of the batch whose scores fit in a core's cache (2^20 floats): a whole batch's scores do not, and
+    # its softmax then runs at memory speed (128 × 16 heads × 64 × 64 tokens, bf16: 64 ms in one piece, 7 ms sliced).
     per_item = query[0].numel() // query.shape[-1] * key.shape[-2]
     rows = max(1, _SCORES_PER_SLICE // max(per_item, 1))
     out = []
