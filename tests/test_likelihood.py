@@ -12,6 +12,7 @@ from hero.likelihood import (
     denoising_errors,
     likelihood_update,
     min_snr_weight,
+    mirrored,
     noised,
     prediction_target,
     step_lr,
@@ -51,25 +52,44 @@ def test_min_snr_weights_by_hand():
     assert torch.equal(min_snr_weight(_scheduler("epsilon"), t, None), torch.ones(2))
 
 
+class OneParameterUnet(torch.nn.Module):
+    """A 'UNet' with one parameter v = 3 whose output everywhere is ``fn(v, the conditioning)``."""
+
+    dtype = torch.float32
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn, self.value = fn, torch.nn.Parameter(torch.tensor(3.0))
+
+    def forward(self, x, t, encoder_hidden_states):
+        c = encoder_hidden_states.mean(dim=(1, 2)).view(-1, *([1] * (x.ndim - 1)))
+        return SimpleNamespace(sample=self.fn(self.value, c) * torch.ones_like(x))
+
+
 def test_denoising_errors_by_hand():
     """A 'UNet' that outputs a constant: ℓ_θ, ℓ_ref and the distance follow from the target alone."""
-    class Constant(torch.nn.Module):
-        dtype = torch.float32
-
-        def __init__(self):
-            super().__init__()
-            self.value = torch.nn.Parameter(torch.tensor(3.0))
-
-        def forward(self, x, t, encoder_hidden_states):
-            return SimpleNamespace(sample=self.value * torch.ones_like(x))
-
-    unet = Constant()
+    unet = OneParameterUnet(lambda v, c: v)
     model = UNetDenoiser(SimpleNamespace(unet=unet, scheduler=_scheduler("epsilon")))
     x0, eps, t = torch.ones(1, 1, 1, 1), torch.full((1, 1, 1, 1), 2.0), torch.tensor([0])
     e = denoising_errors(model, x0, torch.zeros(1, 1, 1), eps, t, None, with_base=False)
     assert e.model.item() == pytest.approx(1.0) and e.base is None  # (3 − 2)²
     e.model.sum().backward()
     assert unet.value.grad.item() == pytest.approx(2.0)  # d(v − 2)²/dv at v = 3
+
+
+def test_the_guided_denoising_error_by_hand():
+    """A 'UNet' whose output is v·c (c: the conditioning's value): with c = 1 and the empty prompt's c = 0, the guided
+    prediction at scale g is 0 + g·(v − 0) = g·v, so ℓ = (g·v − ε)² and dℓ/dv = 2g·(g·v − ε)."""
+    unet = OneParameterUnet(lambda v, c: v * c)
+    model = UNetDenoiser(SimpleNamespace(unet=unet, scheduler=_scheduler("epsilon")))
+    x0, eps, t = torch.ones(1, 1, 1, 1), torch.full((1, 1, 1, 1), 2.0), torch.tensor([0])
+    cond, uncond = torch.ones(1, 1, 1), torch.zeros(1, 1, 1)
+    plain = denoising_errors(model, x0, cond, eps, t, None, with_base=False, uncond=uncond, guidance_scale=1.0)
+    assert plain.model.item() == pytest.approx(1.0)  # scale 1: the conditional prediction, (3 − 2)²
+    e = denoising_errors(model, x0, cond, eps, t, None, with_base=False, uncond=uncond, guidance_scale=2.0)
+    assert e.model.item() == pytest.approx(16.0)  # (2·3 − 2)²
+    e.model.sum().backward()
+    assert unet.value.grad.item() == pytest.approx(16.0)  # 2·2·(6 − 2)
 
 
 def test_the_pool_keeps_one_embedding_per_prompt_and_counts_the_best_as_good(tiny_pixel_pipeline):
@@ -126,3 +146,37 @@ def test_the_cosine_schedule_anneals_each_round_from_the_peak_to_zero():
                                                                     2e-3 * (1 - 0.5 ** 0.5) / 2])
     assert step_lr(LikelihoodConfig(steps=4, lr=2e-3), 3) == 2e-3  # constant
     assert step_lr(LikelihoodConfig(steps=4), 0) is None  # no rate given: the optimiser's own is left alone
+
+
+def test_random_flip_mirrors_about_half_the_images_and_nothing_else():
+    x0 = torch.arange(2 * 3 * 2 * 5, dtype=torch.float32).reshape(2, 3, 2, 5).repeat(32, 1, 1, 1)
+    out = mirrored(x0, torch.Generator().manual_seed(0))
+    flipped = [bool(torch.equal(o, x.flip(-1))) for o, x in zip(out, x0, strict=True)]
+    kept = [bool(torch.equal(o, x)) for o, x in zip(out, x0, strict=True)]
+    assert all(f != k for f, k in zip(flipped, kept, strict=True))  # each image is itself or its mirror, left-right
+    assert 16 <= sum(flipped) <= 48  # 64 fair coins
+    assert torch.equal(mirrored(x0, torch.Generator().manual_seed(0)), out)  # the run's generator decides
+
+
+def test_an_update_with_random_flip_trains_on_the_pool_images_and_their_mirrors(tiny_pixel_pipeline, monkeypatch):
+    pipe = tiny_pixel_pipeline
+    add_lora(pipe.unet, rank=4, alpha=4, targets="wide")
+    traj = rollout(pipe, ["a red circle"] * 2, guidance_scale=2.0, num_steps=2, seed=0)
+    pool = ImagePool()
+    pool.add_round(traj, [True, True], best=None)
+    seen = []
+
+    def recording(model, x0, *args, **kwargs):
+        seen.extend(x0.cpu())
+        return denoising_errors(model, x0, *args, **kwargs)
+
+    monkeypatch.setattr("hero.likelihood.denoising_errors", recording)
+    for flip in (False, True):
+        seen.clear()
+        likelihood_update(pipe, pool, torch.arange(2), make_optimizer(pipe.unet, lr=1e-3),
+                          LikelihoodConfig(steps=4, batch_size=4, random_flip=flip, with_base=False),
+                          lambda e, labels: e.model.mean(), torch.Generator().manual_seed(3))
+        originals = sum(any(torch.equal(x, p) for p in traj.final_latents) for x in seen)
+        mirrors = sum(any(torch.equal(x, p.flip(-1)) for p in traj.final_latents) for x in seen)
+        assert originals + mirrors >= len(seen) == 16  # every batch image is a pool image or its mirror
+        assert (mirrors > 0) == flip and originals > 0

@@ -37,7 +37,7 @@ from hero.policy_gradient import clip_and_step
 from hero.rollout import Trajectories
 
 __all__ = ["DenoisingErrors", "ImagePool", "LikelihoodConfig", "denoising_errors", "likelihood_update",
-           "min_snr_weight", "noised", "prediction_target"]
+           "min_snr_weight", "mirrored", "noised", "prediction_target"]
 
 
 @dataclass
@@ -55,7 +55,8 @@ class DenoisingErrors:
 
 
 def denoising_errors(model: Denoiser, x0: torch.Tensor, cond: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
-                     gamma: float | None, with_base: bool) -> DenoisingErrors:
+                     gamma: float | None, with_base: bool, uncond: torch.Tensor | None = None,
+                     guidance_scale: float = 1.0) -> DenoisingErrors:
     """ℓ_θ per sample, and with ``with_base`` the base model's ℓ_ref and the distance to its prediction.
 
     Args:
@@ -65,6 +66,9 @@ def denoising_errors(model: Denoiser, x0: torch.Tensor, cond: torch.Tensor, nois
         x0, cond, noise, t: judged latents (B, ...), their conditioning (B, L, D), ε and timesteps (B,).
         gamma: min-SNR γ of the loss weighting (None: plain MSE).
         with_base: also run the base model (one more forward pass, without gradients).
+        uncond, guidance_scale: with the empty prompt's conditioning (B, L, D) and a scale > 1, the prediction
+            trained (and compared with the base's) is the guided one, f_∅ + g·(f_c − f_∅), the one the sampler
+            steps with; by default the conditional f_c.
     """
     x_t = model.noised(x0, noise, t)
     t = t.to(x0.device)
@@ -72,12 +76,18 @@ def denoising_errors(model: Denoiser, x0: torch.Tensor, cond: torch.Tensor, nois
     target = model.training_target(x0, noise, t)
     dims = tuple(range(1, x0.ndim))
     errors = DenoisingErrors(model=torch.zeros(0), target=target, weight=weight)
+
+    def predict() -> torch.Tensor:
+        if uncond is not None and guidance_scale > 1.0:
+            return model.prediction(x_t, t, cond, uncond, guidance_scale)
+        return model.output(x_t, t, cond)
+
     if with_base:
         with torch.no_grad(), model.base_model():
-            ref = model.output(x_t, t, cond)
+            ref = predict()
         errors.base = weight * ((ref - target) ** 2).mean(dim=dims)
         errors.base_prediction = ref
-    out = model.output(x_t, t, cond)
+    out = predict()
     errors.prediction = out
     errors.model = weight * ((out - target) ** 2).mean(dim=dims)
     if with_base:
@@ -98,6 +108,8 @@ class LikelihoodConfig:
     with_base: bool = True  # compute the base model's terms (the pull towards it, KTO's reference)
     lr: float | None = None  # the peak rate (None: leave the optimiser's as it is)
     lr_schedule: str = "constant"  # or "cosine": from lr to 0 over the round's steps
+    random_flip: bool = False  # mirror each drawn image left-right with probability 1/2
+    guidance_scale: float = 1.0  # > 1: train the guided prediction the sampler steps with (one more forward)
 
 
 def step_lr(cfg: LikelihoodConfig, step: int) -> float | None:
@@ -135,10 +147,13 @@ def likelihood_update(model: Denoiser, pool: ImagePool, candidates: torch.Tensor
         idx = candidates[torch.randint(len(candidates), (cfg.batch_size,), generator=generator)]
         x0, cond = pool.batch(idx, cfg.cond_dropout, generator,
                               unconditional=~labels[idx] if cfg.rejected_unconditional else None)
+        if cfg.random_flip:
+            x0 = mirrored(x0, generator)
         t = model.training_timesteps(len(idx), generator)
         noise = torch.randn(x0.shape, generator=generator)
+        uncond = pool.unconditional(idx).to(device) if cfg.guidance_scale > 1.0 else None
         errors = denoising_errors(model, x0.to(device), cond.to(device), noise.to(device), t, cfg.min_snr_gamma,
-                                  cfg.with_base)
+                                  cfg.with_base, uncond=uncond, guidance_scale=cfg.guidance_scale)
         loss = loss_fn(errors, labels[idx].to(device))
         loss.backward()
         stats["grad_norm"].append(clip_and_step(optimizer, cfg.max_grad_norm, dist, model.precision.scaler))
@@ -148,6 +163,14 @@ def likelihood_update(model: Denoiser, pool: ImagePool, candidates: torch.Tensor
             stats["to_base"].append(errors.to_base.mean().item())
     out = {k: float(sum(v) / len(v)) if v else float("nan") for k, v in stats.items()}
     return {**out, "steps": len(stats["loss"])}
+
+
+def mirrored(x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each latent (N, C, H, W) flipped left-right with probability 1/2: a mirrored good image is as good for
+    prompts without "left" or "right" (diffusers' training scripts' ``--random_flip``). Flipping a VAE latent
+    approximates flipping its image (the encoder is convolutional); for a pixel-space model it is exact."""
+    flip = torch.rand(len(x0), generator=generator) < 0.5
+    return torch.where(flip.view(-1, *([1] * (x0.ndim - 1))), x0.flip(-1), x0)
 
 
 @dataclass
@@ -200,6 +223,10 @@ class ImagePool:
         cond = torch.stack([self.embeds[self.prompts[i]][int(d)] for i, d in zip(idx.tolist(), drop.tolist(),
                                                                                  strict=True)])
         return x0, cond
+
+    def unconditional(self, idx: torch.Tensor) -> torch.Tensor:
+        """The empty prompt's conditioning of the images ``idx`` (B, L, D), as the sampler guided them."""
+        return torch.stack([self.embeds[self.prompts[i]][1] for i in idx.tolist()])
 
     def state_dict(self) -> dict:
         return {"latents": self.latents, "good": self.good, "prompts": self.prompts, "embeds": self.embeds}

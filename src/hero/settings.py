@@ -131,6 +131,12 @@ class LikelihoodSettings(Section):
     rejected: Literal["unused", "unconditional"] = "unused"
     min_snr_gamma: float | None = Field(5.0, gt=0)  # loss weighting (None: plain MSE)
     max_grad_norm: float = Field(1.0, gt=0)
+    # Mirror each drawn image left-right half the time: twice the distinct images per judgement, for prompts whose
+    # meaning a mirror keeps (not "left of", not text)
+    random_flip: bool = False
+    # Train the guided prediction f_∅ + g·(f_c − f_∅) at the sampler's guidance scale, the one the sampler steps with,
+    # rather than the conditional f_c alone (twice the forward and backward work per step)
+    guided: bool = False
 
 
 class KtoSettings(Section):

@@ -153,6 +153,13 @@ def test_report_reads_the_same_cells_against_another_target(bench_dir, tmp_path)
         assert summary["target"] == float(args[1])
         rows = {r["method"]: r for r in md_table((copy / "report.md").read_text(), "## Table to paste")}
         assert rows["ddpo"]["feedback to target"] == reached
+        # × best: over the least feedback any method needed, so the method that got there first reads 1.00×
+        spent = {m: int(r["feedback to target"]) for m, r in rows.items() if r["feedback to target"].isdigit()}
+        for method, row in rows.items():
+            want = f"{spent[method] / min(spent.values()):.2f}×" if method in spent else "—"
+            assert row["× best"] == want, (method, row)
+        if reached == "8":  # no method can need less than the first budget
+            assert rows["ddpo"]["× best"] == "1.00×"
     res = runner.invoke(app, ["bench", "report", str(copy), "--target-gain", "0.05"])
     summary = json.loads((copy / "summary.json").read_text())["tasks"]["counting"]
     assert res.exit_code == 0 and summary["target"] == pytest.approx(summary["base"] + 0.05)

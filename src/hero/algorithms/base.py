@@ -92,7 +92,8 @@ def likelihood_config(cfg, with_base: bool) -> LikelihoodConfig:
     return LikelihoodConfig(steps=s.steps_per_round, batch_size=s.batch_size, min_snr_gamma=s.min_snr_gamma,
                             cond_dropout=s.cond_dropout, rejected_unconditional=rejected,
                             max_grad_norm=s.max_grad_norm, with_base=with_base, lr=s.lr,
-                            lr_schedule=s.lr_schedule)
+                            lr_schedule=s.lr_schedule, random_flip=s.random_flip,
+                            guidance_scale=cfg.sampler.guidance_scale if s.guided else 1.0)
 
 
 class LoraPolicy:

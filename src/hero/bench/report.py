@@ -124,10 +124,11 @@ def _target_blocks(summary: dict) -> list[tuple]:
                          needed(d["needed_own"], most), ratio(d["ratio_own"])])
     return [("h2", "Feedback needed to reach the target"),
             ("p", "The first budget at which the seed-mean success reaches the target (no interpolation); "
-                  "\"> N\": not reached within the largest budget. × HERO: that feedback divided by HERO's. Own noise: "
-                  "feedback-guided for HERO, plain N(0, I) for methods without guided noise."),
-            ("table", ["task", "method", "target", "plain: feedback", "plain: × HERO", "own noise: feedback",
-                       "own noise: × HERO"], rows)]
+                  "\"> N\": not reached within the largest budget. × best: that feedback divided by the least any "
+                  "method on the task needed (1.00×: the best). Own noise: feedback-guided for HERO, plain N(0, I) "
+                  "for methods without guided noise."),
+            ("table", ["task", "method", "target", "plain: feedback", "plain: × best", "own noise: feedback",
+                       "own noise: × best"], rows)]
 
 
 def _seconds_blocks(summary: dict) -> list[tuple]:
@@ -152,7 +153,7 @@ def paste_table(summary: dict) -> tuple[list[str], list[list[str]]]:
     many = len(summary["tasks"]) > 1
     budgets = sorted(summary["spec"]["budgets"])
     head = (["task"] if many else []) + ["method", *[f"success @ {b}" for b in budgets], f"guided @ {budgets[-1]}",
-                                         "feedback to target", "× HERO", "s / round"]
+                                         "feedback to target", "× best", "s / round"]
     rows = []
     for name, task in summary["tasks"].items():
         for m, d in task["methods"].items():

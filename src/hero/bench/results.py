@@ -10,7 +10,8 @@ Definitions used by the report:
   N(0, I) for methods without one (their "own noise" curve is their plain curve);
 - **target**: ``--target`` if given, else the task's base success (mean over its cells) + ``target_gain``;
 - **feedback to target**: the first evaluated budget at which the *seed-mean* success reaches the target
-  (no interpolation between budgets), None when no budget reaches it; **× HERO** divides it by HERO's;
+  (no interpolation between budgets), None when no budget reaches it; **× best** divides it by the least any
+  method on the task needed;
 - **seconds per round**: wall-clock means over all rounds of all seeds (the sampling of a round resumed with its
   images already sampled is unknown and left out), split as the run logged them:
   sampling (rollout with log-probs), learning (reward / representation / value learning), update (the
@@ -70,8 +71,8 @@ def feedback_to_reach(feedback: list[int], mean: list[float], target: float) -> 
     return next((f for f, m in zip(feedback, mean, strict=True) if m >= target - 1e-12), None)
 
 
-def _ratio(needed: int | None, hero: int | None) -> float | None:
-    return None if needed is None or not hero else needed / hero
+def _ratio(needed: int | None, best: int | None) -> float | None:
+    return None if needed is None or not best else needed / best
 
 
 def _seconds(cells: list[CellResult]) -> dict:
@@ -154,10 +155,10 @@ def summarise(root: str | Path, target: float | None = None, target_gain: float 
         for m in methods.values():
             for kind in ("plain", "own"):
                 m[f"needed_{kind}"] = feedback_to_reach(points, m[kind]["mean"], target)
-        hero = methods.get("hero", {})
-        for m in methods.values():
-            for kind in ("plain", "own"):
-                m[f"ratio_{kind}"] = _ratio(m[f"needed_{kind}"], hero.get(f"needed_{kind}"))
+        for kind in ("plain", "own"):  # each method's feedback over the least any method needed (1.00×: the best)
+            reached = [m[f"needed_{kind}"] for m in methods.values() if m[f"needed_{kind}"] is not None]
+            for m in methods.values():
+                m[f"ratio_{kind}"] = _ratio(m[f"needed_{kind}"], min(reached, default=None))
         if task in TRANSFER_TASKS:
             prompt, options = ", ".join(TRANSFER_TASKS[task]["train"]), {
                 "held out": ", ".join(TRANSFER_TASKS[task]["held_out"])}
