@@ -13,6 +13,7 @@ from hero.algorithms.base import rollout_kwargs, round_generator
 from hero.config import TrainConfig, load_config
 from hero.distributed import SINGLE
 from hero.lora import lora_parameters
+from hero.models.families import denoiser_for
 from hero.rollout import rollout
 from hero.train import train
 
@@ -42,9 +43,17 @@ def test_two_rounds_train_a_lora_the_family_loads_and_resume_ends_the_same(famil
     noise = trainer.start_noise(1, 4, round_generator(cfg.seed, 1, 0))
     fresh = factory()
     fresh.load_lora_weights(str(run.checkpoint_dir(0) / "lora"))
+    ours = {k.replace(".default.", "."): v for k, v in trainer.model.network.state_dict().items() if "lora_" in k}
+    theirs = {k.replace(".default_0.", "."): v for k, v in denoiser_for(fresh).network.state_dict().items()
+              if "lora_" in k}
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)  # the same adapter
     again = rollout(fresh, [cfg.prompt] * 4, generator=round_generator(cfg.seed, 1, 1), start_noise=noise,
                     **rollout_kwargs(cfg))
-    assert np.array_equal(again.images, run.round_images(1))
+    # The same images, up to float rounding: diffusers' loader wraps the layers in its own peft adapter, whose sum
+    # may round differently in the last bit (diffusers 0.42.1, peft 0.21.2: one value in 3,072 one level apart, sd3
+    # with ddpo; the adapters above are equal to the bit).
+    apart = np.abs(again.images.astype(int) - run.round_images(1).astype(int))
+    assert apart.max() <= 1 and (apart > 0).mean() < 1e-3
     assert lora_parameters(fresh)  # the adapter is in the network
     # Stopped after one round and resumed: the same final LoRA as the uninterrupted run.
     first = train(_config(tmp_path / "model", family, algo, tmp_path / "resumed", budget=4), show_progress=False)
