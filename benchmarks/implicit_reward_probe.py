@@ -26,7 +26,6 @@ from hero.algorithms import make_algorithm
 from hero.config import TrainConfig
 from hero.likelihood import denoising_errors
 from hero.models import load_pipeline
-from hero.models.families import denoiser_for
 from hero.runs.folder import RunFolder
 from hero.toyworld import Judge, parse_task
 
@@ -61,7 +60,6 @@ def probe(run_dir: str, draws: int) -> dict:
     cfg = TrainConfig.from_yaml(run.config_path)
     task = parse_task(cfg.prompt, **cfg.task_options())
     pipe = load_pipeline(cfg.model, device=cfg.device, model_config_dir=cfg.model_config_dir)
-    denoiser_for(pipe)
     algo = make_algorithm(cfg, pipe)
     last = run.latest_round()
     algo.load(run.checkpoint_dir(last))
