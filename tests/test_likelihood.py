@@ -10,6 +10,7 @@ from hero.likelihood import (
     ImagePool,
     LikelihoodConfig,
     denoising_errors,
+    implied_noise,
     likelihood_update,
     min_snr_weight,
     mirrored,
@@ -180,3 +181,45 @@ def test_an_update_with_random_flip_trains_on_the_pool_images_and_their_mirrors(
         mirrors = sum(any(torch.equal(x, p.flip(-1)) for p in traj.final_latents) for x in seen)
         assert originals + mirrors >= len(seen) == 16  # every batch image is a pool image or its mirror
         assert (mirrors > 0) == flip and originals > 0
+
+
+def test_the_implied_noise_is_the_one_that_noises_the_image_to_the_state(tiny_pixel_pipeline):
+    model = denoiser_for(tiny_pixel_pipeline)
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(3, 3, 8, 8, generator=g), torch.randn(3, 3, 8, 8, generator=g)
+    t = torch.tensor([1, 480, 999])
+    assert torch.allclose(implied_noise(model, x0, model.noised(x0, eps, t), t), eps, atol=1e-4)
+
+
+def test_a_pool_with_states_trains_each_image_from_a_state_its_own_sampler_passed(tiny_pixel_pipeline, monkeypatch):
+    pipe = tiny_pixel_pipeline
+    add_lora(pipe.unet, rank=4, alpha=4, targets="wide")
+    traj = rollout(pipe, ["a red circle"] * 3, guidance_scale=2.0, num_steps=4, seed=0)
+    with pytest.raises(ValueError, match="keep_states"):
+        pool = ImagePool()
+        pool.add_round(traj, [True, True, True], best=None)
+        pool.sampled_state(torch.tensor([0]), torch.Generator())
+    pool = ImagePool(keep_states=True)
+    pool.add_round(traj, [True, False, True], best=None)
+    pool.add_round(traj, [True, True, True], best=None)  # a second round: its images 3-5 are the same three
+    model = denoiser_for(pipe)
+    seen = []
+
+    def recording(model, x0, cond, noise, t, *args, **kwargs):
+        seen.extend(zip(x0.cpu(), model.noised(x0, noise, t).cpu(), t.cpu(), strict=True))
+        return denoising_errors(model, x0, cond, noise, t, *args, **kwargs)
+
+    monkeypatch.setattr("hero.likelihood.denoising_errors", recording)
+    for flip in (False, True):
+        seen.clear()
+        likelihood_update(model, pool, torch.tensor([0, 2, 4]), make_optimizer(pipe.unet, lr=1e-3),
+                          LikelihoodConfig(steps=3, batch_size=4, sampled_states=1.0, random_flip=flip,
+                                           with_base=False), lambda e, labels: e.model.mean(),
+                          torch.Generator().manual_seed(3))
+        assert len(seen) == 12
+        for x0, x_t, t in seen:
+            i = next(i for i in range(3) if torch.equal(x0, traj.final_latents[i])
+                     or torch.equal(x0, traj.final_latents[i].flip(-1)))
+            step = int(torch.nonzero(traj.timesteps == t))  # a sampler timestep, and its own state at it
+            state = traj.latents[i, step] if torch.equal(x0, traj.final_latents[i]) else traj.latents[i, step].flip(-1)
+            assert torch.allclose(x_t, state, atol=1e-4)

@@ -36,8 +36,8 @@ from hero.models.families import as_denoiser
 from hero.policy_gradient import clip_and_step
 from hero.rollout import Trajectories
 
-__all__ = ["DenoisingErrors", "ImagePool", "LikelihoodConfig", "denoising_errors", "likelihood_update",
-           "min_snr_weight", "mirrored", "noised", "prediction_target"]
+__all__ = ["DenoisingErrors", "ImagePool", "LikelihoodConfig", "denoising_errors", "implied_noise",
+           "likelihood_update", "min_snr_weight", "mirrored", "noised", "prediction_target", "with_sampled_states"]
 
 
 @dataclass
@@ -110,6 +110,7 @@ class LikelihoodConfig:
     lr_schedule: str = "constant"  # or "cosine": from lr to 0 over the round's steps
     random_flip: bool = False  # mirror each drawn image left-right with probability 1/2
     guidance_scale: float = 1.0  # > 1: train the guided prediction the sampler steps with (one more forward)
+    sampled_states: float = 0.0  # share of a batch noised to its own sampled state (``implied_noise``)
 
 
 def step_lr(cfg: LikelihoodConfig, step: int) -> float | None:
@@ -147,10 +148,12 @@ def likelihood_update(model: Denoiser, pool: ImagePool, candidates: torch.Tensor
         idx = candidates[torch.randint(len(candidates), (cfg.batch_size,), generator=generator)]
         x0, cond = pool.batch(idx, cfg.cond_dropout, generator,
                               unconditional=~labels[idx] if cfg.rejected_unconditional else None)
-        if cfg.random_flip:
-            x0 = mirrored(x0, generator)
         t = model.training_timesteps(len(idx), generator)
         noise = torch.randn(x0.shape, generator=generator)
+        if cfg.sampled_states > 0:
+            t, noise = with_sampled_states(model, pool, idx, x0, t, noise, cfg.sampled_states, generator)
+        if cfg.random_flip:  # the image and its noise together, so that a sampled state stays that image's
+            x0, noise = mirrored(torch.cat([x0, noise], dim=1), generator).split(x0.shape[1], dim=1)
         uncond = pool.unconditional(idx).to(device) if cfg.guidance_scale > 1.0 else None
         errors = denoising_errors(model, x0.to(device), cond.to(device), noise.to(device), t, cfg.min_snr_gamma,
                                   cfg.with_base, uncond=uncond, guidance_scale=cfg.guidance_scale)
@@ -163,6 +166,33 @@ def likelihood_update(model: Denoiser, pool: ImagePool, candidates: torch.Tensor
             stats["to_base"].append(errors.to_base.mean().item())
     out = {k: float(sum(v) / len(v)) if v else float("nan") for k, v in stats.items()}
     return {**out, "steps": len(stats["loss"])}
+
+
+def implied_noise(model: Denoiser, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The ε with ``model.noised(x0, ε, t) == x_t``: the forward process is affine in x₀ and ε,
+    x_t = a(t)·x₀ + b(t)·ε (a = √ᾱ, b = √(1 − ᾱ) for the DDPM UNets; 1 − σ and σ for a rectified flow)."""
+    a = model.noised(torch.ones_like(x0), torch.zeros_like(x0), t)
+    b = model.noised(torch.zeros_like(x0), torch.ones_like(x0), t)
+    return (x_t - a * x0) / b
+
+
+def with_sampled_states(model: Denoiser, pool: ImagePool, idx: torch.Tensor, x0: torch.Tensor, t: torch.Tensor,
+                        noise: torch.Tensor, share: float,
+                        generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(t, ε) of a batch with a ``share`` of its images noised to the state the sampler itself passed through on
+    the way to them (a random step's x_t and timestep, ``ImagePool(keep_states=True)``), the rest as drawn.
+
+    Fresh noise teaches the good images' distribution from any x_t; a sampled state teaches the step the sampler
+    took from where it actually was when it drew a good image, which is where a layout (a count) is decided.
+    """
+    use = torch.rand(len(idx), generator=generator) < share
+    if not use.any():
+        return t, noise
+    x_t, t_sampled = pool.sampled_state(idx[use], generator)
+    t, noise = t.clone(), noise.clone()
+    t[use] = t_sampled.to(t.dtype)
+    noise[use] = implied_noise(model, x0[use], x_t, t_sampled).to(noise.dtype)
+    return t, noise
 
 
 def mirrored(x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -178,6 +208,7 @@ class ImagePool:
     """Every judged image's final latent x₀, label and prompt, gathered over rounds (CPU, fp32).
 
     Prompt embeddings are stored once per distinct prompt, not per image: a one-prompt run keeps one pair.
+    ``keep_states``: also keep each image's sampled states x_t (T per image, ``likelihood.sampled_states``).
     """
 
     latents: list[torch.Tensor] = field(default_factory=list)  # per round (n, C, H, W)
@@ -186,6 +217,9 @@ class ImagePool:
     embeds: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # prompt → (cond, uncond)
     # Every round's latents in one tensor, made once per round added rather than at each of a round's 300 steps.
     _stacked: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    keep_states: bool = False
+    states: list[torch.Tensor] = field(default_factory=list)  # per round (n, T, C, H, W): x_t before each step
+    timesteps: list[torch.Tensor] = field(default_factory=list)  # per round (T,): the sampler's
 
     def add_round(self, traj: Trajectories, good: list[bool], best: int | None) -> None:
         """Store a judged round; the best image counts as good (a person picks it as the one to aim at)."""
@@ -195,6 +229,9 @@ class ImagePool:
         if best is not None:
             labels[best] = True
         self.latents.append(traj.final_latents.detach().float().cpu())
+        if self.keep_states:
+            self.states.append(traj.latents[:, :-1].detach().float().cpu())
+            self.timesteps.append(traj.timesteps.detach().cpu())
         self._stacked = None
         self.good.append(labels)
         for i, p in enumerate(traj.prompts):
@@ -224,12 +261,29 @@ class ImagePool:
                                                                                  strict=True)])
         return x0, cond
 
+    def sampled_state(self, idx: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """For each image ``idx``, one of its sampled states x_t (B, C, H, W) at a uniformly drawn step, and that
+        step's timestep (B,)."""
+        if not self.keep_states or sum(len(s) for s in self.states) != len(self):
+            raise ValueError("this pool keeps no sampled states: make it with ImagePool(keep_states=True) before "
+                             "its first round")
+        rounds = torch.cat([torch.full((len(s),), r) for r, s in enumerate(self.states)])
+        offsets = torch.tensor([0] + [len(s) for s in self.states]).cumsum(0)
+        x_t, t = [], []
+        for i in idx.tolist():
+            r = int(rounds[i])
+            step = int(torch.randint(len(self.timesteps[r]), (1,), generator=generator))
+            x_t.append(self.states[r][i - int(offsets[r]), step])
+            t.append(self.timesteps[r][step])
+        return torch.stack(x_t), torch.stack(t)
+
     def unconditional(self, idx: torch.Tensor) -> torch.Tensor:
         """The empty prompt's conditioning of the images ``idx`` (B, L, D), as the sampler guided them."""
         return torch.stack([self.embeds[self.prompts[i]][1] for i in idx.tolist()])
 
     def state_dict(self) -> dict:
-        return {"latents": self.latents, "good": self.good, "prompts": self.prompts, "embeds": self.embeds}
+        return {"latents": self.latents, "good": self.good, "prompts": self.prompts, "embeds": self.embeds,
+                "keep_states": self.keep_states, "states": self.states, "timesteps": self.timesteps}
 
     def load_state_dict(self, state: dict) -> None:
         for k, v in state.items():

@@ -137,6 +137,9 @@ class LikelihoodSettings(Section):
     # Train the guided prediction f_∅ + g·(f_c − f_∅) at the sampler's guidance scale, the one the sampler steps with,
     # rather than the conditional f_c alone (twice the forward and backward work per step)
     guided: bool = False
+    # Share of each batch noised to the image's own sampled state (a random step's x_t of the trajectory that drew
+    # it, with the noise it implies) instead of fresh noise: the sampler's real states, where a layout is decided
+    sampled_states: float = Field(0.0, ge=0.0, le=1.0)
 
 
 class KtoSettings(Section):

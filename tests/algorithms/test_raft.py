@@ -68,3 +68,23 @@ def test_raft_trains_the_rejected_images_only_when_asked(tiny_pixel_pipeline, re
     trainer.pool.add_round(traj, [False, True, False, True], best=None)
     assert trainer.candidates().tolist() == expected
     assert trainer.update.rejected_unconditional == (rejected == "unconditional")
+
+
+def test_raft_keeps_the_sampled_states_only_when_asked_and_saves_them(tiny_pixel_pipeline, tmp_path):
+    from hero.algorithms.base import likelihood_config
+    from hero.algorithms.raft import RaftTrainer
+    from hero.likelihood import ImagePool
+    from hero.rollout import rollout
+
+    off = load_config(None, [], algo="raft", prompt="two red squares")
+    assert likelihood_config(off, with_base=True).sampled_states == 0 and not ImagePool().keep_states
+    cfg = load_config(None, ["likelihood.sampled_states=0.5"], algo="raft", prompt="two red squares")
+    trainer = RaftTrainer(cfg, tiny_pixel_pipeline)
+    traj = rollout(tiny_pixel_pipeline, ["two red squares"] * 2, guidance_scale=2.0, num_steps=3, seed=0)
+    trainer.pool.add_round(traj, [True, False], best=None)
+    assert trainer.update.sampled_states == 0.5 and trainer.pool.keep_states and len(trainer.pool.states) == 1
+    trainer.save(tmp_path)
+    trainer.pool = ImagePool()
+    trainer.load(tmp_path)  # as a resumed run does
+    assert trainer.pool.keep_states and torch.equal(trainer.pool.states[0], traj.latents[:, :-1])
+    assert torch.equal(trainer.pool.timesteps[0], traj.timesteps)

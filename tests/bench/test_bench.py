@@ -354,3 +354,20 @@ def test_compute_benchmark_on_cpu(tiny_sd_pipeline, monkeypatch):
     assert peak_tflops("NVIDIA H100 80GB HBM3") == 989.4 and peak_tflops("NVIDIA H100 PCIe") == 756.0
     assert peak_tflops("NVIDIA H200") == 989.4 and peak_tflops("NVIDIA A100-SXM4-40GB") == 312.0
     assert peak_tflops("Tesla T4") is None
+
+
+def test_a_round_is_priced_with_the_demo_presets_own_update():
+    from hero.bench.compute import demo_policy_update, round_seconds
+    from hero.config import load_config
+
+    pg = load_config("demo").pg
+    assert demo_policy_update() == (pg.inner_epochs * 64 // pg.batch_size, pg.timesteps_per_traj)
+    row = {"rollout_images_per_s": 6.4, "update_steps_per_s": 2.0, "update_timesteps": 5,
+           "likelihood_steps_per_s": 3.0}
+    priced = round_seconds(row)
+    steps, k = demo_policy_update()
+    assert priced["round_sampling_s"] == pytest.approx(10.0)
+    assert priced["round_pg_update_s"] == pytest.approx(steps / 2.0 * k / 5)  # timed at 5 timesteps, priced at k
+    assert priced["round_likelihood_update_s"] == pytest.approx(100.0)
+    pg_seconds = priced["round_pg_update_s"]
+    assert priced["pg_update_share"] == pytest.approx(pg_seconds / (10.0 + pg_seconds))

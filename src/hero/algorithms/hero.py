@@ -226,8 +226,8 @@ class HeroTrainer:
         self.policy = LoraPolicy(cfg, pipe, dist=dist, lr=cfg.likelihood.lr if likelihood else None)
         self.model = self.policy.model  # the round loop samples with it
         # The likelihood update's training set: judged images (good = judged good or best) + accepted unjudged ones.
-        self.pool = ImagePool() if likelihood else None
         self.likelihood = likelihood_config(cfg, with_base=cfg.likelihood.base_weight > 0) if likelihood else None
+        self.pool = ImagePool(keep_states=self.likelihood.sampled_states > 0) if likelihood else None
         if self.settings.encoder_input == "features":
             self.features = FrozenFeatures(pipe)
             self.encoder = FeatureTripletEncoder(self.features.dim, embed_dim=self.settings.embed_dim)

@@ -53,7 +53,7 @@ class RaftTrainer:
         self.model = self.policy.model  # the round loop samples with it
         with_base = self.settings.base_weight > 0 if with_base is None else with_base
         self.update = likelihood_config(cfg, with_base=with_base)
-        self.pool = ImagePool()
+        self.pool = ImagePool(keep_states=self.update.sampled_states > 0)
         self.best_image: np.ndarray | None = None
 
     def start_noise(self, round_index: int, n: int, generator: torch.Generator,

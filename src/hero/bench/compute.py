@@ -34,6 +34,8 @@ from collections.abc import Callable
 
 import torch
 
+from hero.config import load_config
+
 # Dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, from NVIDIA's data sheets, matched on the device name (the
 # first pattern that matches wins). An unknown GPU gets no fraction.
 PEAK_BF16_TFLOPS = ((r"H100.*PCIE", 756.0), (r"H100.*NVL", 835.0), (r"H100|H200", 989.4), (r"A100", 312.0),
@@ -275,16 +277,27 @@ def _likelihood(model, traj, batch: int, steps: int, repeats: int, sync) -> dict
             "likelihood_tflops_per_s": flops / seconds / 1e12, "likelihood_batch": batch}
 
 
-# The round that ``round_seconds`` prices: the demo's (64 images; its policy update 2 epochs of 8-trajectory
-# steps, ``presets/demo.yaml``) and the likelihood methods' default 300 steps (``settings.LikelihoodSettings``).
-ROUND_IMAGES, ROUND_PG_STEPS, ROUND_LIKELIHOOD_STEPS = 64, 2 * 64 // 8, 300
+# The round that ``round_seconds`` prices: the demo's (64 images; its policy update as ``presets/demo.yaml`` sets
+# it) and the likelihood methods' default 300 steps (``settings.LikelihoodSettings``).
+ROUND_IMAGES, ROUND_LIKELIHOOD_STEPS = 64, 300
+
+
+def demo_policy_update() -> tuple[int, int]:
+    """The demo preset's policy update of a 64-image round: (optimiser steps, timesteps per trajectory)."""
+    pg = load_config("demo").pg
+    return pg.inner_epochs * -(-ROUND_IMAGES // (pg.batch_size * pg.grad_accum)), pg.timesteps_per_traj
 
 
 def round_seconds(row: dict) -> dict:
     """A round's seconds of sampling, of a policy update and of a likelihood update, from a row's rates, and each
-    update's share of its round (update / (sampling + update))."""
+    update's share of its round (update / (sampling + update)).
+
+    The update was timed at ``row["update_timesteps"]`` timesteps per trajectory; the demo's steps are priced
+    in proportion to its own (a pass per trajectory-timestep: the update is compute-bound, docs/speed.md).
+    """
     sampling = ROUND_IMAGES / row["rollout_images_per_s"]
-    pg = ROUND_PG_STEPS / row["update_steps_per_s"]
+    steps, k = demo_policy_update()
+    pg = steps / row["update_steps_per_s"] * k / row["update_timesteps"]
     likelihood = ROUND_LIKELIHOOD_STEPS / row["likelihood_steps_per_s"]
     return {"round_sampling_s": sampling, "round_pg_update_s": pg, "round_likelihood_update_s": likelihood,
             "pg_update_share": pg / (sampling + pg), "likelihood_update_share": likelihood / (sampling + likelihood)}
