@@ -17,6 +17,7 @@ the processes meet at a barrier after each round's checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import time
@@ -42,6 +43,7 @@ from hero.runs.checks import ResumePlan, check_resume, settings_record
 from hero.runs.errors import RunFolderError
 from hero.runs.feedback_log import FeedbackLog, RoundRecorder
 from hero.runs.folder import RunFolder
+from hero.runs.lock import hold_lock
 from hero.runs.tracking import Tracker
 
 logger = logging.getLogger("hero.train")
@@ -65,6 +67,14 @@ def train(cfg: TrainConfig, resume: bool = False, source: FeedbackSource | None 
     if cfg.precision == "auto":  # decided once, here, and written into config.yaml: the run shows what it used
         cfg = cfg.model_copy(update={"precision": resolve_precision(cfg.precision, device)})
     run = RunFolder(cfg.out)
+    # One writer per run folder: a second process on it stops here, in one line, before it reads or writes a record.
+    with hold_lock(run.path) if dist.is_main else contextlib.nullcontext():
+        return _train_in(cfg, run, dist, device, resume, source, show_progress, plan)
+
+
+def _train_in(cfg: TrainConfig, run: RunFolder, dist: Dist, device: torch.device, resume: bool,
+              source: FeedbackSource | None, show_progress: bool, plan: ResumePlan | None) -> RunFolder:
+    """``train`` in its folder, which this process holds (on rank 0)."""
     sizes = round_sizes(cfg)
     if run.config_path.exists() and not resume:
         raise FileExistsError(f"{run.path} already holds a run: pass --resume to continue it, or choose another --out")

@@ -7,7 +7,12 @@ the report's numbers are checked against the cells' own logs, and against a tamp
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -371,3 +376,34 @@ def test_a_round_is_priced_with_the_demo_presets_own_update():
     assert priced["round_likelihood_update_s"] == pytest.approx(100.0)
     pg_seconds = priced["round_pg_update_s"]
     assert priced["pg_update_share"] == pytest.approx(pg_seconds / (10.0 + pg_seconds))
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie no one reaps counts: it runs nothing)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+def test_a_cell_process_ends_when_its_bench_is_killed():
+    parent = textwrap.dedent("""
+        import subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c", "import time; from hero.bench.cell import exit_with_parent; "
+                                  "exit_with_parent(poll_s=0.05); print('ready', flush=True); time.sleep(120)"],
+                                 stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == "ready"
+        print(child.pid, flush=True)
+        time.sleep(120)
+    """)
+    bench = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
+    cell = int(bench.stdout.readline())
+    assert not _gone(cell)
+    bench.kill()  # SIGKILL: the bench has no chance to stop its children
+    bench.wait()
+    deadline = time.monotonic() + 20
+    while not _gone(cell) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _gone(cell)

@@ -24,10 +24,12 @@ import os
 import resource
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
 from hero.runs.atomic import atomic_write_text
+from hero.runs.lock import hold_lock
 
 SPEC, EVALS, DONE, LOG, PEAKS = "cell_spec.json", "evals.jsonl", "cell.json", "cell.log", "peak_rss.jsonl"
 
@@ -192,12 +194,13 @@ def run_cell(cell_dir: str | Path) -> dict:
     spec = json.loads((cell_dir / SPEC).read_text())
     run_dir = cell_dir / "run"
     cfg = TrainConfig.model_validate({**spec["config"], "out": str(run_dir)})
-    t0 = time.perf_counter()
-    trained = _train(cfg)
-    t1 = time.perf_counter()
-    record_peak_rss(cell_dir)
-    seconds_eval = _evaluate(cell_dir, spec, run_dir)
-    _prune(run_dir, set(spec["budgets"].values()))
+    with hold_lock(cell_dir):  # evals.jsonl and the pruning have one writer too, not only the run
+        t0 = time.perf_counter()
+        trained = _train(cfg)
+        t1 = time.perf_counter()
+        record_peak_rss(cell_dir)
+        seconds_eval = _evaluate(cell_dir, spec, run_dir)
+        _prune(run_dir, set(spec["budgets"].values()))
     info = {"task": spec["task"], "method": spec["method"], "seed": spec["seed"], "status": "done",
             "trained_this_session": trained, "seconds_train": t1 - t0, "seconds_eval": seconds_eval,
             "peak_rss_mb": record_peak_rss(cell_dir), "threads": torch.get_num_threads(), "device": cfg.device,
@@ -208,6 +211,23 @@ def run_cell(cell_dir: str | Path) -> dict:
     return info
 
 
+def exit_with_parent(parent: int | None = None, poll_s: float = 2.0) -> None:
+    """End this process when ``parent`` (default: the one that started it) dies: a killed bench leaves no cell.
+
+    A cell left running would go on writing beside the cell a rerun starts; ending it this way is as safe as a
+    SIGKILL, which every record of the run folder survives. The runner passes its pid (``HERO_BENCH_PID``), so a
+    bench that died while this process was starting is seen too.
+    """
+    parent = os.getppid() if parent is None else parent
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> None:
     from hero.quiet import quiet_libraries
 
@@ -215,6 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         raise SystemExit("usage: python -m hero.bench.cell CELL_DIR")
+    exit_with_parent(int(os.environ["HERO_BENCH_PID"]) if "HERO_BENCH_PID" in os.environ else None)
     print(json.dumps(run_cell(args[0])))
 
 

@@ -70,7 +70,8 @@ def prepare(spec: BenchSpec, out: Path) -> tuple[list[Cell], list[Cell]]:
 
 def _run_one(folder: Path, threads: int) -> tuple[int, float]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_OFFLINE": "1"}
+           "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_OFFLINE": "1",
+           "HERO_BENCH_PID": str(os.getpid())}  # the cell ends if this process dies (hero.bench.cell)
     t0 = time.perf_counter()
     with (folder / LOG).open("a") as log:
         log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} threads={threads}\n")

@@ -9,6 +9,7 @@
     RUN/checkpoints/latest               the last complete checkpoint's round, written last (atomically)
     RUN/metrics.jsonl                    one line per round
     RUN/logs/                            tensorboard (accelerate's tracker)
+    RUN/.lock                            held by the process writing the run (``hero.runs.lock``), its pid inside
 
 The folder locates itself: ``hero train --resume DIR`` works on DIR wherever it was copied or moved. Before
 resuming, ``hero.runs.checks`` reads every file it relies on and checks that they agree (the latest marker,
