@@ -67,8 +67,17 @@ def train(cfg: TrainConfig, resume: bool = False, source: FeedbackSource | None 
     if cfg.precision == "auto":  # decided once, here, and written into config.yaml: the run shows what it used
         cfg = cfg.model_copy(update={"precision": resolve_precision(cfg.precision, device)})
     run = RunFolder(cfg.out)
-    # One writer per run folder: a second process on it stops here, in one line, before it reads or writes a record.
-    with hold_lock(run.path) if dist.is_main else contextlib.nullcontext():
+    # One writer per run folder: a second run on it stops here, in one line, before it reads or writes a record.
+    with contextlib.ExitStack() as held:
+        refused = None
+        if dist.is_main:
+            try:
+                held.enter_context(hold_lock(run.path))
+            except RunFolderError as e:
+                refused = e
+        refused = dist.broadcast(refused)  # every process stops, not only rank 0 (the rest would wait at a barrier)
+        if refused is not None:
+            raise refused
         return _train_in(cfg, run, dist, device, resume, source, show_progress, plan)
 
 
