@@ -21,7 +21,9 @@ import contextlib
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -47,6 +49,7 @@ from hero.runs.lock import hold_lock
 from hero.runs.tracking import Tracker
 
 logger = logging.getLogger("hero.train")
+T = TypeVar("T")
 
 
 def round_sizes(cfg: TrainConfig) -> list[int]:
@@ -69,15 +72,7 @@ def train(cfg: TrainConfig, resume: bool = False, source: FeedbackSource | None 
     run = RunFolder(cfg.out)
     # One writer per run folder: a second run on it stops here, in one line, before it reads or writes a record.
     with contextlib.ExitStack() as held:
-        refused = None
-        if dist.is_main:
-            try:
-                held.enter_context(hold_lock(run.path))
-            except RunFolderError as e:
-                refused = e
-        refused = dist.broadcast(refused)  # every process stops, not only rank 0 (the rest would wait at a barrier)
-        if refused is not None:
-            raise refused
+        _on_main(dist, lambda: held.enter_context(hold_lock(run.path)))  # refused: every process stops
         return _train_in(cfg, run, dist, device, resume, source, show_progress, plan)
 
 
@@ -157,10 +152,18 @@ def check_run(cfg: TrainConfig) -> ResumePlan:
 
 def _checked(run: RunFolder, cfg: TrainConfig, sizes: list[int], dist: Dist) -> ResumePlan:
     """Rank 0 checks the folder and every process gets its plan, or raises its error."""
+    return _on_main(dist, lambda: check_run(cfg))
+
+
+def _on_main(dist: Dist, attempt: Callable[[], T]) -> T:
+    """``attempt()`` on rank 0, its result on every process; a ``RunFolderError`` there is raised on all of them.
+
+    Raised on rank 0 alone, the others would wait at the next barrier for ever.
+    """
     outcome = None
     if dist.is_main:
         try:
-            outcome = check_run(cfg)
+            outcome = attempt()
         except RunFolderError as e:
             outcome = e
     outcome = dist.broadcast(outcome)
