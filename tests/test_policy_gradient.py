@@ -138,3 +138,23 @@ def test_the_last_step_dominates_the_gradient_unless_left_out(tiny_pixel_pipelin
         norms.append(math.sqrt(sum(float((p.grad ** 2).sum()) for p in pipe.unet.parameters() if p.grad is not None)))
     assert norms[19] > 3 * max(norms[:19])
     assert norms[19] ** 2 > 0.8 * sum(n ** 2 for n in norms)  # over 80% of Σ_s ‖∇ log p_s‖²
+
+
+def test_update_on_the_conditional_half_only(tiny_pixel_pipeline):
+    """pg.sampled_uncond: every pass runs the conditional half alone, starts at ratio 1 and still learns."""
+    pipe = tiny_pixel_pipeline
+    add_lora(pipe.unet, rank=2, alpha=2)
+    traj = rollout(pipe, ["a red circle", "a blue square", "a red circle", "big"], num_steps=4, guidance_scale=3.0,
+                   seed=0, keep_uncond=True)
+    cfg = PolicyGradientSettings(clip_range=0.05, timesteps_per_traj=4, batch_size=2, grad_accum=2, min_sigma=0.0,
+                                 sampled_uncond=True)
+    rewards = [1.0, 0.0, 0.7, 0.2]
+    adv = standardise_advantages(rewards)
+    before_loss = _surrogate(pipe, traj, adv, cfg.clip_range)
+    batches = []
+    hook = pipe.unet.register_forward_pre_hook(lambda module, args: batches.append(len(args[0])))
+    stats = policy_gradient_update(pipe, traj, rewards, make_optimizer(pipe.unet, lr=1e-3), cfg)
+    hook.remove()
+    assert batches == [2] * 8  # 2 minibatches × 4 steps, each the conditional half of 2 trajectories
+    assert stats["approx_kl"] < 1e-10 and stats["clipfrac"] == 0.0  # the sampled step again, up to rounding
+    assert _surrogate(pipe, traj, adv, cfg.clip_range) < before_loss - 1e-4

@@ -8,6 +8,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from hero.lora import add_lora, lora_parameters
+from hero.models.ddim import gaussian_log_prob
 from hero.models.families import denoiser_for
 from hero.rollout import Trajectories, rollout, step_log_prob, to_uint8
 
@@ -158,3 +159,47 @@ def test_subset_concat_save_load(tiny_pixel_pipeline, tmp_path):
     other = _rollout(tiny_pixel_pipeline, eta=0.5)
     with pytest.raises(ValueError, match="same timesteps"):
         Trajectories.concat([traj, other])
+
+
+@pytest.mark.parametrize("name", PIPELINES)
+def test_kept_unconditional_half_reproduces_the_guided_step_with_half_the_batch(name, request):
+    pipe = request.getfixturevalue(name)
+    add_lora(pipe.unet)
+    with torch.no_grad():
+        for p in lora_parameters(pipe):
+            p.add_(0.1 * torch.randn_like(p))
+    traj = _rollout(pipe, batch_size=2, keep_uncond=True)
+    assert traj.uncond_outputs.shape == (len(PROMPTS), traj.num_steps, *traj.latents.shape[2:])
+    assert _rollout(pipe, batch_size=2).uncond_outputs is None  # kept only when asked
+    batches = []
+    hook = pipe.unet.register_forward_pre_hook(lambda module, args: batches.append(len(args[0])))
+    idx, steps = torch.tensor([3, 0, 2]), torch.tensor([1, 3, 0])
+    logp = step_log_prob(denoiser_for(pipe), traj, idx, steps, sampled_uncond=True)
+    hook.remove()
+    assert batches == [3]  # the conditional half alone, not [uncond; cond]
+    # The same step up to float rounding: the conditional half runs in a batch of its own.
+    torch.testing.assert_close(logp.detach(), traj.log_probs[idx, steps], rtol=1e-6, atol=1e-6)
+    # The gradient is the one through the conditional half alone, the stored half a constant.
+    model, params = denoiser_for(pipe), lora_parameters(pipe)
+    grads = torch.autograd.grad(logp.sum(), params)
+    x, t = traj.latents[idx, steps], traj.timesteps[steps]
+    out_cond = pipe.unet(x, t, encoder_hidden_states=traj.prompt_embeds[idx]).sample[:, : x.shape[1]]
+    u = traj.uncond_outputs[idx, steps]
+    mu, sigma = model.posterior(u + traj.guidance_scale * (out_cond - u), x, traj.timesteps, steps, traj.eta)
+    by_hand = torch.autograd.grad(gaussian_log_prob(traj.latents[idx, steps + 1], mu, sigma).sum(), params)
+    for g, h in zip(grads, by_hand, strict=True):
+        torch.testing.assert_close(g, h, rtol=1e-4, atol=1e-7)
+    full = torch.autograd.grad(step_log_prob(model, traj, idx, steps).sum(), params)
+    assert any(not torch.allclose(g, f, rtol=1e-3, atol=1e-7) for g, f in zip(grads, full, strict=True))
+    # The kept outputs follow the samples through subset, concat, save and load.
+    part = traj.subset([2, 1])
+    assert torch.equal(part.uncond_outputs, traj.uncond_outputs[[2, 1]])
+    assert torch.equal(Trajectories.concat([part, traj.subset([0])]).uncond_outputs, traj.uncond_outputs[[2, 1, 0]])
+    with pytest.raises(ValueError, match="uncond_outputs"):
+        Trajectories.concat([part, _rollout(pipe, batch_size=2)])
+
+
+def test_kept_unconditional_half_survives_save_and_load(tiny_pixel_pipeline, tmp_path):
+    traj = _rollout(tiny_pixel_pipeline, keep_uncond=True)
+    traj.save(tmp_path / "t.pt")
+    assert torch.equal(Trajectories.load(tmp_path / "t.pt").uncond_outputs, traj.uncond_outputs)

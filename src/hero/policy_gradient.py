@@ -148,7 +148,7 @@ def policy_gradient_update(model: Denoiser, trajectories: Trajectories,
     steps = trainable_steps(model, traj, cfg.min_sigma)
     for group in accumulation_schedule(len(traj), steps, cfg, generator, dist):
         for mb, s, weight in group:
-            logp = step_log_prob(model, traj, mb, s)
+            logp = step_log_prob(model, traj, mb, s, sampled_uncond=cfg.sampled_uncond)
             logp_old = traj.log_probs[mb, s].to(device)
             loss = clipped_surrogate_loss(logp, logp_old, adv[mb].to(device), cfg.clip_range)
             (loss * weight).backward()

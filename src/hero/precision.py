@@ -187,6 +187,6 @@ def unet_call(unet, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
 def unet_output(unet, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
                 precision: Precision = FP32) -> torch.Tensor:
     """One unguided UNet prediction (fp32) at per-sample timesteps t (B,), run at ``precision``: for the likelihood
-    updates (``hero.likelihood``), which train on single predictions."""
+    updates (``hero.likelihood``), which train on single predictions, and each half of a guided one."""
     out = unet_call(unet, x, t, context, precision)
     return out[:, : x.shape[1]] if out.shape[1] == 2 * x.shape[1] else out  # learned variance: keep the mean

@@ -46,6 +46,9 @@ class Trajectories:
     images: np.ndarray  # (N, H, W, 3) uint8
     guidance_scale: float
     eta: float
+    # (N, T, C, H, W) fp32: the unconditional half's output at each step, kept only when sampled with
+    # keep_uncond=True (``pg.sampled_uncond``: an update then runs the conditional half alone); else None.
+    uncond_outputs: torch.Tensor | None = None
 
     @property
     def final_latents(self) -> torch.Tensor:
@@ -63,7 +66,7 @@ class Trajectories:
     def subset(self, indices: Sequence[int] | torch.Tensor) -> Trajectories:
         """A new Trajectories holding only the given samples, in the given order."""
         idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
-        per_sample = {f.name: getattr(self, f.name)[idx] for f in fields(self) if f.name in _PER_SAMPLE_TENSORS}
+        per_sample = {name: getattr(self, name)[idx] for name in self._per_sample_tensors()}
         return Trajectories(prompts=[self.prompts[i] for i in idx.tolist()], images=self.images[idx.numpy()],
                             timesteps=self.timesteps, guidance_scale=self.guidance_scale, eta=self.eta, **per_sample)
 
@@ -77,9 +80,14 @@ class Trajectories:
             if not torch.equal(p.timesteps, first.timesteps) or (p.guidance_scale, p.eta) != (
                     first.guidance_scale, first.eta):
                 raise ValueError("can only concatenate trajectories sampled with the same timesteps, guidance and eta")
-        per_sample = {name: torch.cat([getattr(p, name) for p in parts]) for name in _PER_SAMPLE_TENSORS}
+            if (p.uncond_outputs is None) != (first.uncond_outputs is None):
+                raise ValueError("can only concatenate trajectories that all keep, or all lack, uncond_outputs")
+        per_sample = {name: torch.cat([getattr(p, name) for p in parts]) for name in first._per_sample_tensors()}
         return cls(prompts=[s for p in parts for s in p.prompts], images=np.concatenate([p.images for p in parts]),
                    timesteps=first.timesteps, guidance_scale=first.guidance_scale, eta=first.eta, **per_sample)
+
+    def _per_sample_tensors(self) -> tuple[str, ...]:
+        return _PER_SAMPLE_TENSORS + (("uncond_outputs",) if self.uncond_outputs is not None else ())
 
     def to(self, device: str | torch.device) -> Trajectories:
         """Move every tensor to ``device`` (images stay a numpy array)."""
@@ -125,13 +133,17 @@ def step_posterior(model: Denoiser, x: torch.Tensor, timesteps: torch.Tensor, st
 
 
 def _sample_chunk(model: Denoiser, x: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
-                  timesteps: torch.Tensor, guidance_scale: float, eta: float,
-                  noise: torch.Tensor | None, network=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the sampling loop on one batch; returns latents (B, T+1, ...) and log-probs (B, T)."""
-    latents, log_probs = [x], []
+                  timesteps: torch.Tensor, guidance_scale: float, eta: float, noise: torch.Tensor | None,
+                  network=None, keep_uncond: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Run the sampling loop on one batch; returns latents (B, T+1, ...), log-probs (B, T) and, with
+    ``keep_uncond``, the unconditional half's outputs (B, T, ...; else, or without a separate unconditional pass,
+    None)."""
+    latents, log_probs, uncond_outputs = [x], [], []
     for i, t in enumerate(timesteps):
         steps = torch.full((len(x),), i, dtype=torch.long)
-        out = model.prediction(x, t.expand(len(x)), cond, uncond, guidance_scale, network)
+        out, out_uncond = model.prediction_parts(x, t.expand(len(x)), cond, uncond, guidance_scale, network)
+        if keep_uncond:
+            uncond_outputs.append(out_uncond)
         mu, sigma = model.posterior(out, x, timesteps, steps, eta)
         if eta > 0:
             x = mu + sigma * noise[:, i]
@@ -140,7 +152,8 @@ def _sample_chunk(model: Denoiser, x: torch.Tensor, cond: torch.Tensor, uncond: 
             x = mu
             log_probs.append(torch.full((len(x),), float("nan"), device=x.device))
         latents.append(x)
-    return torch.stack(latents, dim=1), torch.stack(log_probs, dim=1)
+    kept = None if not uncond_outputs or uncond_outputs[0] is None else torch.stack(uncond_outputs, dim=1)
+    return torch.stack(latents, dim=1), torch.stack(log_probs, dim=1), kept
 
 
 @torch.no_grad()
@@ -148,7 +161,7 @@ def rollout(pipe, prompts: Sequence[str], *, guidance_scale: float, num_steps: i
             generator: torch.Generator | None = None, seed: int | None = None, start_noise: torch.Tensor | None = None,
             batch_size: int = 8, height: int | None = None, width: int | None = None,
             shard: tuple[int, int] | None = None, compile: bool = False,
-            compile_backend: str | Callable = "inductor") -> Trajectories:
+            compile_backend: str | Callable = "inductor", keep_uncond: bool = False) -> Trajectories:
     """Sample one image per prompt with the family's stochastic sampler (η = ``eta``) and CFG, recording it all.
 
     ``pipe``: a loaded pipeline (its family's ``Denoiser`` is made here) or a ``Denoiser``.
@@ -157,6 +170,8 @@ def rollout(pipe, prompts: Sequence[str], *, guidance_scale: float, num_steps: i
     first and then sliced, so the shards of all ranks, concatenated in rank order, are the unsharded rollout.
     ``compile``: sample through ``torch.compile(network, backend=compile_backend)`` (see the module docstring: its
     log-probs are not the eager network's to the bit).
+    ``keep_uncond``: also store each step's unconditional-half output (``Trajectories.uncond_outputs``, as much
+    memory again as the latents), for an update that re-runs the conditional half only (``pg.sampled_uncond``).
     """
     if generator is not None and seed is not None:
         raise ValueError("pass either generator or seed, not both")
@@ -189,24 +204,33 @@ def rollout(pipe, prompts: Sequence[str], *, guidance_scale: float, num_steps: i
         cond, uncond = model.encode(chunk)
         x = start_noise[lo: lo + batch_size] * model.init_noise_sigma()
         step_noise = None if noise is None else noise[lo: lo + batch_size]
-        latents, log_probs = _sample_chunk(model, x, cond, uncond, timesteps, guidance_scale, eta, step_noise,
-                                           network)
+        latents, log_probs, uncond_outputs = _sample_chunk(model, x, cond, uncond, timesteps, guidance_scale, eta,
+                                                           step_noise, network, keep_uncond)
         images = to_uint8(model.decode(latents[:, -1]))
         parts.append(Trajectories(prompts=chunk, start_noise=start_noise[lo: lo + batch_size], latents=latents,
                                   timesteps=timesteps, log_probs=log_probs, prompt_embeds=cond,
                                   negative_prompt_embeds=uncond, images=images,
-                                  guidance_scale=float(guidance_scale), eta=float(eta)))
+                                  guidance_scale=float(guidance_scale), eta=float(eta),
+                                  uncond_outputs=uncond_outputs))
     return Trajectories.concat(parts)
 
 
 def step_log_prob(model: Denoiser, traj: Trajectories, indices: Sequence[int] | torch.Tensor,
                   step_index: int | torch.Tensor, guidance_scale: float | None = None,
-                  eta: float | None = None) -> torch.Tensor:
+                  eta: float | None = None, sampled_uncond: bool = False) -> torch.Tensor:
     """Log-prob (B,) of the stored transitions latents[i, s] -> latents[i, s+1] under the current weights (with grad).
 
     ``step_index`` is one step for all samples or a (B,) tensor of per-sample steps; guidance and eta default
     to the rollout's. Same arithmetic as the rollout, so unchanged weights reproduce ``traj.log_probs`` exactly.
+    ``sampled_uncond``: where the rollout kept them (``rollout(..., keep_uncond=True)``), take the unconditional
+    half's outputs from it and run only the conditional half: half the network work, the gradient through the
+    conditional half only, and the sampled step again only up to float rounding (the half runs in a batch of its
+    own) and only while the weights are the sampled ones (the unconditional half does not follow the update).
+    Without kept outputs (none kept, guidance ≤ 1, a guidance-distilled family)
+    both halves run as usual.
     """
+    if sampled_uncond and guidance_scale is not None and guidance_scale != traj.guidance_scale:
+        raise ValueError("sampled_uncond reuses the rollout's own guided step: it needs the rollout's guidance")
     guidance_scale = traj.guidance_scale if guidance_scale is None else guidance_scale
     eta = traj.eta if eta is None else eta
     if eta <= 0:
@@ -218,6 +242,8 @@ def step_log_prob(model: Denoiser, traj: Trajectories, indices: Sequence[int] | 
     x_prev = traj.latents[idx, steps + 1].to(device)
     t = traj.timesteps.cpu()[steps].to(device)
     cond, uncond = traj.prompt_embeds[idx].to(device), traj.negative_prompt_embeds[idx].to(device)
-    out = model.prediction(x, t, cond, uncond, guidance_scale)
+    kept = traj.uncond_outputs if sampled_uncond else None
+    stored = None if kept is None else kept[idx, steps].to(device)
+    out = model.prediction(x, t, cond, uncond, guidance_scale, uncond_output=stored)
     mu, sigma = model.posterior(out, x, traj.timesteps, steps, eta)
     return gaussian_log_prob(x_prev, mu, sigma)

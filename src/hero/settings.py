@@ -64,6 +64,10 @@ class PolicyGradientSettings(Section):
     # Steps with σ below this are never trained: their ∇ log p ∝ 1/σ swamps the gradient (docs/learning.md). 0.01
     # leaves out tiny-shapes' last step (σ = 0.0064, under one uint8 level); 0 trains every step.
     min_sigma: float = Field(0.01, ge=0.0)
+    # True: the rollout keeps each step's unconditional-half output and the update re-runs only the conditional half
+    # (half a pass's work; no gradient through the unconditional half, which the shared LoRA still moves). Off by
+    # default; measured in docs/speed.md ("The conditional half only").
+    sampled_uncond: bool = False
 
 
 class HeroSettings(Section):

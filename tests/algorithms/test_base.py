@@ -24,3 +24,11 @@ def test_hero_with_the_policy_gradient_update_samples_eagerly():
     cfg = load_config(prompt="three green triangles", algo="hero",
                       overrides=["sampler.compile=true", "hero.update=policy_gradient"])
     assert not keeps_only_images(cfg) and not rollout_kwargs(cfg)["compile"]
+
+
+@pytest.mark.parametrize("algo", sorted(ALGORITHMS))
+def test_only_a_log_prob_update_keeps_the_unconditional_half(algo):
+    cfg = load_config(prompt="three green triangles", algo=algo, overrides=["pg.sampled_uncond=true"])
+    assert rollout_kwargs(cfg)["keep_uncond"] == (not keeps_only_images(cfg))
+    assert not rollout_kwargs(cfg, training=False)["keep_uncond"]  # an evaluation keeps only images
+    assert not rollout_kwargs(load_config(prompt="three green triangles", algo=algo))["keep_uncond"]

@@ -78,11 +78,13 @@ def rollout_kwargs(cfg, training: bool = True) -> dict:
 
     ``sampler.compile`` applies to an evaluation (``training=False``) and to the rounds of a method that keeps only
     the images; a rollout whose log-probs a policy update re-evaluates stays eager, so that its ratio is exact.
+    ``pg.sampled_uncond`` keeps the unconditional half's outputs of such a rollout for its update.
     """
     s = cfg.sampler
     compile_ = s.compile and (not training or keeps_only_images(cfg))
+    keep_uncond = training and cfg.pg.sampled_uncond and not keeps_only_images(cfg)
     return dict(guidance_scale=s.guidance_scale, num_steps=s.steps, eta=s.eta, batch_size=s.batch_size,
-                height=s.resolution, width=s.resolution, compile=compile_)
+                height=s.resolution, width=s.resolution, compile=compile_, keep_uncond=keep_uncond)
 
 
 def likelihood_config(cfg, with_base: bool) -> LikelihoodConfig:

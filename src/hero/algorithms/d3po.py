@@ -93,7 +93,7 @@ def d3po_update(model: Denoiser, traj: Trajectories, pairs: list[tuple[int, int]
         for mb, s, weight in group:
             # Winner and loser at the same step index, in one batched forward pass.
             idx, ss = torch.cat([p[mb, 0], p[mb, 1]]), torch.cat([s, s])
-            logp = step_log_prob(model, traj, idx, ss)
+            logp = step_log_prob(model, traj, idx, ss, sampled_uncond=cfg.sampled_uncond)
             ref = traj.log_probs[idx, ss].to(device)
             (lw, ll), (rw, rl) = logp.chunk(2), ref.chunk(2)
             loss = d3po_loss(lw, ll, rw, rl, beta, ratio_clip)

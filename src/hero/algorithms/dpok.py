@@ -92,12 +92,13 @@ def train_value(value: ValueNet, optimizer: torch.optim.Optimizer, x: torch.Tens
     return {"value_mse_before": before, "value_mse_after": mse() if epochs else before}
 
 
-def step_terms(model: Denoiser, traj: Trajectories, idx: torch.Tensor,
-               steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def step_terms(model: Denoiser, traj: Trajectories, idx: torch.Tensor, steps: torch.Tensor,
+               sampled_uncond: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(log π_θ of the stored transitions with grad, ε-MSE to the adapter-free UNet) per sample, (B,) each.
 
     The log-prob is computed with the sampler's own functions (as ``step_log_prob`` does), so unchanged
-    weights reproduce the stored log-probs exactly; one forward pass serves both terms.
+    weights reproduce the stored log-probs exactly; one forward pass serves both terms. ``sampled_uncond``: the
+    trained pass takes the unconditional half from the rollout where it kept it (``step_log_prob``).
     """
     device = model.network.device
     x, x_prev = traj.latents[idx, steps].to(device), traj.latents[idx, steps + 1].to(device)
@@ -107,7 +108,9 @@ def step_terms(model: Denoiser, traj: Trajectories, idx: torch.Tensor,
     with torch.no_grad(), model.base_model():
         eps_ref = model.noise_estimate(model.prediction(x, t, cond, uncond, traj.guidance_scale), x,
                                        traj.timesteps, steps)
-    out = model.prediction(x, t, cond, uncond, traj.guidance_scale)
+    kept = traj.uncond_outputs if sampled_uncond else None
+    out = model.prediction(x, t, cond, uncond, traj.guidance_scale,
+                           uncond_output=None if kept is None else kept[idx, steps].to(device))
     mu, sigma = model.posterior(out, x, traj.timesteps, steps, traj.eta)
     eps = model.noise_estimate(out, x, traj.timesteps, steps)
     kl = ((eps - eps_ref) ** 2).mean(dim=tuple(range(1, x.ndim)))
@@ -133,7 +136,7 @@ def dpok_update(model: Denoiser, traj: Trajectories, advantages: torch.Tensor, o
     optimizer.zero_grad(set_to_none=True)
     for group in accumulation_schedule(len(traj), trainable_steps(model, traj, cfg.min_sigma), cfg, generator, dist):
         for mb, s, weight in group:
-            logp, kl = step_terms(model, traj, mb, s)
+            logp, kl = step_terms(model, traj, mb, s, cfg.sampled_uncond)
             logp_old = traj.log_probs[mb, s].to(device)
             loss = dpok_loss(logp, logp_old, advantages[mb, s].to(device), kl, cfg.clip_range, kl_weight)
             (loss * weight).backward()  # mean over the group's samples and K steps

@@ -5,7 +5,8 @@ Per setting it measures (median of ``repeats`` timings after a warm-up):
   log-prob recorded) against **pipeline images/s**: the plain ``pipe(...)`` call at the same steps, η, guidance,
   batch and size (``hero.sampling.sample_images``), so the ratio is the price of recording trajectories;
 - **update steps/s**: optimiser steps of ``policy_gradient_update`` (LoRA on the UNet; each step = a minibatch of
-  trajectories × K timesteps, forward and backward), and trajectory-timesteps per second;
+  trajectories × K timesteps, forward and backward), and trajectory-timesteps per second; **update half steps/s**:
+  the same update on the conditional half only (``pg.sampled_uncond``);
 - **likelihood steps/s**: optimiser steps of ``hero.likelihood.likelihood_update`` (RAFT's, Diffusion-KTO's: the
   denoising loss with the base model's prediction, batch 2 × the update's), and images/s;
 - **a round's seconds** (``round_seconds``): the demo's round of 64 images priced from those rates, sampling, its
@@ -213,9 +214,9 @@ def _sampling(model, n: int, steps: int, guidance: float, batch: int, repeats: i
 
     pipe, precision = model.pipe, model.precision.name
 
-    def roll(k: int, num_steps: int, seed: int = 0, compile: bool = False):
+    def roll(k: int, num_steps: int, seed: int = 0, compile: bool = False, keep_uncond: bool = False):
         return rollout(model, [PROMPT] * k, guidance_scale=guidance, num_steps=num_steps, eta=1.0, seed=seed,
-                       batch_size=batch, compile=compile)
+                       batch_size=batch, compile=compile, keep_uncond=keep_uncond)
 
     b = min(n, batch)
     one, two = _flops(lambda: roll(b, 1)), _flops(lambda: roll(b, 2))  # also the warm-up
@@ -234,7 +235,7 @@ def _sampling(model, n: int, steps: int, guidance: float, batch: int, repeats: i
         t_compiled = _timed(lambda r: roll(n, steps, seed=r, compile=True), repeats, sync)
         row.update(compiled_rollout_images_per_s=n / t_compiled, compiled_speedup=t_roll / t_compiled,
                    compile_seconds=max(t_first - t_compiled, 0.0))
-    return {**row, "traj": roll(n, steps)}
+    return {**row, "traj": roll(n, steps, keep_uncond=True)}  # the update is also timed on the conditional half
 
 
 def _update(model, traj, batch: int, k: int, repeats: int, sync) -> dict:
@@ -250,9 +251,13 @@ def _update(model, traj, batch: int, k: int, repeats: int, sync) -> dict:
     stats: dict = {}
     flops = _flops(lambda: stats.update(policy_gradient_update(model, traj, rewards, optimizer, cfg)))  # warm-up
     seconds = _timed(lambda r: policy_gradient_update(model, traj, rewards, optimizer, cfg), repeats, sync)
+    # pg.sampled_uncond: the same update on the conditional half only (the unconditional one from the rollout).
+    half = cfg.model_copy(update={"sampled_uncond": True})
+    half_seconds = _timed(lambda r: policy_gradient_update(model, traj, rewards, optimizer, half), repeats, sync)
     return {"update_steps_per_s": stats["grad_steps"] / seconds,
             "update_trajectory_steps_per_s": stats["backward_passes"] * batch / seconds,
-            "update_tflops_per_s": flops / seconds / 1e12, "update_batch": batch, "update_timesteps": k}
+            "update_tflops_per_s": flops / seconds / 1e12, "update_batch": batch, "update_timesteps": k,
+            "update_half_steps_per_s": stats["grad_steps"] / half_seconds}
 
 
 def _likelihood(model, traj, batch: int, steps: int, repeats: int, sync) -> dict:
@@ -290,7 +295,8 @@ def demo_policy_update() -> tuple[int, int]:
 
 def round_seconds(row: dict) -> dict:
     """A round's seconds of sampling, of a policy update and of a likelihood update, from a row's rates, and each
-    update's share of its round (update / (sampling + update)).
+    update's share of its round (update / (sampling + update)); the policy update also on the conditional half
+    only (``pg.sampled_uncond``) where the row has its rate.
 
     The update was timed at ``row["update_timesteps"]`` timesteps per trajectory; the demo's steps are priced
     in proportion to its own (a pass per trajectory-timestep: the update is compute-bound, docs/speed.md).
@@ -299,8 +305,12 @@ def round_seconds(row: dict) -> dict:
     steps, k = demo_policy_update()
     pg = steps / row["update_steps_per_s"] * k / row["update_timesteps"]
     likelihood = ROUND_LIKELIHOOD_STEPS / row["likelihood_steps_per_s"]
-    return {"round_sampling_s": sampling, "round_pg_update_s": pg, "round_likelihood_update_s": likelihood,
-            "pg_update_share": pg / (sampling + pg), "likelihood_update_share": likelihood / (sampling + likelihood)}
+    out = {"round_sampling_s": sampling, "round_pg_update_s": pg, "round_likelihood_update_s": likelihood,
+           "pg_update_share": pg / (sampling + pg), "likelihood_update_share": likelihood / (sampling + likelihood)}
+    if "update_half_steps_per_s" in row:
+        half = steps / row["update_half_steps_per_s"] * k / row["update_timesteps"]
+        out.update(round_pg_update_half_s=half, pg_update_half_share=half / (sampling + half))
+    return out
 
 
 def measure(pipe, setting: str, n: int, steps: int, guidance: float, batch: int, update_batch: int,

@@ -14,9 +14,9 @@ import math
 
 import torch
 
-from hero.precision import FP32, Precision, unet_call
+from hero.precision import FP32, Precision, unet_output
 
-__all__ = ["check_stochastic", "ddim_posterior", "gaussian_log_prob", "guided_output", "min_snr_weight",
+__all__ = ["check_stochastic", "ddim_posterior", "gaussian_log_prob", "guidance_outputs", "min_snr_weight",
            "noise_from_output", "noised", "prediction_target", "step_alphas", "step_sigmas"]
 
 
@@ -38,19 +38,23 @@ def check_stochastic(scheduler, timesteps: torch.Tensor, eta: float) -> None:
                          "use DDIMScheduler(..., set_alpha_to_one=False) for trajectories with log-probs")
 
 
-def guided_output(unet, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
-                  guidance_scale: float, precision: Precision = FP32) -> torch.Tensor:
-    """Guided UNet output (fp32) for per-sample timesteps ``t`` (B,), the network run at ``precision``."""
-    if guidance_scale > 1.0:
+def guidance_outputs(unet, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+                     guidance_scale: float, precision: Precision = FP32,
+                     uncond_output: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(guided output, the unconditional half's output) in fp32; the second is None when guidance_scale ≤ 1.
+
+    ``uncond_output``: the unconditional half as already computed (e.g. stored by the sampler): only the conditional
+    half is run, and no gradient flows through the unconditional one (``pg.sampled_uncond``).
+    """
+    if guidance_scale <= 1.0:
+        return unet_output(unet, x, t, cond, precision), None
+    if uncond_output is None:
         # One batched call, [uncond; cond], as the diffusers pipelines do.
-        out = unet_call(unet, torch.cat([x, x]), torch.cat([t, t]), torch.cat([uncond, cond]), precision)
-        out_uncond, out_cond = out.chunk(2)
-        out = out_uncond + guidance_scale * (out_cond - out_uncond)
+        out_uncond, out_cond = unet_output(unet, torch.cat([x, x]), torch.cat([t, t]), torch.cat([uncond, cond]),
+                                           precision).chunk(2)
     else:
-        out = unet_call(unet, x, t, cond, precision)
-    if out.shape[1] == 2 * x.shape[1]:  # learned-variance UNets: keep the mean prediction
-        out = out[:, : x.shape[1]]
-    return out
+        out_uncond, out_cond = uncond_output.to(x.device), unet_output(unet, x, t, cond, precision)
+    return out_uncond + guidance_scale * (out_cond - out_uncond), out_uncond
 
 
 def ddim_posterior(scheduler, out: torch.Tensor, x: torch.Tensor, abar_t: torch.Tensor, abar_prev: torch.Tensor,

@@ -32,7 +32,7 @@ import torch
 from hero.models.ddim import (
     check_stochastic,
     ddim_posterior,
-    guided_output,
+    guidance_outputs,
     min_snr_weight,
     noise_from_output,
     noised,
@@ -117,13 +117,22 @@ class Denoiser:
         return network
 
     def prediction(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
-                   guidance_scale: float, network=None) -> torch.Tensor:
+                   guidance_scale: float, network=None, uncond_output: torch.Tensor | None = None) -> torch.Tensor:
         """The guided prediction (fp32) at latents x (B, ...) and per-sample timesteps t (B,), at ``precision``.
 
         ``network``: the network or any callable with its signature (e.g. under other weights); default ours.
+        ``uncond_output``: the unconditional half's output as the sampler stored it (``prediction_parts``): only the
+        conditional half is run, and no gradient reaches the unconditional one.
         """
+        return self.prediction_parts(x, t, cond, uncond, guidance_scale, network, uncond_output)[0]
+
+    def prediction_parts(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+                         guidance_scale: float, network=None,
+                         uncond_output: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the guided prediction, its unconditional half's output), or None for the half where guidance runs no
+        separate unconditional pass (guidance_scale ≤ 1, a guidance-distilled family)."""
         network = self.conditioned(self.network if network is None else network)
-        return guided_output(network, x, t, cond, uncond, guidance_scale, self.precision)
+        return guidance_outputs(network, x, t, cond, uncond, guidance_scale, self.precision, uncond_output)
 
     def output(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """The unguided prediction (fp32) at x_t (B, ...), timesteps t (B,): what the likelihood losses train."""

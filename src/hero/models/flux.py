@@ -126,11 +126,13 @@ class FluxDenoiser(SD3Denoiser):
         self.pipe.scheduler.set_timesteps(num_steps, device=self.device, sigmas=sigmas, mu=mu)
         return self.pipe.scheduler.timesteps.clone()
 
-    def prediction(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
-                   guidance_scale: float, network=None) -> torch.Tensor:
-        # Guidance-distilled: the guidance value conditions one pass; the unconditional embedding is not used.
+    def prediction_parts(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+                         guidance_scale: float, network=None,
+                         uncond_output: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
+        # Guidance-distilled: the guidance value conditions one pass; the unconditional embedding is not used, and
+        # there is no unconditional half to store or reuse.
         network = self.conditioned(self.network if network is None else network, guidance_scale)
-        return unet_call(network, x, t, cond, self.precision)
+        return unet_call(network, x, t, cond, self.precision), None
 
     def output(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         # The likelihood losses train the prediction at the guidance value the model card samples with.
