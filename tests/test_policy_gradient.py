@@ -158,3 +158,36 @@ def test_update_on_the_conditional_half_only(tiny_pixel_pipeline):
     assert batches == [2] * 8  # 2 minibatches × 4 steps, each the conditional half of 2 trajectories
     assert stats["approx_kl"] < 1e-10 and stats["clipfrac"] == 0.0  # the sampled step again, up to rounding
     assert _surrogate(pipe, traj, adv, cfg.clip_range) < before_loss - 1e-4
+
+
+def test_timesteps_in_one_pass_give_the_same_update(tiny_pixel_pipeline):
+    """pg.batch_timesteps: a minibatch's K timesteps in one network pass, the same gradient and step."""
+    pipe = tiny_pixel_pipeline
+    add_lora(pipe.unet, rank=2, alpha=2)
+    traj = rollout(pipe, ["a red circle", "a blue square", "a red circle", "big"], num_steps=4, guidance_scale=3.0,
+                   seed=0)
+    start = {n: p.detach().clone() for n, p in pipe.unet.named_parameters() if "lora_" in n}
+    results = {}
+    for fused in (False, True):
+        with torch.no_grad():
+            for n, p in pipe.unet.named_parameters():
+                if n in start:
+                    p.copy_(start[n])
+        cfg = PolicyGradientSettings(clip_range=0.05, timesteps_per_traj=3, batch_size=2, grad_accum=2,
+                                     min_sigma=0.0, batch_timesteps=fused)
+        batches = []
+        hook = pipe.unet.register_forward_pre_hook(lambda module, args, seen=batches: seen.append(len(args[0])))
+        stats = policy_gradient_update(pipe, traj, [1.0, 0.0, 0.7, 0.2], make_optimizer(pipe.unet, lr=1e-3), cfg,
+                                       generator=torch.Generator().manual_seed(3))
+        hook.remove()
+        results[fused] = (stats, batches, {n: p.detach().clone() for n, p in pipe.unet.named_parameters()
+                                           if n in start})
+    (plain, plain_batches, plain_after), (fused, fused_batches, fused_after) = results[False], results[True]
+    # [uncond; cond] of a minibatch of 2 at one step, 6 times; or of 2 minibatches × K = 3 steps at once.
+    assert plain_batches == [2 * 2] * 6 and fused_batches == [2 * (2 * 2 * 3)]
+    assert plain["network_passes"] == 6 and fused["network_passes"] == 1
+    assert plain["backward_passes"] == fused["backward_passes"] == 6
+    assert fused["grad_norm"] == pytest.approx(plain["grad_norm"], rel=1e-4)
+    for n in start:
+        torch.testing.assert_close(fused_after[n], plain_after[n], rtol=1e-4, atol=1e-6)
+    assert any(not torch.equal(plain_after[n], start[n]) for n in start)

@@ -17,7 +17,8 @@ from hero.rollout import Trajectories, step_log_prob
 from hero.settings import PolicyGradientSettings
 
 __all__ = ["accumulation_schedule", "clip_and_step", "clipped_surrogate_loss",
-           "make_optimizer", "policy_gradient_update", "standardise_advantages", "trainable_steps"]
+           "make_optimizer", "pass_batches", "policy_gradient_update", "standardise_advantages",
+           "trainable_steps"]
 
 
 # AdamW's settings for every adapter here (the papers' DDPO values); the rate is each method's own.
@@ -105,6 +106,15 @@ def accumulation_schedule(n: int, n_steps: int | torch.Tensor, cfg: PolicyGradie
             yield dist.share([(mb, steps[mb, j], len(mb) / (n_group * k)) for mb in group for j in range(k)])
 
 
+def pass_batches(group: list[tuple[torch.Tensor, torch.Tensor, float]],
+                 batch_timesteps: bool) -> list[list[tuple[torch.Tensor, torch.Tensor, float]]]:
+    """The network passes of one optimiser step's (minibatch, steps, weight) items: one pass each, or with
+    ``batch_timesteps`` all of them in one pass (``pg.batch_timesteps``: the same sum of weighted losses)."""
+    if not group:
+        return []
+    return [group] if batch_timesteps else [[item] for item in group]
+
+
 def clip_and_step(optimizer: torch.optim.Optimizer, max_grad_norm: float, dist: Dist = SINGLE,
                   scaler: LossScale | None = None) -> float:
     """Clip the accumulated gradient's norm, take the optimiser step, clear; return the norm before clipping.
@@ -128,11 +138,34 @@ def clip_and_step(optimizer: torch.optim.Optimizer, max_grad_norm: float, dist: 
     return grad_norm
 
 
+def _surrogate_pass(model: Denoiser, traj: Trajectories, parts: list[tuple[torch.Tensor, torch.Tensor, float]],
+                    adv: torch.Tensor, cfg: PolicyGradientSettings, stats: dict[str, list[float]]) -> None:
+    """One forward and backward over ``parts``' samples and steps, accumulating Σ weight · clipped loss per part."""
+    device = model.network.device
+    idx, steps = torch.cat([mb for mb, _, _ in parts]), torch.cat([s for _, s, _ in parts])
+    logps = step_log_prob(model, traj, idx, steps, sampled_uncond=cfg.sampled_uncond).split(
+        [len(mb) for mb, _, _ in parts])
+    total = 0.0
+    for (mb, s, weight), logp in zip(parts, logps, strict=True):
+        logp_old = traj.log_probs[mb, s].to(device)
+        loss = clipped_surrogate_loss(logp, logp_old, adv[mb].to(device), cfg.clip_range)
+        total = total + loss * weight
+        with torch.no_grad():
+            diff = logp - logp_old
+            stats["loss"].append(loss.item())
+            stats["approx_kl"].append(0.5 * (diff**2).mean().item())
+            stats["clipfrac"].append(((diff.exp() - 1).abs() > cfg.clip_range).float().mean().item())
+    total.backward()
+
+
 def policy_gradient_update(model: Denoiser, trajectories: Trajectories,
                            rewards: Sequence[float] | np.ndarray | torch.Tensor,
                            optimizer: torch.optim.Optimizer, cfg: PolicyGradientSettings,
                            generator: torch.Generator | None = None, dist: Dist = SINGLE) -> dict[str, float]:
     """One DDPO update on these trajectories; returns mean loss, approx_kl, clipfrac, grad_norm and counts.
+
+    ``cfg.batch_timesteps`` runs each optimiser step's minibatch × K terms in one network pass,
+    ``cfg.sampled_uncond`` runs the conditional CFG half only (``step_log_prob``).
 
     ``model``: the trainer's ``Denoiser`` (with its precision), or a bare pipeline (fp32).
     """
@@ -142,25 +175,18 @@ def policy_gradient_update(model: Denoiser, trajectories: Trajectories,
     prompts = traj.prompts if cfg.per_prompt_advantages else None
     adv = standardise_advantages(rewards, prompts, cfg.adv_clip)
     model = as_denoiser(model)
-    device = model.network.device
     stats: dict[str, list[float]] = {"loss": [], "approx_kl": [], "clipfrac": [], "grad_norm": []}
     optimizer.zero_grad(set_to_none=True)
-    steps = trainable_steps(model, traj, cfg.min_sigma)
+    steps, passes = trainable_steps(model, traj, cfg.min_sigma), 0
     for group in accumulation_schedule(len(traj), steps, cfg, generator, dist):
-        for mb, s, weight in group:
-            logp = step_log_prob(model, traj, mb, s, sampled_uncond=cfg.sampled_uncond)
-            logp_old = traj.log_probs[mb, s].to(device)
-            loss = clipped_surrogate_loss(logp, logp_old, adv[mb].to(device), cfg.clip_range)
-            (loss * weight).backward()
-            with torch.no_grad():
-                diff = logp - logp_old
-                stats["loss"].append(loss.item())
-                stats["approx_kl"].append(0.5 * (diff**2).mean().item())
-                stats["clipfrac"].append(((diff.exp() - 1).abs() > cfg.clip_range).float().mean().item())
+        for parts in pass_batches(group, cfg.batch_timesteps):
+            _surrogate_pass(model, traj, parts, adv, cfg, stats)
+            passes += 1
         stats["grad_norm"].append(clip_and_step(optimizer, cfg.max_grad_norm, dist, model.precision.scaler))
     # Data-parallel: every process's passes (the grad norms are the same on all of them).
     stats.update(dist.merge_lists({k: stats[k] for k in ("loss", "approx_kl", "clipfrac")}))
     out = {key: float(np.mean(v)) for key, v in stats.items()}
-    out.update(grad_steps=len(stats["grad_norm"]), backward_passes=len(stats["loss"]),
+    # backward_passes: (minibatch, timestep) terms; network_passes: this process's forward-backward calls.
+    out.update(grad_steps=len(stats["grad_norm"]), backward_passes=len(stats["loss"]), network_passes=passes,
                reward_mean=float(np.mean(np.asarray(rewards, dtype=np.float64))))
     return out

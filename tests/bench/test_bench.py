@@ -300,11 +300,11 @@ def test_compute_benchmark_on_cpu(tiny_sd_pipeline, monkeypatch):
         bf16["rollout_images_per_s"] / row["rollout_images_per_s"], rel=1e-2)
     for key in ("rollout_images_per_s", "pipeline_images_per_s", "update_steps_per_s", "unet_gflop_per_image_step",
                 "rollout_tflops_per_s", "update_tflops_per_s", "likelihood_steps_per_s", "likelihood_tflops_per_s",
-                "round_sampling_s", "round_pg_update_s", "round_likelihood_update_s", "update_half_steps_per_s",
-                "round_pg_update_half_s"):
+                "round_sampling_s", "round_pg_update_s", "round_likelihood_update_s"):
         assert row[key] > 0, key
     assert 0 < row["pg_update_share"] < 1 and 0 < row["likelihood_update_share"] < 1
-    assert 0 < row["pg_update_half_share"] < 1
+    for name in ("batched", "half", "batched_half"):  # the update's variants, side by side
+        assert row[f"update_{name}_steps_per_s"] > 0 and 0 < row[f"pg_update_{name}_share"] < 1
     assert row["round_sampling_s"] == pytest.approx(64 / row["rollout_images_per_s"], rel=1e-3)
     assert "peak_fraction" not in row and "compiled_rollout_images_per_s" not in row  # CPU: no peak table
     # --compile times the rollout through torch.compile (traced only here: inductor's compile takes a minute).
@@ -380,6 +380,7 @@ def test_a_round_is_priced_with_the_demo_presets_own_update():
     assert priced["pg_update_share"] == pytest.approx(pg_seconds / (10.0 + pg_seconds))
     assert "round_pg_update_half_s" not in priced  # a row without the conditional-half rate
     half = round_seconds({**row, "update_half_steps_per_s": 4.0})
+    assert "round_pg_update_batched_s" not in half
     assert half["round_pg_update_half_s"] == pytest.approx(steps / 4.0 * k / 5)
     assert half["pg_update_half_share"] == pytest.approx(half["round_pg_update_half_s"]
                                                          / (10.0 + half["round_pg_update_half_s"]))

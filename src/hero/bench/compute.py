@@ -5,8 +5,9 @@ Per setting it measures (median of ``repeats`` timings after a warm-up):
   log-prob recorded) against **pipeline images/s**: the plain ``pipe(...)`` call at the same steps, η, guidance,
   batch and size (``hero.sampling.sample_images``), so the ratio is the price of recording trajectories;
 - **update steps/s**: optimiser steps of ``policy_gradient_update`` (LoRA on the UNet; each step = a minibatch of
-  trajectories × K timesteps, forward and backward), and trajectory-timesteps per second; **update half steps/s**:
-  the same update on the conditional half only (``pg.sampled_uncond``);
+  trajectories × K timesteps, forward and backward), and trajectory-timesteps per second; the same update with a
+  minibatch's K timesteps in one pass (``pg.batch_timesteps``, **batched**), on the conditional half only
+  (``pg.sampled_uncond``, **half**) and with both;
 - **likelihood steps/s**: optimiser steps of ``hero.likelihood.likelihood_update`` (RAFT's, Diffusion-KTO's: the
   denoising loss with the base model's prediction, batch 2 × the update's), and images/s;
 - **a round's seconds** (``round_seconds``): the demo's round of 64 images priced from those rates, sampling, its
@@ -251,13 +252,17 @@ def _update(model, traj, batch: int, k: int, repeats: int, sync) -> dict:
     stats: dict = {}
     flops = _flops(lambda: stats.update(policy_gradient_update(model, traj, rewards, optimizer, cfg)))  # warm-up
     seconds = _timed(lambda r: policy_gradient_update(model, traj, rewards, optimizer, cfg), repeats, sync)
-    # pg.sampled_uncond: the same update on the conditional half only (the unconditional one from the rollout).
-    half = cfg.model_copy(update={"sampled_uncond": True})
-    half_seconds = _timed(lambda r: policy_gradient_update(model, traj, rewards, optimizer, half), repeats, sync)
-    return {"update_steps_per_s": stats["grad_steps"] / seconds,
-            "update_trajectory_steps_per_s": stats["backward_passes"] * batch / seconds,
-            "update_tflops_per_s": flops / seconds / 1e12, "update_batch": batch, "update_timesteps": k,
-            "update_half_steps_per_s": stats["grad_steps"] / half_seconds}
+    row = {"update_steps_per_s": stats["grad_steps"] / seconds,
+           "update_trajectory_steps_per_s": stats["backward_passes"] * batch / seconds,
+           "update_tflops_per_s": flops / seconds / 1e12, "update_batch": batch, "update_timesteps": k}
+    # The same update with pg.batch_timesteps (K timesteps in one pass), pg.sampled_uncond (the conditional half
+    # only, the unconditional one from the rollout) and both.
+    for name, update in (("batched", {"batch_timesteps": True}), ("half", {"sampled_uncond": True}),
+                         ("batched_half", {"batch_timesteps": True, "sampled_uncond": True})):
+        variant = cfg.model_copy(update=update)
+        t = _timed(lambda r, v=variant: policy_gradient_update(model, traj, rewards, optimizer, v), repeats, sync)
+        row[f"update_{name}_steps_per_s"] = stats["grad_steps"] / t
+    return row
 
 
 def _likelihood(model, traj, batch: int, steps: int, repeats: int, sync) -> dict:
@@ -295,8 +300,8 @@ def demo_policy_update() -> tuple[int, int]:
 
 def round_seconds(row: dict) -> dict:
     """A round's seconds of sampling, of a policy update and of a likelihood update, from a row's rates, and each
-    update's share of its round (update / (sampling + update)); the policy update also on the conditional half
-    only (``pg.sampled_uncond``) where the row has its rate.
+    update's share of its round (update / (sampling + update)); the policy update also batched, on the conditional
+    half only and both (``_update``) where the row has their rates.
 
     The update was timed at ``row["update_timesteps"]`` timesteps per trajectory; the demo's steps are priced
     in proportion to its own (a pass per trajectory-timestep: the update is compute-bound, docs/speed.md).
@@ -307,9 +312,11 @@ def round_seconds(row: dict) -> dict:
     likelihood = ROUND_LIKELIHOOD_STEPS / row["likelihood_steps_per_s"]
     out = {"round_sampling_s": sampling, "round_pg_update_s": pg, "round_likelihood_update_s": likelihood,
            "pg_update_share": pg / (sampling + pg), "likelihood_update_share": likelihood / (sampling + likelihood)}
-    if "update_half_steps_per_s" in row:
-        half = steps / row["update_half_steps_per_s"] * k / row["update_timesteps"]
-        out.update(round_pg_update_half_s=half, pg_update_half_share=half / (sampling + half))
+    for name in ("batched", "half", "batched_half"):
+        if f"update_{name}_steps_per_s" in row:
+            seconds = steps / row[f"update_{name}_steps_per_s"] * k / row["update_timesteps"]
+            out[f"round_pg_update_{name}_s"] = seconds
+            out[f"pg_update_{name}_share"] = seconds / (sampling + seconds)
     return out
 
 

@@ -170,9 +170,10 @@ def _compute_blocks(compute: dict | None) -> list[tuple]:
         return []
     wanted = ("setting", "device", "dtype", "resolution", "steps", "rollout_images_per_s", "pipeline_images_per_s",
               "rollout_relative_speed", "compiled_rollout_images_per_s", "compile_seconds", "update_steps_per_s",
-              "update_half_steps_per_s", "likelihood_steps_per_s", "pg_update_share", "pg_update_half_share",
-              "likelihood_update_share", "rollout_tflops_per_s", "update_tflops_per_s", "peak_fraction",
-              "update_peak_fraction")
+              "update_batched_steps_per_s", "update_half_steps_per_s", "update_batched_half_steps_per_s",
+              "likelihood_steps_per_s", "pg_update_share", "pg_update_batched_share", "pg_update_half_share",
+              "pg_update_batched_half_share", "likelihood_update_share", "rollout_tflops_per_s",
+              "update_tflops_per_s", "peak_fraction", "update_peak_fraction")
     keys = [k for k in wanted if any(k in r for r in compute["results"])]
     rows = [[str(r.get(k, "—")) for k in keys] for r in compute["results"]]
     return [("h2", "Compute (hero bench compute)"), ("table", keys, rows)]
