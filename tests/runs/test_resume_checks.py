@@ -111,8 +111,10 @@ def test_a_copied_run_resumes_in_the_copy_and_leaves_the_original_alone(finished
 
 def test_a_moved_run_goes_on_where_it_is_without_asking_again(finished, tmp_path):
     old = copy_of(finished, tmp_path / "a")
-    judged = FeedbackLog(old / "feedback.sqlite").all_rounds()
+    with FeedbackLog(old / "feedback.sqlite") as log:  # closed before the move: no -wal/-shm left to vanish mid-copy
+        judged = log.all_rounds()
     new = tmp_path / "b" / "moved"
+    new.parent.mkdir()  # a rename, as `mv` within one disk does (without the parent shutil copies file by file)
     shutil.move(old, new)
     res = resume(new, "--budget", "24")
     assert res.exit_code == 0, res.output
