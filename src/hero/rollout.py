@@ -86,6 +86,11 @@ class Trajectories:
         return cls(prompts=[s for p in parts for s in p.prompts], images=np.concatenate([p.images for p in parts]),
                    timesteps=first.timesteps, guidance_scale=first.guidance_scale, eta=first.eta, **per_sample)
 
+    def kept_uncond(self, indices: torch.Tensor, steps: torch.Tensor) -> torch.Tensor | None:
+        """The stored unconditional-half outputs (B, ...) of samples ``indices`` at their ``steps``; None when the
+        rollout kept none."""
+        return None if self.uncond_outputs is None else self.uncond_outputs[indices, steps]
+
     def _per_sample_tensors(self) -> tuple[str, ...]:
         return _PER_SAMPLE_TENSORS + (("uncond_outputs",) if self.uncond_outputs is not None else ())
 
@@ -242,8 +247,7 @@ def step_log_prob(model: Denoiser, traj: Trajectories, indices: Sequence[int] | 
     x_prev = traj.latents[idx, steps + 1].to(device)
     t = traj.timesteps.cpu()[steps].to(device)
     cond, uncond = traj.prompt_embeds[idx].to(device), traj.negative_prompt_embeds[idx].to(device)
-    kept = traj.uncond_outputs if sampled_uncond else None
-    stored = None if kept is None else kept[idx, steps].to(device)
-    out = model.prediction(x, t, cond, uncond, guidance_scale, uncond_output=stored)
+    kept = traj.kept_uncond(idx, steps) if sampled_uncond else None
+    out = model.prediction(x, t, cond, uncond, guidance_scale, uncond_output=kept)
     mu, sigma = model.posterior(out, x, traj.timesteps, steps, eta)
     return gaussian_log_prob(x_prev, mu, sigma)

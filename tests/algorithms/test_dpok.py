@@ -67,6 +67,21 @@ def test_kl_is_zero_for_the_identity_adapter_and_positive_after(name, request):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in lora_parameters(pipe))
 
 
+def test_the_trained_pass_can_take_the_unconditional_half_from_the_rollout(tiny_pixel_pipeline):
+    pipe = tiny_pixel_pipeline
+    add_lora(pipe.unet)
+    traj = rollout(pipe, ["a red circle", "big"], guidance_scale=3.0, num_steps=3, seed=0, keep_uncond=True)
+    idx, steps = torch.tensor([0, 1]), torch.tensor([2, 0])
+    batches = []
+    hook = pipe.unet.register_forward_pre_hook(lambda module, args: batches.append(len(args[0])))
+    logp, kl = step_terms(denoiser_for(pipe), traj, idx, steps, sampled_uncond=True)
+    hook.remove()
+    assert batches == [4, 2]  # the reference with both halves, the trained pass with the conditional half only
+    # The sampled step again up to float rounding (the conditional half runs in a batch of its own).
+    torch.testing.assert_close(logp.detach(), traj.log_probs[idx, steps], rtol=1e-5, atol=1e-5)
+    assert (kl < 1e-10).all() and logp.requires_grad  # B = 0: still the pretrained UNet, up to the same rounding
+
+
 def test_value_baseline_reduces_mse():
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)

@@ -108,9 +108,8 @@ def step_terms(model: Denoiser, traj: Trajectories, idx: torch.Tensor, steps: to
     with torch.no_grad(), model.base_model():
         eps_ref = model.noise_estimate(model.prediction(x, t, cond, uncond, traj.guidance_scale), x,
                                        traj.timesteps, steps)
-    kept = traj.uncond_outputs if sampled_uncond else None
-    out = model.prediction(x, t, cond, uncond, traj.guidance_scale,
-                           uncond_output=None if kept is None else kept[idx, steps].to(device))
+    kept = traj.kept_uncond(idx, steps) if sampled_uncond else None
+    out = model.prediction(x, t, cond, uncond, traj.guidance_scale, uncond_output=kept)
     mu, sigma = model.posterior(out, x, traj.timesteps, steps, traj.eta)
     eps = model.noise_estimate(out, x, traj.timesteps, steps)
     kl = ((eps - eps_ref) ** 2).mean(dim=tuple(range(1, x.ndim)))
