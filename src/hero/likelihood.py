@@ -111,6 +111,7 @@ class LikelihoodConfig:
     random_flip: bool = False  # mirror each drawn image left-right with probability 1/2
     guidance_scale: float = 1.0  # > 1: train the guided prediction the sampler steps with (one more forward)
     sampled_states: float = 0.0  # share of a batch noised to its own sampled state (``implied_noise``)
+    average_last: float = 0.0  # share of the round's last steps whose iterates the round ends on the mean of
 
 
 def step_lr(cfg: LikelihoodConfig, step: int) -> float | None:
@@ -118,6 +119,35 @@ def step_lr(cfg: LikelihoodConfig, step: int) -> float | None:
     if cfg.lr is None or cfg.lr_schedule == "constant":
         return cfg.lr
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * step / max(cfg.steps, 1)))
+
+
+class IterateAverage:
+    """The running mean of a set of parameters' iterates; ``apply`` writes it into them.
+
+    Stochastic weight averaging (Izmailov et al. 2018, "Averaging Weights Leads to Wider Optima"): the mean of a
+    constant-rate walk's last iterates, rather than wherever its last step happened to land.
+    """
+
+    def __init__(self, params: list[torch.Tensor]):
+        self.params, self.mean, self.count = params, None, 0
+
+    def add(self) -> None:
+        """Fold the parameters' current values into the mean."""
+        self.count += 1
+        with torch.no_grad():
+            if self.mean is None:
+                self.mean = [p.detach().clone() for p in self.params]
+            else:
+                for m, p in zip(self.mean, self.params, strict=True):
+                    m.add_(p.detach() - m, alpha=1.0 / self.count)
+
+    def apply(self) -> None:
+        """Set the parameters to the mean of the iterates added (nothing when none was)."""
+        if self.mean is None:
+            return
+        with torch.no_grad():
+            for m, p in zip(self.mean, self.params, strict=True):
+                p.copy_(m)
 
 
 def likelihood_update(model: Denoiser, pool: ImagePool, candidates: torch.Tensor, optimizer: torch.optim.Optimizer,
@@ -131,7 +161,8 @@ def likelihood_update(model: Denoiser, pool: ImagePool, candidates: torch.Tensor
         pool: the judged images; ``candidates`` (int64) are the pool indices a batch may hold.
         optimizer: over the adapter's parameters; steps go through ``policy_gradient.clip_and_step`` (grad-norm
             clip, the fp16 loss scale, the data-parallel average).
-        cfg: steps, batch size, loss weighting, conditioning dropout, whether to run the base model.
+        cfg: steps, batch size, loss weighting, conditioning dropout, whether to run the base model; with
+            ``average_last`` > 0 the round ends on the mean of its last ``round(steps * average_last)`` iterates.
         loss_fn: (the batch's DenoisingErrors, its labels (B,) bool) → a scalar loss.
         generator: draws the batches, timesteps and noise (a resumed round draws the same).
     Returns the mean loss, ℓ_θ and distance to the base model over the steps, and the last grad norm.
@@ -141,6 +172,9 @@ def likelihood_update(model: Denoiser, pool: ImagePool, candidates: torch.Tensor
     labels = pool.labels()
     stats: dict[str, list[float]] = {"loss": [], "model_error": [], "to_base": [], "grad_norm": []}
     optimizer.zero_grad(set_to_none=True)
+    # The data-parallel processes take the same steps, so each one's mean is the same.
+    average = IterateAverage([p for group in optimizer.param_groups for p in group["params"]])
+    first_averaged = cfg.steps - round(cfg.steps * cfg.average_last)
     for step in range(cfg.steps if len(candidates) else 0):
         if (lr := step_lr(cfg, step)) is not None:
             for group in optimizer.param_groups:  # set every step, so a resumed round restarts from the peak
@@ -164,6 +198,9 @@ def likelihood_update(model: Denoiser, pool: ImagePool, candidates: torch.Tensor
         stats["model_error"].append(errors.model.mean().item())
         if errors.to_base is not None:
             stats["to_base"].append(errors.to_base.mean().item())
+        if step >= first_averaged:
+            average.add()
+    average.apply()
     out = {k: float(sum(v) / len(v)) if v else float("nan") for k, v in stats.items()}
     return {**out, "steps": len(stats["loss"])}
 

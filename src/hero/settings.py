@@ -70,8 +70,8 @@ class PolicyGradientSettings(Section):
     sampled_uncond: bool = False
     # True: a minibatch's K timesteps run as one batch of batch_size × K (the same gradient up to float rounding, K×
     # the activation memory); faster where a small batch leaves cores idle (2.5× more images/s at 40 than 8 on
-    # tiny-shapes, 2 CPU threads; docs/speed.md). False: one timestep per pass, the papers' loop. DDPO, HERD and
-    # HERO's policy update; D3PO and DPOK run one timestep per pass.
+    # tiny-shapes, 2 CPU threads; docs/speed.md). False: one timestep per pass, the papers' loop. Every policy update:
+    # DDPO, HERD, HERO's, D3PO (winners and losers together) and DPOK.
     batch_timesteps: bool = False
 
 
@@ -149,6 +149,9 @@ class LikelihoodSettings(Section):
     # Share of each batch noised to the image's own sampled state (a random step's x_t of the trajectory that drew
     # it, with the noise it implies) instead of fresh noise: the sampler's real states, where a layout is decided
     sampled_states: float = Field(0.0, ge=0.0, le=1.0)
+    # Share of each round's last steps whose iterates are averaged into the weights the round ends on (stochastic
+    # weight averaging): the model sampled next, and saved, is their mean rather than the last step's (0: the last)
+    average_last: float = Field(0.0, ge=0.0, le=1.0)
 
 
 class KtoSettings(Section):

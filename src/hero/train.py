@@ -83,7 +83,7 @@ def _train_in(cfg: TrainConfig, run: RunFolder, dist: Dist, device: torch.device
     if run.config_path.exists() and not resume:
         raise FileExistsError(f"{run.path} already holds a run: pass --resume to continue it, or choose another --out")
     if resume and plan is None:  # checked here: say what the recoveries do (the CLI, checking first, says it)
-        plan = _checked(run, cfg, sizes, dist)
+        plan = _checked(cfg, dist)
         for line in plan.report if dist.is_main else []:
             logger.warning(line)
     dist.barrier()  # every process has looked before rank 0 writes
@@ -150,7 +150,7 @@ def check_run(cfg: TrainConfig) -> ResumePlan:
     return check_resume(run, cfg, round_sizes(cfg))
 
 
-def _checked(run: RunFolder, cfg: TrainConfig, sizes: list[int], dist: Dist) -> ResumePlan:
+def _checked(cfg: TrainConfig, dist: Dist) -> ResumePlan:
     """Rank 0 checks the folder and every process gets its plan, or raises its error."""
     return _on_main(dist, lambda: check_run(cfg))
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -47,3 +48,27 @@ def kill_resume_and_compare(cmd: list[str], out, whole) -> None:
     assert res.returncode == 0, res.stderr[-2000:]
     final, again = (load_file(p / "lora" / "pytorch_lora_weights.safetensors") for p in (whole.path, out))
     assert final.keys() == again.keys() and all(torch.equal(final[k], again[k]) for k in final)
+
+
+def assert_one_pass_is_the_same_update(unet, update) -> None:
+    """``update(batch_timesteps)`` (it returns the update's stats) takes the same optimiser steps, to float
+    rounding, with each step's minibatches × K timesteps in one network pass as with one pass per term."""
+    # A fresh LoRA's B = 0 makes ∂L/∂A exactly 0 in theory and float rounding in practice, which AdamW turns into
+    # a full step of either sign: start from a moved adapter, whose every gradient is a real one.
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in unet.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    start = {n: p.detach().clone() for n, p in unet.named_parameters() if p.requires_grad}
+    after, stats = {}, {}
+    for fused in (False, True):
+        unet.load_state_dict(start, strict=False)
+        stats[fused] = update(fused)
+        after[fused] = {n: p.detach().clone() for n, p in unet.named_parameters() if n in start}
+    assert stats[False]["backward_passes"] == stats[True]["backward_passes"] == stats[False]["network_passes"] > 1
+    assert stats[True]["network_passes"] == stats[True]["grad_steps"]
+    assert stats[True]["loss"] == pytest.approx(stats[False]["loss"], rel=1e-5)
+    assert any(not torch.equal(after[False][n], start[n]) for n in start)
+    for n in start:
+        torch.testing.assert_close(after[True][n], after[False][n], rtol=1e-4, atol=1e-6)

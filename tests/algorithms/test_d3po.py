@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from run_checks import assert_lora_loads, assert_resume_reproduces_lora
+from run_checks import assert_lora_loads, assert_one_pass_is_the_same_update, assert_resume_reproduces_lora
 
 from hero.algorithms.d3po import (
     D3POTrainer,
@@ -125,6 +125,22 @@ def test_update_prefers_the_winners(tiny_pixel_pipeline):
                    for s in range(3)]
     assert torch.stack(margins).mean() > 0
     assert d3po_update(pipe, traj, [], opt, cfg, 0.1, 0.1, torch.Generator())["grad_steps"] == 0  # all ties
+
+
+def test_timesteps_in_one_pass_give_the_same_update(tiny_pixel_pipeline):
+    """pg.batch_timesteps: winners and losers of every minibatch × K steps in one pass, the same update."""
+    pipe = tiny_pixel_pipeline
+    add_lora(pipe.unet, rank=2, alpha=2)
+    noise = paired_noise(6, (3, 8, 8), torch.Generator().manual_seed(0))
+    traj = rollout(pipe, ["a red circle"] * 6, guidance_scale=3.0, num_steps=4, start_noise=noise, seed=0)
+
+    def update(fused: bool) -> dict[str, float]:
+        cfg = PolicyGradientSettings(timesteps_per_traj=3, batch_size=1, grad_accum=2, min_sigma=0.0,
+                                     batch_timesteps=fused)
+        return d3po_update(pipe, traj, [(1, 0), (2, 3), (5, 4)], make_optimizer(pipe.unet, lr=3e-3), cfg, 0.1, 0.1,
+                           torch.Generator().manual_seed(4))
+
+    assert_one_pass_is_the_same_update(pipe.unet, update)
 
 
 def test_learn_derives_pairs_from_good_best_marks(tiny_pixel_pipeline):

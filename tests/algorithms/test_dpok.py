@@ -5,21 +5,24 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from run_checks import assert_one_pass_is_the_same_update
 
 from hero.algorithms.dpok import (
     DPOKTrainer,
     ValueNet,
     dpok_loss,
+    dpok_update,
     step_terms,
     timestep_embedding,
     train_value,
     value_data,
 )
-from hero.config import load_config
+from hero.config import PolicyGradientSettings, load_config
 from hero.lora import add_lora, lora_parameters
 from hero.models import load_pipeline
 from hero.models.ddim import noise_from_output
 from hero.models.families import denoiser_for
+from hero.policy_gradient import make_optimizer
 from hero.rollout import rollout
 from hero.train import train
 
@@ -80,6 +83,23 @@ def test_the_trained_pass_can_take_the_unconditional_half_from_the_rollout(tiny_
     # The sampled step again up to float rounding (the conditional half runs in a batch of its own).
     torch.testing.assert_close(logp.detach(), traj.log_probs[idx, steps], rtol=1e-5, atol=1e-5)
     assert (kl < 1e-10).all() and logp.requires_grad  # B = 0: still the pretrained UNet, up to the same rounding
+
+
+def test_timesteps_in_one_pass_give_the_same_update(tiny_pixel_pipeline):
+    """pg.batch_timesteps: every minibatch × K steps of an optimiser step in one pass, the same update."""
+    pipe = tiny_pixel_pipeline
+    add_lora(pipe.unet, rank=2, alpha=2)
+    traj = rollout(pipe, ["a red circle", "big", "a blue square", "big"], guidance_scale=3.0, num_steps=4, seed=0)
+    advantages = torch.tensor([[1.0, -0.5, 0.2, 0.0], [-1.0, 0.3, 0.1, 0.4], [0.5, 0.5, -0.2, 1.0],
+                               [0.0, -1.0, 0.8, -0.3]])
+
+    def update(fused: bool) -> dict[str, float]:
+        cfg = PolicyGradientSettings(clip_range=0.05, timesteps_per_traj=3, batch_size=2, grad_accum=2,
+                                     min_sigma=0.0, batch_timesteps=fused)
+        return dpok_update(pipe, traj, advantages, make_optimizer(pipe.unet, lr=1e-3), cfg, 0.1,
+                           torch.Generator().manual_seed(3))
+
+    assert_one_pass_is_the_same_update(pipe.unet, update)
 
 
 def test_value_baseline_reduces_mse():

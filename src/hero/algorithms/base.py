@@ -96,7 +96,7 @@ def likelihood_config(cfg, with_base: bool) -> LikelihoodConfig:
                             max_grad_norm=s.max_grad_norm, with_base=with_base, lr=s.lr,
                             lr_schedule=s.lr_schedule, random_flip=s.random_flip,
                             guidance_scale=cfg.sampler.guidance_scale if s.guided else 1.0,
-                            sampled_states=s.sampled_states)
+                            sampled_states=s.sampled_states, average_last=s.average_last)
 
 
 class LoraPolicy:

@@ -42,7 +42,7 @@ from hero.feedback.annotations import comparison_pairs
 from hero.feedback.base import RoundFeedback
 from hero.models.denoiser import Denoiser
 from hero.models.families import as_denoiser
-from hero.policy_gradient import accumulation_schedule, clip_and_step, trainable_steps
+from hero.policy_gradient import accumulation_schedule, clip_and_step, pass_batches, trainable_steps
 from hero.rollout import Trajectories, step_log_prob
 from hero.settings import PolicyGradientSettings
 
@@ -73,38 +73,58 @@ def d3po_loss(logp_w: torch.Tensor, logp_l: torch.Tensor, ref_w: torch.Tensor, r
     return -F.logsigmoid(beta * (torch.log(rho_w) - torch.log(rho_l))).mean()
 
 
+def _pairs_pass(model: Denoiser, traj: Trajectories, pairs: torch.Tensor,
+                parts: list[tuple[torch.Tensor, torch.Tensor, float]], beta: float, ratio_clip: float,
+                sampled_uncond: bool, stats: dict[str, list[float]]) -> None:
+    """One forward and backward over ``parts``' (minibatch of pairs, steps, weight): Σ weight · D3PO loss."""
+    device = model.network.device
+    sizes = [len(mb) for mb, _, _ in parts]
+    steps = torch.cat([s for _, s, _ in parts])
+    # Every part's winners, then every part's losers, each at its own step index: one batched network pass.
+    idx = torch.cat([torch.cat([pairs[mb, 0] for mb, _, _ in parts]), torch.cat([pairs[mb, 1] for mb, _, _ in parts])])
+    ss = torch.cat([steps, steps])
+    logp = step_log_prob(model, traj, idx, ss, sampled_uncond=sampled_uncond)
+    ref = traj.log_probs[idx, ss].to(device)
+    lw, ll = (x.split(sizes) for x in logp.chunk(2))
+    rw, rl = (x.split(sizes) for x in ref.chunk(2))
+    total = 0.0
+    for (_, _, weight), logp_w, logp_l, ref_w, ref_l in zip(parts, lw, ll, rw, rl, strict=True):
+        loss = d3po_loss(logp_w, logp_l, ref_w, ref_l, beta, ratio_clip)
+        total = total + loss * weight  # mean over the group's pairs and K steps
+        with torch.no_grad():
+            diff = torch.cat([logp_w - ref_w, logp_l - ref_l])
+            stats["loss"].append(loss.item())
+            stats["clipfrac"].append((diff.exp().sub(1).abs() > ratio_clip).float().mean().item())
+            stats["margin"].append(((logp_w - ref_w) - (logp_l - ref_l)).mean().item())
+    total.backward()
+
+
 def d3po_update(model: Denoiser, traj: Trajectories, pairs: list[tuple[int, int]], optimizer: torch.optim.Optimizer,
                 cfg: PolicyGradientSettings, beta: float, ratio_clip: float,
                 generator: torch.Generator, dist: Dist = SINGLE) -> dict[str, float]:
     """One D3PO update over a round's (winner, loser) pairs; minibatches of ``cfg.batch_size`` pairs.
+
+    ``cfg.batch_timesteps`` runs each optimiser step's minibatches × K steps in one network pass (the same loss).
 
     ``model``: the trainer's ``Denoiser`` (with its precision), or a bare pipeline (fp32).
     """
     stats: dict[str, list[float]] = {"loss": [], "clipfrac": [], "margin": [], "grad_norm": []}
     if not pairs:  # every pair a tie: nothing to learn from this round
         return {"loss": float("nan"), "clipfrac": float("nan"), "margin": float("nan"), "grad_norm": 0.0,
-                "grad_steps": 0, "backward_passes": 0}
+                "grad_steps": 0, "backward_passes": 0, "network_passes": 0}
     p = torch.tensor(pairs, dtype=torch.long)
     model = as_denoiser(model)
-    device = model.network.device
     optimizer.zero_grad(set_to_none=True)
     steps = trainable_steps(model, traj, cfg.min_sigma)  # per-step DPO: the same σ floor as DDPO's
+    passes = 0
     for group in accumulation_schedule(len(p), steps, cfg, generator, dist):
-        for mb, s, weight in group:
-            # Winner and loser at the same step index, in one batched forward pass.
-            idx, ss = torch.cat([p[mb, 0], p[mb, 1]]), torch.cat([s, s])
-            logp = step_log_prob(model, traj, idx, ss, sampled_uncond=cfg.sampled_uncond)
-            ref = traj.log_probs[idx, ss].to(device)
-            (lw, ll), (rw, rl) = logp.chunk(2), ref.chunk(2)
-            loss = d3po_loss(lw, ll, rw, rl, beta, ratio_clip)
-            (loss * weight).backward()  # mean over the group's pairs and K steps
-            with torch.no_grad():
-                stats["loss"].append(loss.item())
-                stats["clipfrac"].append(((logp - ref).exp().sub(1).abs() > ratio_clip).float().mean().item())
-                stats["margin"].append(((lw - rw) - (ll - rl)).mean().item())
+        for parts in pass_batches(group, cfg.batch_timesteps):
+            _pairs_pass(model, traj, p, parts, beta, ratio_clip, cfg.sampled_uncond, stats)
+            passes += 1
         stats["grad_norm"].append(clip_and_step(optimizer, cfg.max_grad_norm, dist, model.precision.scaler))
     out = {key: float(np.mean(v)) for key, v in stats.items()}
-    return {**out, "grad_steps": len(stats["grad_norm"]), "backward_passes": len(stats["loss"])}
+    return {**out, "grad_steps": len(stats["grad_norm"]), "backward_passes": len(stats["loss"]),
+            "network_passes": passes}
 
 
 class D3POTrainer:

@@ -35,7 +35,13 @@ from hero.feedback.base import RoundFeedback
 from hero.models.ddim import gaussian_log_prob
 from hero.models.denoiser import Denoiser
 from hero.models.families import as_denoiser
-from hero.policy_gradient import accumulation_schedule, clip_and_step, clipped_surrogate_loss, trainable_steps
+from hero.policy_gradient import (
+    accumulation_schedule,
+    clip_and_step,
+    clipped_surrogate_loss,
+    pass_batches,
+    trainable_steps,
+)
 from hero.rollout import Trajectories
 from hero.settings import PolicyGradientSettings
 
@@ -122,32 +128,49 @@ def dpok_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tens
     return clipped_surrogate_loss(logp, logp_old, advantages, clip_range) + kl_weight * kl.mean()
 
 
+def _dpok_pass(model: Denoiser, traj: Trajectories, parts: list[tuple[torch.Tensor, torch.Tensor, float]],
+               advantages: torch.Tensor, cfg: PolicyGradientSettings, kl_weight: float,
+               stats: dict[str, list[float]]) -> None:
+    """One forward and backward over ``parts``' (minibatch, steps, weight): Σ weight · DPOK loss."""
+    device = model.network.device
+    sizes = [len(mb) for mb, _, _ in parts]
+    idx, steps = torch.cat([mb for mb, _, _ in parts]), torch.cat([s for _, s, _ in parts])
+    logps, kls = (x.split(sizes) for x in step_terms(model, traj, idx, steps, cfg.sampled_uncond))
+    total = 0.0
+    for (mb, s, weight), logp, kl in zip(parts, logps, kls, strict=True):
+        logp_old = traj.log_probs[mb, s].to(device)
+        loss = dpok_loss(logp, logp_old, advantages[mb, s].to(device), kl, cfg.clip_range, kl_weight)
+        total = total + loss * weight  # mean over the group's samples and K steps
+        with torch.no_grad():
+            diff = logp - logp_old
+            stats["loss"].append(loss.item())
+            stats["kl"].append(kl.mean().item())
+            stats["approx_kl"].append(0.5 * (diff**2).mean().item())
+            stats["clipfrac"].append(((diff.exp() - 1).abs() > cfg.clip_range).float().mean().item())
+    total.backward()
+
+
 def dpok_update(model: Denoiser, traj: Trajectories, advantages: torch.Tensor, optimizer: torch.optim.Optimizer,
                 cfg: PolicyGradientSettings, kl_weight: float, generator: torch.Generator,
                 dist: Dist = SINGLE) -> dict[str, float]:
     """One DPOK policy update; ``advantages`` (N, T) are per trajectory and step (baseline already applied).
 
+    ``cfg.batch_timesteps`` runs each optimiser step's minibatches × K steps in one network pass (the same loss).
+
     ``model``: the trainer's ``Denoiser`` (with its precision), or a bare pipeline (fp32).
     """
     model = as_denoiser(model)
-    device = model.network.device
     stats: dict[str, list[float]] = {"loss": [], "kl": [], "approx_kl": [], "clipfrac": [], "grad_norm": []}
     optimizer.zero_grad(set_to_none=True)
+    passes = 0
     for group in accumulation_schedule(len(traj), trainable_steps(model, traj, cfg.min_sigma), cfg, generator, dist):
-        for mb, s, weight in group:
-            logp, kl = step_terms(model, traj, mb, s, cfg.sampled_uncond)
-            logp_old = traj.log_probs[mb, s].to(device)
-            loss = dpok_loss(logp, logp_old, advantages[mb, s].to(device), kl, cfg.clip_range, kl_weight)
-            (loss * weight).backward()  # mean over the group's samples and K steps
-            with torch.no_grad():
-                diff = logp - logp_old
-                stats["loss"].append(loss.item())
-                stats["kl"].append(kl.mean().item())
-                stats["approx_kl"].append(0.5 * (diff**2).mean().item())
-                stats["clipfrac"].append(((diff.exp() - 1).abs() > cfg.clip_range).float().mean().item())
+        for parts in pass_batches(group, cfg.batch_timesteps):
+            _dpok_pass(model, traj, parts, advantages, cfg, kl_weight, stats)
+            passes += 1
         stats["grad_norm"].append(clip_and_step(optimizer, cfg.max_grad_norm, dist, model.precision.scaler))
     out = {key: float(np.mean(v)) for key, v in stats.items()}
-    return {**out, "grad_steps": len(stats["grad_norm"]), "backward_passes": len(stats["loss"])}
+    return {**out, "grad_steps": len(stats["grad_norm"]), "backward_passes": len(stats["loss"]),
+            "network_passes": passes}
 
 
 class DPOKTrainer:
