@@ -66,7 +66,7 @@ class PolicyGradientSettings(Section):
     min_sigma: float = Field(0.01, ge=0.0)
     # True: the rollout keeps each step's unconditional-half output and the update re-runs only the conditional half
     # (half a pass's work; no gradient through the unconditional half, which the shared LoRA still moves). Off by
-    # default; measured in docs/speed.md ("The conditional half only").
+    # default, on in the demo preset (6 seeds there: higher and steadier than both halves; docs/speed.md).
     sampled_uncond: bool = False
     # True: a minibatch's K timesteps run as one batch of batch_size × K (the same gradient up to float rounding, K×
     # the activation memory); faster where a small batch leaves cores idle (2.5× more images/s at 40 than 8 on
