@@ -19,7 +19,8 @@ hero=${HERO:-.venv/bin/hero}
 # default. It also trains the policy updates on the conditional CFG half only, a CPU speed-up measured for the demo's
 # HERO alone: the grid's baselines keep the papers' update on both halves.
 "$hero" bench --methods hero,d3po,ddpo,dpok,seiko,raft --seeds 0,1,2 --budgets 128,256,512,1024 \
-  --images-per-round 64 --eval-n 512 --set hero.update=likelihood --set pg.sampled_uncond=false --device cuda --jobs "$jobs" --out "$out"
+  --images-per-round 64 --eval-n 512 --set hero.update=likelihood --set pg.sampled_uncond=false --device cuda \
+  --jobs "$jobs" --out "$out"
 # HERO as the paper runs it, beside the default (docs/learning.md).
 "$hero" bench --methods hero --seeds 0,1,2 --budgets 128,256,512,1024 --images-per-round 64 --eval-n 512 \
   --preset hero-paper --device cuda --jobs "$jobs" --out "$out-hero-paper"

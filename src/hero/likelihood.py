@@ -111,7 +111,7 @@ class LikelihoodConfig:
     random_flip: bool = False  # mirror each drawn image left-right with probability 1/2
     guidance_scale: float = 1.0  # > 1: train the guided prediction the sampler steps with (one more forward)
     sampled_states: float = 0.0  # share of a batch noised to its own sampled state (``implied_noise``)
-    average_last: float = 0.0  # share of the round's last steps whose iterates the round ends on the mean of
+    average_last: float = 0.0  # > 0: the round ends on the mean of this share of its last iterates (SWA)
 
 
 def step_lr(cfg: LikelihoodConfig, step: int) -> float | None:
