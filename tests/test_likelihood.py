@@ -143,7 +143,6 @@ def test_a_round_with_average_last_ends_on_the_mean_of_its_last_iterates(tiny_pi
     traj = rollout(pipe, ["a red circle"] * 4, guidance_scale=2.0, num_steps=2, seed=0)
     pool = ImagePool()
     pool.add_round(traj, [True] * 4, best=0)
-    trainable = [n for n, p in pipe.unet.named_parameters() if p.requires_grad]
     start = {n: p.detach().clone() for n, p in pipe.unet.named_parameters() if p.requires_grad}
 
     def weights_after(steps: int, average_last: float) -> dict[str, torch.Tensor]:
@@ -153,14 +152,14 @@ def test_a_round_with_average_last_ends_on_the_mean_of_its_last_iterates(tiny_pi
         likelihood_update(pipe, pool, torch.arange(4), opt,
                           LikelihoodConfig(steps=steps, batch_size=2, average_last=average_last),
                           lambda e, labels: e.model.mean(), torch.Generator().manual_seed(3))
-        return {n: p.detach().clone() for n, p in pipe.unet.named_parameters() if n in trainable}
+        return {n: p.detach().clone() for n, p in pipe.unet.named_parameters() if n in start}
 
     third, fourth = weights_after(3, 0.0), weights_after(4, 0.0)  # a round's first 3 steps draw as a 3-step round's
     averaged = weights_after(4, 0.5)  # the mean of the iterates after steps 3 and 4
-    assert any(not torch.equal(third[n], fourth[n]) for n in trainable)
-    for n in trainable:
+    assert any(not torch.equal(third[n], fourth[n]) for n in start)
+    for n in start:
         torch.testing.assert_close(averaged[n], (third[n] + fourth[n]) / 2)
-    assert all(torch.equal(weights_after(4, 0.25)[n], fourth[n]) for n in trainable)  # one iterate: the last
+    assert all(torch.equal(weights_after(4, 0.25)[n], fourth[n]) for n in start)  # one iterate: the last
 
 
 def test_denoising_errors_type():
